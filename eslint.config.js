@@ -1,0 +1,22 @@
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'node_modules/**', '.tap/**'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      // Only sys/ may spawn processes (see docs/architecture.md).
+      'no-restricted-imports': ['error', { paths: [
+        { name: 'node:child_process', message: 'Spawn processes through sys/runner (CommandRunner).' },
+        { name: 'child_process', message: 'Spawn processes through sys/runner (CommandRunner).' },
+      ] }],
+    },
+  },
+  {
+    files: ['sys/runner.ts', 'sys/process.ts'],
+    rules: { 'no-restricted-imports': 'off' },
+  },
+);

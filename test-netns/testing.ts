@@ -1,0 +1,47 @@
+import { randomBytes } from 'node:crypto';
+import { ExecRunner, type CommandRunner } from '../sys/runner.js';
+
+/**
+ * Small helpers shared by the integration tests of every component. A tap `Test` is typed
+ * structurally here so this module does not depend on tap.
+ */
+
+interface TestLike {
+  skip(message?: string): void;
+  fail(message?: string): void;
+  teardown(fn: () => unknown): void;
+  end(): void;
+}
+
+/**
+ * Integration tests need root (namespaces, links, nft). Outside CI they skip without it; under
+ * CI=true a missing privilege is a failure, never a silent skip. Returns false when the test must stop.
+ */
+export function requireRoot(t: TestLike): boolean {
+  if (process.getuid?.() === 0) return true;
+  if (process.env.CI === 'true') {
+    t.fail('this integration test needs root, and CI=true forbids skipping it');
+  } else {
+    t.skip('needs root (run the tests as root, or in CI)');
+  }
+  return false;
+}
+
+/** A short random name part, so parallel test files never collide. */
+export function uniqueSuffix(bytes = 3): string {
+  return randomBytes(bytes).toString('hex');
+}
+
+/**
+ * A throwaway network namespace named `tn-s<random>`, deleted at teardown even when the test fails.
+ * (Namespaces start with `tn-` so `test-netns leaks` finds anything a crashed test left.)
+ */
+export async function scratchNetns(t: TestLike, runner: CommandRunner = new ExecRunner()): Promise<string> {
+  const name = `tn-s${uniqueSuffix()}`;
+  await runner.run({ argv: ['ip', 'netns', 'add', name] });
+  t.teardown(async () => {
+    await runner.run({ argv: ['ip', 'netns', 'del', name] }).catch(() => undefined);
+  });
+  await runner.run({ argv: ['ip', 'link', 'set', 'lo', 'up'], netns: { name } });
+  return name;
+}
