@@ -117,25 +117,24 @@ export class EtcdServer {
   }
 
   private async waitReady(timeoutMs: number): Promise<void> {
-    const client = new Etcd3({ hosts: this.endpoints, dialTimeout: 500 });
     const deadline = Date.now() + timeoutMs;
-    try {
-      for (;;) {
-        try {
-          await client.maintenance.status();
-          return;
-        } catch (err) {
-          if (!this.running()) {
-            throw new AppError(ErrorCodes.INTERNAL, `etcd exited during start; see ${join(this.opts.dir, 'etcd.log')}`);
-          }
-          if (Date.now() > deadline) {
-            throw new AppError(ErrorCodes.STORE_UNAVAILABLE, `etcd not ready after ${timeoutMs} ms`, {}, { cause: err });
-          }
-          await sleep(100);
+    for (;;) {
+      // A fresh client per attempt: grpc's reconnect backoff would otherwise add seconds.
+      const client = new Etcd3({ hosts: this.endpoints, dialTimeout: 300 });
+      try {
+        await client.maintenance.status();
+        return;
+      } catch (err) {
+        if (!this.running()) {
+          throw new AppError(ErrorCodes.INTERNAL, `etcd exited during start; see ${join(this.opts.dir, 'etcd.log')}`);
         }
+        if (Date.now() > deadline) {
+          throw new AppError(ErrorCodes.STORE_UNAVAILABLE, `etcd not ready after ${timeoutMs} ms`, {}, { cause: err });
+        }
+        await sleep(50);
+      } finally {
+        client.close();
       }
-    } finally {
-      client.close();
     }
   }
 }

@@ -1,0 +1,36 @@
+import { invalidInput } from '../core/errors.js';
+
+/**
+ * The underlay plan of a virtual cluster: one /24, the fabric's control address (.1, where etcd
+ * listens), hosts from .11 up, the outside world at .254. Every cluster lives in its own namespaces,
+ * so parallel clusters reuse the same plan without meeting.
+ */
+export interface UnderlayPlan {
+  cidr: string;
+  prefixLength: number;
+  controlIp: string;
+  outsideIp: string;
+  hostIp(index: number): string;
+}
+
+export const MAX_HOSTS = 200;
+
+export function underlayPlan(base = '10.77.0.0'): UnderlayPlan {
+  const octets = base.split('.').map(Number);
+  if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255) || octets[3] !== 0) {
+    throw invalidInput(`underlay base "${base}" must be an IPv4 /24 network address like 10.77.0.0`);
+  }
+  const stem = octets.slice(0, 3).join('.');
+  return {
+    cidr: `${stem}.0/24`,
+    prefixLength: 24,
+    controlIp: `${stem}.1`,
+    outsideIp: `${stem}.254`,
+    hostIp(index: number): string {
+      if (!Number.isInteger(index) || index < 0 || index >= MAX_HOSTS) {
+        throw invalidInput(`host index ${index} outside 0..${MAX_HOSTS - 1}`);
+      }
+      return `${stem}.${11 + index}`;
+    },
+  };
+}

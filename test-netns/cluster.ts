@@ -1,0 +1,269 @@
+import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { AppError, ErrorCodes, invalidInput } from '../core/errors.js';
+import type { CommandRunner } from '../sys/runner.js';
+import type { Logger } from '../sys/log.js';
+import { silentLogger } from '../sys/log.js';
+import { stopDaemon } from '../sys/process.js';
+import { EtcdServer, type EtcdServerState } from './etcd.js';
+import { checkPrefix, names, FABRIC_BRIDGE, HOST_UPLINK, NETNS_DIR } from './names.js';
+import { underlayPlan, MAX_HOSTS } from './addressing.js';
+
+/**
+ * A virtual multi-host cluster made of network namespaces:
+ *
+ *   tn-P-fab   bridge "fabric" (control address .1, etcd listens there)
+ *     ├── veth ── tn-P-h1  "uplink" 10.77.0.11/24
+ *     ├── veth ── tn-P-h2  "uplink" 10.77.0.12/24
+ *     └── veth ── tn-P-out "uplink" 10.77.0.254/24  (the outside world)
+ *
+ * Nothing is created in the root namespace. All state needed to tear the cluster down is written to
+ * /run/test-netns/P/cluster.json before anything is created, so `down` works after a crash at any point.
+ */
+
+export const COMPONENTS = ['netd', 'storaged'] as const;
+export type Component = (typeof COMPONENTS)[number];
+
+export interface ClusterOptions {
+  prefix: string;
+  hosts: number;
+  glusterNodes?: number;
+  with?: readonly Component[];
+  underlayBase?: string;
+  mtu?: number;
+}
+
+export interface HostDescription {
+  name: string;
+  netns: string;
+  netnsPath: string;
+  underlayIp: string;
+  uplink: string;
+  /** URLs of the project's daemons running on this host, by component. */
+  daemons: Record<string, string>;
+}
+
+export interface ClusterDescription {
+  prefix: string;
+  stateDir: string;
+  underlay: { cidr: string; mtu: number };
+  fabric: { netns: string; bridge: string; controlIp: string };
+  hosts: HostDescription[];
+  outside: { netns: string; netnsPath: string; address: string };
+  etcd: { endpoints: string[]; underlayEndpoints: string[] };
+  adminToken: string;
+}
+
+/** What `down` needs, persisted as soon as it is known. */
+interface ClusterState {
+  status: 'creating' | 'up';
+  description?: ClusterDescription;
+  etcd?: EtcdServerState;
+}
+
+export interface ClusterDeps {
+  runner: CommandRunner;
+  logger?: Logger;
+}
+
+export class VirtualCluster {
+  private constructor(
+    readonly description: ClusterDescription,
+    private readonly deps: ClusterDeps,
+    private readonly etcdState: EtcdServerState | undefined,
+  ) {}
+
+  static async up(opts: ClusterOptions, deps: ClusterDeps): Promise<VirtualCluster> {
+    const prefix = checkPrefix(opts.prefix);
+    validateOptions(opts);
+    const log = (deps.logger ?? silentLogger()).child({ component: 'test-netns', prefix });
+    const stateDir = names.stateDir(prefix);
+    if (existsSync(stateDir) || (await clusterNamespaces(prefix)).length > 0) {
+      throw new AppError(ErrorCodes.ALREADY_EXISTS, `cluster "${prefix}" exists already (run: test-netns down --prefix ${prefix})`, { prefix });
+    }
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    const state: ClusterState = { status: 'creating' };
+    writeState(prefix, state);
+    try {
+      const description = await build(prefix, opts, deps, log, state);
+      state.status = 'up';
+      writeState(prefix, state);
+      log.info({ hosts: description.hosts.length }, 'cluster up');
+      return new VirtualCluster(description, deps, state.etcd);
+    } catch (err) {
+      log.error({ err }, 'cluster up failed; tearing down');
+      await teardownCluster(prefix, deps);
+      throw err;
+    }
+  }
+
+  /** The cluster a previous `up` (maybe another process) created. */
+  static load(prefix: string, deps: ClusterDeps): VirtualCluster {
+    const state = readState(checkPrefix(prefix));
+    if (!state?.description || state.status !== 'up') {
+      throw new AppError(ErrorCodes.NOT_FOUND, `no running cluster "${prefix}"`, { prefix });
+    }
+    return new VirtualCluster(state.description, deps, state.etcd);
+  }
+
+  get prefix(): string {
+    return this.description.prefix;
+  }
+
+  host(name: string): HostDescription {
+    const host = this.description.hosts.find((h) => h.name === name);
+    if (!host) throw new AppError(ErrorCodes.NOT_FOUND, `no host "${name}" in cluster ${this.prefix}`);
+    return host;
+  }
+
+  /** The etcd server process, for tests that stop or restart it. */
+  etcdServer(): EtcdServer {
+    if (!this.etcdState) throw new AppError(ErrorCodes.INTERNAL, 'cluster has no etcd');
+    return EtcdServer.attach(this.etcdState);
+  }
+
+  async down(): Promise<void> {
+    await teardownCluster(this.prefix, this.deps);
+  }
+}
+
+function validateOptions(opts: ClusterOptions): void {
+  if (!Number.isInteger(opts.hosts) || opts.hosts < 1 || opts.hosts > MAX_HOSTS) {
+    throw invalidInput(`--hosts must be an integer from 1 to ${MAX_HOSTS}`, { hosts: opts.hosts });
+  }
+  const mtu = opts.mtu ?? 1500;
+  if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 9000) throw invalidInput('--mtu must be 1280..9000', { mtu });
+  for (const c of opts.with ?? []) {
+    if (!COMPONENTS.includes(c)) throw invalidInput(`unknown component "${c}" (known: ${COMPONENTS.join(', ')})`);
+  }
+  // The daemons and gluster nodes arrive with their own issues; say so instead of pretending.
+  if ((opts.with ?? []).length > 0) {
+    throw new AppError(ErrorCodes.UNSUPPORTED, `--with ${(opts.with ?? []).join(',')}: these components are not built yet`);
+  }
+  if ((opts.glusterNodes ?? 0) > 0) {
+    throw new AppError(ErrorCodes.UNSUPPORTED, '--gluster-nodes: gluster nodes arrive with storaged and are not built yet');
+  }
+}
+
+async function build(
+  prefix: string,
+  opts: ClusterOptions,
+  deps: ClusterDeps,
+  log: Logger,
+  state: ClusterState,
+): Promise<ClusterDescription> {
+  const { runner } = deps;
+  const plan = underlayPlan(opts.underlayBase);
+  const mtu = opts.mtu ?? 1500;
+  const fabric = names.fabricNetns(prefix);
+  const outside = names.outsideNetns(prefix);
+  const hostNames = Array.from({ length: opts.hosts }, (_, i) => names.hostName(i));
+  const edges = [...hostNames.map((h) => ({ port: h, netns: names.hostNetns(prefix, h) })), { port: 'out', netns: outside }];
+
+  // One `ip -batch` creates every namespace; one more wires the whole fabric.
+  await ipBatch(runner, undefined, [fabric, ...edges.map((e) => e.netns)].map((n) => `netns add ${n}`));
+  const fabricLines = [
+    'link set lo up',
+    `link add ${FABRIC_BRIDGE} mtu ${mtu} type bridge`,
+    `link set ${FABRIC_BRIDGE} up`,
+    `addr add ${plan.controlIp}/${plan.prefixLength} dev ${FABRIC_BRIDGE}`,
+  ];
+  for (const e of edges) {
+    fabricLines.push(
+      `link add ${e.port} mtu ${mtu} type veth peer name ${HOST_UPLINK} mtu ${mtu} netns ${e.netns}`,
+      `link set ${e.port} master ${FABRIC_BRIDGE}`,
+      `link set ${e.port} up`,
+    );
+  }
+  await ipBatch(runner, fabric, fabricLines);
+
+  const hosts: HostDescription[] = [];
+  for (const [i, host] of hostNames.entries()) {
+    const netns = names.hostNetns(prefix, host);
+    const underlayIp = plan.hostIp(i);
+    await ipBatch(runner, netns, ['link set lo up', `link set ${HOST_UPLINK} up`, `addr add ${underlayIp}/${plan.prefixLength} dev ${HOST_UPLINK}`]);
+    // Hosts route for their containers, as real hosts would.
+    await runner.run({ argv: ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'], netns: { name: netns } });
+    hosts.push({ name: host, netns, netnsPath: names.netnsPath(netns), underlayIp, uplink: HOST_UPLINK, daemons: {} });
+  }
+  await ipBatch(runner, outside, ['link set lo up', `link set ${HOST_UPLINK} up`, `addr add ${plan.outsideIp}/${plan.prefixLength} dev ${HOST_UPLINK}`]);
+
+  const etcd = await EtcdServer.start({
+    dir: join(names.stateDir(prefix), 'etcd'),
+    netns: { name: fabric },
+    listenAddress: plan.controlIp,
+    detached: true,
+  });
+  state.etcd = etcd.state();
+  writeState(prefix, state);
+  log.debug({ pid: etcd.pid }, 'etcd started');
+
+  const description: ClusterDescription = {
+    prefix,
+    stateDir: names.stateDir(prefix),
+    underlay: { cidr: plan.cidr, mtu },
+    fabric: { netns: fabric, bridge: FABRIC_BRIDGE, controlIp: plan.controlIp },
+    hosts,
+    outside: { netns: outside, netnsPath: names.netnsPath(outside), address: plan.outsideIp },
+    etcd: { endpoints: etcd.endpoints, underlayEndpoints: etcd.networkEndpoints },
+    adminToken: randomBytes(24).toString('base64url'),
+  };
+  state.description = description;
+  return description;
+}
+
+/**
+ * Removes everything cluster P made, from whatever state it is in: processes by recorded PID (and
+ * start time), then every `tn-P-*` namespace (which takes its links with it), then the state dir.
+ * Safe to run twice and after a crash.
+ */
+export async function teardownCluster(prefix: string, deps: ClusterDeps): Promise<void> {
+  checkPrefix(prefix);
+  const state = readState(prefix);
+  if (state?.etcd) await stopDaemon(state.etcd, 10_000);
+  const namespaces = await clusterNamespaces(prefix);
+  if (namespaces.length > 0) {
+    // `ip -force -batch` keeps going past a namespace that vanished meanwhile.
+    await ipBatch(deps.runner, undefined, namespaces.map((n) => `netns del ${n}`), { force: true }).catch(() => undefined);
+  }
+  const left = await clusterNamespaces(prefix);
+  for (const n of left) {
+    await deps.runner.run({ argv: ['ip', 'netns', 'del', n] }).catch(() => undefined);
+  }
+  rmSync(names.stateDir(prefix), { recursive: true, force: true });
+}
+
+/** Namespaces named `tn-P-*` (container namespaces included). */
+export async function clusterNamespaces(prefix: string): Promise<string[]> {
+  const stem = names.clusterNetnsStem(prefix);
+  try {
+    return readdirSync(NETNS_DIR).filter((n) => n.startsWith(stem));
+  } catch {
+    return [];
+  }
+}
+
+function statePath(prefix: string): string {
+  return join(names.stateDir(prefix), 'cluster.json');
+}
+
+function writeState(prefix: string, state: ClusterState): void {
+  writeFileSync(statePath(prefix), JSON.stringify(state, null, 2), { mode: 0o600 });
+}
+
+export function readState(prefix: string): ClusterState | undefined {
+  try {
+    return JSON.parse(readFileSync(statePath(prefix), 'utf8')) as ClusterState;
+  } catch {
+    return undefined;
+  }
+}
+
+async function ipBatch(runner: CommandRunner, netns: string | undefined, lines: string[], opts: { force?: boolean } = {}): Promise<void> {
+  await runner.run({
+    argv: ['ip', ...(opts.force ? ['-force'] : []), '-batch', '-'],
+    stdin: lines.join('\n') + '\n',
+    netns: netns ? { name: netns } : undefined,
+  });
+}

@@ -1,0 +1,90 @@
+import { AppError, ErrorCodes } from '../core/errors.js';
+import { isCommandError, type CommandRunner, type CommandResult, type Command } from '../sys/runner.js';
+import type { VirtualCluster } from './cluster.js';
+import { checkContainerName, names } from './names.js';
+
+/**
+ * Bare "containers" for tests that need an endpoint on a host without a runtime: a namespace
+ * `tn-P-HOST-NAME` with `eth0` whose peer `c-NAME` sits in the host namespace. Real runtimes
+ * (podman) are used where the runtime itself is under test.
+ */
+
+export interface ContainerSpec {
+  host: string;
+  name: string;
+  /** CIDR on the container's eth0, e.g. 10.1.0.2/24. */
+  address?: string;
+  /** CIDR on the host-side veth. */
+  hostAddress?: string;
+  /** Default route via this address (on-link). */
+  gateway?: string;
+  mtu?: number;
+}
+
+export interface TestContainer {
+  name: string;
+  host: string;
+  netns: string;
+  netnsPath: string;
+  /** The host-side veth, in the host's namespace. */
+  hostIf: string;
+  ifname: 'eth0';
+}
+
+export class Containers {
+  constructor(
+    private readonly cluster: VirtualCluster,
+    private readonly runner: CommandRunner,
+  ) {}
+
+  async add(spec: ContainerSpec): Promise<TestContainer> {
+    const name = checkContainerName(spec.name);
+    const host = this.cluster.host(spec.host);
+    const netns = names.containerNetns(this.cluster.prefix, host.name, name);
+    const hostIf = names.containerHostIf(name);
+    const mtu = spec.mtu ?? this.cluster.description.underlay.mtu;
+    const container: TestContainer = { name, host: host.name, netns, netnsPath: names.netnsPath(netns), hostIf, ifname: 'eth0' };
+    await this.runner.run({ argv: ['ip', 'netns', 'add', netns] });
+    try {
+      await this.ipBatch(host.netns, [
+        `link add ${hostIf} mtu ${mtu} type veth peer name eth0 mtu ${mtu} netns ${netns}`,
+        `link set ${hostIf} up`,
+        ...(spec.hostAddress ? [`addr add ${spec.hostAddress} dev ${hostIf}`] : []),
+      ]);
+      await this.ipBatch(netns, [
+        'link set lo up',
+        'link set eth0 up',
+        ...(spec.address ? [`addr add ${spec.address} dev eth0`] : []),
+        ...(spec.gateway ? [`route add default via ${spec.gateway} dev eth0 onlink`] : []),
+      ]);
+      return container;
+    } catch (err) {
+      await this.remove(container);
+      throw err;
+    }
+  }
+
+  /**
+   * Deletes the host-side veth first: that removes both ends at once, whereas the kernel destroys a
+   * deleted namespace's links asynchronously and the peer would linger for a moment.
+   */
+  async remove(container: TestContainer): Promise<void> {
+    const host = this.cluster.host(container.host);
+    await this.runner.run({ argv: ['ip', 'link', 'del', container.hostIf], netns: { name: host.netns } }).catch((err: unknown) => {
+      if (!isCommandError(err, 'not-found')) throw err;
+    });
+    await this.runner.run({ argv: ['ip', 'netns', 'del', container.netns] }).catch((err: unknown) => {
+      if (!String(err).includes('No such file')) throw err;
+    });
+  }
+
+  /** Runs argv inside the container's namespace. */
+  exec(container: TestContainer, argv: readonly string[], opts: Omit<Command, 'argv' | 'netns'> = {}): Promise<CommandResult> {
+    if (argv.length === 0) throw new AppError(ErrorCodes.INVALID_INPUT, 'empty argv');
+    return this.runner.run({ ...opts, argv, netns: { name: container.netns } });
+  }
+
+  private async ipBatch(netns: string, lines: string[]): Promise<void> {
+    await this.runner.run({ argv: ['ip', '-batch', '-'], stdin: lines.join('\n') + '\n', netns: { name: netns } });
+  }
+}

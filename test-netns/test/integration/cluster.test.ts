@@ -1,0 +1,66 @@
+import t from 'tap';
+import { withCluster } from '../../harness.js';
+import { findLeaks } from '../../leaks.js';
+import { requireRoot, uniqueSuffix } from '../../testing.js';
+import { ExecRunner } from '../../../sys/runner.js';
+
+const runner = new ExecRunner();
+
+t.test('three hosts reach each other over the underlay, and nothing is left after', async (t) => {
+  if (!requireRoot(t)) return;
+  const prefix = `c${uniqueSuffix()}`;
+  await withCluster({ prefix, hosts: 3 }, async ({ cluster, probe, residue }) => {
+    const hosts = cluster.description.hosts;
+    t.equal(hosts.length, 3);
+    t.same(
+      hosts.map((h) => h.underlayIp),
+      ['10.77.0.11', '10.77.0.12', '10.77.0.13'],
+    );
+    for (const a of hosts) {
+      for (const b of hosts) {
+        if (a === b) continue;
+        t.ok(await probe.ping(a.netns, b.underlayIp), `icmp ${a.name} -> ${b.name}`);
+      }
+    }
+    const [h1, h2, h3] = hosts as [typeof hosts[0], typeof hosts[0], typeof hosts[0]];
+    t.ok(await probe.delivered({ from: h1.netns, to: h2.netns, address: h2.underlayIp, protocol: 'tcp', port: 5001 }), 'tcp h1 -> h2');
+    t.ok(await probe.delivered({ from: h3.netns, to: h1.netns, address: h1.underlayIp, protocol: 'udp', port: 5002 }), 'udp h3 -> h1');
+    const out = cluster.description.outside;
+    t.ok(await probe.ping(h2.netns, out.address), 'a host reaches the outside world');
+    // Probes must be able to fail: nothing listens / nobody has this address.
+    t.notOk(await probe.ping(h1.netns, '10.77.0.99', 500), 'an unused underlay address does not answer');
+    t.notOk(await probe.connect(h1.netns, 'tcp', h2.underlayIp, 5999, 500), 'tcp to a closed port is not delivered');
+    // The fabric is in its own namespace: the root namespace has no route to the underlay.
+    t.notOk(await probe.ping('', '10.77.0.11', 500).catch(() => false), 'root namespace cannot reach the underlay');
+    t.same(await residue(), [], 'no residue while up');
+  });
+  t.same(await findLeaks({ prefix, runner }), [], 'down leaves nothing');
+});
+
+t.test('test containers get a namespace and a veth to their host', async (t) => {
+  if (!requireRoot(t)) return;
+  const prefix = `c${uniqueSuffix()}`;
+  await withCluster({ prefix, hosts: 2 }, async ({ cluster, containers, probe, residue }) => {
+    const h1 = cluster.host('h1');
+    const a = await containers.add({ host: 'h1', name: 'a', address: '10.9.0.2/24', hostAddress: '10.9.0.1/24', gateway: '10.9.0.1' });
+    t.equal(a.netns, `tn-${prefix}-h1-a`);
+    t.ok(await probe.ping(a.netns, '10.9.0.1'), 'container reaches its host');
+    t.ok(await probe.delivered({ from: h1.netns, to: a.netns, address: '10.9.0.2', protocol: 'tcp', port: 80 }), 'host reaches container over tcp');
+    const { stdout } = await containers.exec(a, ['ip', '-j', 'addr', 'show', 'dev', 'eth0']);
+    t.match(stdout, /10\.9\.0\.2/);
+    await containers.remove(a);
+    const { stdout: links } = await runner.run({ argv: ['ip', '-j', 'link', 'show'], netns: { name: h1.netns } });
+    t.notMatch(links, /c-a/, 'the host-side veth is gone with the container');
+    t.same(await residue(), []);
+  });
+  t.same(await findLeaks({ prefix, runner }), []);
+});
+
+t.test('a container namespace that outlives its test is reported as residue', async (t) => {
+  if (!requireRoot(t)) return;
+  await withCluster({ hosts: 1 }, async ({ containers, residue }) => {
+    const c = await containers.add({ host: 'h1', name: 'left' });
+    const leaks = await residue();
+    t.same(leaks.filter((l) => l.kind === 'netns').map((l) => l.what), [c.netns]);
+  });
+});
