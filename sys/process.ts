@@ -25,6 +25,8 @@ export interface DaemonHandle {
   /** The process start time (clock ticks after boot): with the PID, it names the process uniquely. */
   startTime: string;
   argv: string[];
+  /** Settles when the process exits (only meaningful for children of this process). */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
 export function startDaemon(spec: DaemonSpec): DaemonHandle {
@@ -38,10 +40,13 @@ export function startDaemon(spec: DaemonSpec): DaemonHandle {
       detached: spec.detached ?? false,
     });
     if (child.pid === undefined) throw new Error(`could not start ${argv[0]}`);
-    // Reap quietly; liveness is judged from /proc by PID and start time.
-    child.on('error', () => undefined);
+    // Liveness is judged from /proc by PID and start time; 'exit' is for callers that supervise.
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+      child.on('exit', (code, sig) => resolve({ code, signal: sig }));
+      child.on('error', () => resolve({ code: null, signal: null }));
+    });
     if (spec.detached) child.unref();
-    return { pid: child.pid, startTime: processStartTime(child.pid) ?? '', argv };
+    return { pid: child.pid, startTime: processStartTime(child.pid) ?? '', argv, exited };
   } finally {
     if (typeof fd === 'number') closeSync(fd);
   }

@@ -68,6 +68,7 @@ export class EtcdServer {
       pid: state.pid,
       startTime: state.startTime,
       argv: [],
+      exited: new Promise(() => undefined), // not our child: never observed
     });
   }
 

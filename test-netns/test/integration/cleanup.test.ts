@@ -1,36 +1,46 @@
-import t from 'tap';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
+import t, { type Test } from 'tap';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { findLeaks } from '../../leaks.js';
 import { teardownCluster } from '../../cluster.js';
 import { requireRoot, uniqueSuffix } from '../../testing.js';
 import { ExecRunner } from '../../../sys/runner.js';
+import { startDaemon, type DaemonHandle } from '../../../sys/process.js';
 
-// This test drives child processes the way a test runner would; it does not spawn tools itself.
 const FIXTURE = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'session.js');
 const runner = new ExecRunner();
 
-function startSession(prefix: string, mode: 'throw' | 'wait') {
-  return spawn(process.execPath, [FIXTURE, prefix, mode], { stdio: ['ignore', 'pipe', 'pipe'] });
+interface Session {
+  handle: DaemonHandle;
+  log: string;
 }
 
-async function waitForLine(child: ReturnType<typeof startSession>, line: string): Promise<void> {
-  let buf = '';
-  for await (const chunk of child.stdout!) {
-    buf += String(chunk);
-    if (buf.includes(line)) return;
+/** Runs the fixture as a separate process, the way a test runner runs a test file. */
+function startSession(t: Test, prefix: string, mode: 'throw' | 'wait'): Session {
+  const dir = mkdtempSync(join(tmpdir(), 'tn-cleanup-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const log = join(dir, 'log');
+  return { handle: startDaemon({ argv: [process.execPath, FIXTURE, prefix, mode], logFile: log }), log };
+}
+
+async function waitForLine(session: Session, line: string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (readFileSync(session.log, 'utf8').includes(line)) return;
+    await sleep(20);
   }
-  throw new Error(`child ended before printing "${line}"`);
+  throw new Error(`session did not print "${line}"`);
 }
 
 t.test('a session that throws mid-test leaves nothing behind', async (t) => {
   if (!requireRoot(t)) return;
   const prefix = `x${uniqueSuffix()}`;
   t.teardown(() => teardownCluster(prefix, { runner }));
-  const child = startSession(prefix, 'throw');
-  const [code] = await once(child, 'exit');
+  const session = startSession(t, prefix, 'throw');
+  const { code } = await session.handle.exited;
   t.not(code, 0, 'the session failed as it should');
   t.same(await findLeaks({ prefix, runner }), []);
 });
@@ -40,11 +50,11 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     if (!requireRoot(t)) return;
     const prefix = `x${uniqueSuffix()}`;
     t.teardown(() => teardownCluster(prefix, { runner }));
-    const child = startSession(prefix, 'wait');
-    await waitForLine(child, 'up');
+    const session = startSession(t, prefix, 'wait');
+    await waitForLine(session, 'up');
     t.ok((await findLeaks({ prefix, runner })).length > 0, 'the cluster is really up');
-    child.kill(sig);
-    const [code] = await once(child, 'exit');
+    process.kill(session.handle.pid, sig);
+    const { code } = await session.handle.exited;
     t.equal(code, sig === 'SIGINT' ? 130 : 143);
     t.same(await findLeaks({ prefix, runner }), []);
   });
@@ -54,10 +64,10 @@ t.test('after SIGKILL, down removes everything from the state left on disk', asy
   if (!requireRoot(t)) return;
   const prefix = `x${uniqueSuffix()}`;
   t.teardown(() => teardownCluster(prefix, { runner }));
-  const child = startSession(prefix, 'wait');
-  await waitForLine(child, 'up');
-  child.kill('SIGKILL');
-  await once(child, 'exit');
+  const session = startSession(t, prefix, 'wait');
+  await waitForLine(session, 'up');
+  process.kill(session.handle.pid, 'SIGKILL');
+  await session.handle.exited;
   const left = await findLeaks({ prefix, runner });
   t.ok(left.some((l) => l.kind === 'process' && l.what.includes('etcd')), 'etcd survived the crash');
   t.ok(left.some((l) => l.kind === 'netns'), 'namespaces survived the crash');
