@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what this project needs on a fresh Debian 12 machine, as root, idempotently:
+# the system tools it drives (iproute2, nftables, etcd, ...), the npm dependencies (npm ci),
+# and the compiled JavaScript (npm run build). Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: the tools sys/ drives and the tests use.
+PACKAGES=(
+  iproute2          # ip, tc, bridge
+  nftables          # nft
+  etcd-server       # etcd (state store; tests start their own)
+  etcd-client       # etcdctl (operators; tests)
+  iputils-ping      # ping probes
+  util-linux        # nsenter, unshare
+  procps            # sysctl
+  ethtool           # offload settings on veths
+  iperf3            # QoS measurements
+  busybox-static    # container root filesystems
+  kmod              # modprobe, for kernel features loaded on demand
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "setup: Node.js >= 20 is required (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+
+# npm ci only when the lock file changed since the last install.
+stamp=node_modules/.setup-lock-hash
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+fi
+
+npm run --silent build
