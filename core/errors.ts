@@ -29,6 +29,12 @@ export const ErrorCodes = {
   GLUSTER_FAILED: 'E_GLUSTER_FAILED',
   /** The gluster CLI reported a concurrent transaction; retryable. */
   GLUSTER_BUSY: 'E_GLUSTER_BUSY',
+  /** An address pool has no free address left (for this request's constraints). */
+  POOL_EXHAUSTED: 'E_POOL_EXHAUSTED',
+  /** A routed pool would overlap another routed pool. */
+  POOL_OVERLAP: 'E_POOL_OVERLAP',
+  /** A requested static address is taken by another owner. */
+  ADDRESS_IN_USE: 'E_ADDRESS_IN_USE',
   /** A bug: an invariant did not hold. */
   INTERNAL: 'E_INTERNAL',
 } as const;
