@@ -28,8 +28,17 @@ export interface BlockRecord {
   allocations: Record<string, BlockAllocation>;
 }
 
-export function emptyBlock(cidr: string, pool: string, affinity: string | null): BlockRecord {
-  return { cidr, pool, affinity, seq: 0, allocations: {} };
+/**
+ * A new block's sequence starts at a random point: blocks are deleted when they empty, and a later
+ * block for the same CIDR must not reissue the sequence numbers of the earlier one (a delayed
+ * release carrying an old number would otherwise match). 2^48 leaves room for 2^5 increments.
+ */
+export function emptyBlock(cidr: string, pool: string, affinity: string | null, seqBase = randomSeqBase()): BlockRecord {
+  return { cidr, pool, affinity, seq: seqBase, allocations: {} };
+}
+
+function randomSeqBase(): number {
+  return Math.floor(Math.random() * 2 ** 48);
 }
 
 export function blockCidr(b: BlockRecord): Cidr {

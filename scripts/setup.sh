@@ -18,6 +18,7 @@ PACKAGES=(
   iperf3            # QoS measurements
   busybox-static    # container root filesystems
   kmod              # modprobe, for kernel features loaded on demand
+  containernetworking-plugins  # reference CNI plugins: peers in tests and benchmarks
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -37,7 +37,7 @@ t.test('bad pools are refused with stable codes', async (t) => {
 
 t.test('blocks hand out the lowest free non-reserved addresses with rising sequence numbers', async (t) => {
   const pool = buildPool({ name: 'p', cidr: '10.1.0.0/24', kind: 'vpc' });
-  const b0 = emptyBlock('10.1.0.0/26', 'p', 'h1');
+  const b0 = emptyBlock('10.1.0.0/26', 'p', 'h1', 0);
   const { record, granted } = allocate(b0, ['a', 'b'], pool.reservedValues);
   t.same(granted.map((g) => [g.handle, formatIp(g.ip), g.seq]), [['a', '10.1.0.4', 1], ['b', '10.1.0.5', 2]]);
   t.equal(allocatedCount(record), 2);
@@ -51,7 +51,7 @@ t.test('blocks hand out the lowest free non-reserved addresses with rising seque
 
 t.test('a stale release cannot free a re-allocated address', async (t) => {
   const pool = buildPool({ name: 'p', cidr: '10.1.0.0/24', kind: 'vpc' });
-  const first = allocate(emptyBlock('10.1.0.64/26', 'p', 'h1'), ['old'], pool.reservedValues);
+  const first = allocate(emptyBlock('10.1.0.64/26', 'p', 'h1', 0), ['old'], pool.reservedValues);
   const g = first.granted[0]!;
   const freed = release(first.record, g.offset, 'old', g.seq)!;
   t.ok(freed);
@@ -64,7 +64,7 @@ t.test('a stale release cannot free a re-allocated address', async (t) => {
 
 t.test('static addresses', async (t) => {
   const pool = buildPool({ name: 'p', cidr: '10.1.0.0/24', kind: 'vpc' });
-  const b = emptyBlock('10.1.0.0/26', 'p', 'h1');
+  const b = emptyBlock('10.1.0.0/26', 'p', 'h1', 0);
   const one = allocateAt(b, parseIp('10.1.0.10'), 'x', pool.reservedValues);
   t.equal(one.granted.seq, 1);
   t.equal(allocateAt(one.record, parseIp('10.1.0.10'), 'x', pool.reservedValues).granted.seq, 1, 'same handle again: same grant');
