@@ -145,9 +145,13 @@ export class Ipam {
     if (req.sticky !== undefined) checkSegment('sticky name', req.sticky);
     if (req.ip !== undefined) parseIp(req.ip);
     const pool = await this.getPool(req.pool);
-    const existing = await this.store.get(ipamKeys.handleInPool(req.handle, req.pool));
-    if (existing) return this.toAllocation(pool, JSON.parse(existing.value) as HandleRecord);
-    if (req.ip !== undefined || req.sticky !== undefined) return this.allocateSpecific(pool, req);
+    if (req.ip !== undefined || req.sticky !== undefined) {
+      const existing = await this.store.get(ipamKeys.handleInPool(req.handle, req.pool));
+      if (existing) return this.toAllocation(pool, JSON.parse(existing.value) as HandleRecord);
+      return this.allocateSpecific(pool, req);
+    }
+    // The dynamic path does not look the handle up first: its transaction requires the handle to
+    // be absent, and a conflict (the same ADD twice) is answered with the existing record.
     return new Promise<Allocation>((resolve, reject) => {
       const lane = this.lane(req.pool);
       lane.allocs.push({ req, resolve, reject });
@@ -294,13 +298,17 @@ export class Ipam {
 
   // ---- release -------------------------------------------------------------------------------
 
-  /** Releases every address the handle holds (all pools). Idempotent: returns how many it freed. */
-  async releaseHandle(handle: string): Promise<number> {
+  /**
+   * Releases every address the handle holds (in `pool` only, when given). Idempotent: returns how
+   * many it freed.
+   */
+  async releaseHandle(handle: string, pool?: string): Promise<number> {
     checkSegment('handle', handle);
     const { kvs } = await this.store.list(ipamKeys.handle(handle));
     let freed = 0;
     for (const kv of kvs) {
       const rec = JSON.parse(kv.value) as HandleRecord;
+      if (pool !== undefined && rec.pool !== pool) continue;
       if (await this.releaseRecord(rec, kv.modRevision)) freed++;
     }
     return freed;
@@ -517,8 +525,8 @@ export class Ipam {
   private async claimBlock(pool: Pool): Promise<CachedBlock | undefined> {
     const total = blockCount(pool.cidr, pool.spec.blockPrefix);
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const { kvs } = await this.store.list(ipamKeys.blocks(pool.spec.name));
-      const used = new Set(kvs.map((kv) => kv.key.slice(kv.key.lastIndexOf('/') + 1)));
+      const { keys } = await this.store.listKeys(ipamKeys.blocks(pool.spec.name));
+      const used = new Set(keys.map((k) => k.slice(k.lastIndexOf('/') + 1)));
       if (BigInt(used.size) >= total) return undefined;
       const start = hashIndex(this.host, total);
       let chosen: string | undefined;

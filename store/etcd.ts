@@ -50,6 +50,11 @@ export class EtcdStore implements Store {
     return { kvs: res.kvs.map(toKV), revision: BigInt(res.header.revision) };
   }
 
+  async listKeys(prefix: string): Promise<{ keys: string[]; revision: bigint }> {
+    const res = await this.call(() => this.client.kv.range({ key: Buffer.from(prefix), range_end: prefixEnd(prefix), keys_only: true }));
+    return { keys: res.kvs.map((kv) => kv.key.toString()), revision: BigInt(res.header.revision) };
+  }
+
   async put(key: string, value: string, opts: { lease?: string } = {}): Promise<bigint> {
     const res = await this.call(() => this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), ...(opts.lease && { lease: opts.lease }) }));
     return BigInt(res.header.revision);

@@ -63,6 +63,11 @@ export class MemoryStore implements Store {
     return { kvs: kvs.map((kv) => ({ ...kv })), revision: this.revision };
   }
 
+  async listKeys(prefix: string): Promise<{ keys: string[]; revision: bigint }> {
+    const { kvs, revision } = await this.list(prefix);
+    return { keys: kvs.map((kv) => kv.key), revision };
+  }
+
   async put(key: string, value: string, opts: { lease?: string } = {}): Promise<bigint> {
     this.check();
     return this.commit([{ type: 'put', key, value, lease: opts.lease }]);

@@ -83,6 +83,8 @@ export interface ListResult {
 export interface Store {
   get(key: string): Promise<KV | undefined>;
   list(prefix: string): Promise<ListResult>;
+  /** Keys only (values left empty): cheap when only existence matters. */
+  listKeys(prefix: string): Promise<{ keys: string[]; revision: bigint }>;
   /** Returns the revision of the write. */
   put(key: string, value: string, opts?: { lease?: string }): Promise<bigint>;
   /** Returns the store revision after the delete (deleting a missing key is success). */

@@ -8,6 +8,7 @@ import { CommandError, resolveArgv, type Command, type CommandResult, type Comma
 export interface RecordedCall {
   argv: string[];
   stdin: string | undefined;
+  env?: Readonly<Record<string, string>>;
 }
 
 type Responder = (call: RecordedCall) => CommandResult | Promise<CommandResult>;
@@ -44,7 +45,7 @@ export class FakeRunner implements CommandRunner {
   }
 
   async run(cmd: Command): Promise<CommandResult> {
-    const call: RecordedCall = { argv: resolveArgv(cmd), stdin: cmd.stdin };
+    const call: RecordedCall = { argv: resolveArgv(cmd), stdin: cmd.stdin, ...(cmd.env && { env: cmd.env }) };
     this.calls.push(call);
     const rule = this.rules.find((r) => r.remaining > 0 && r.matches(call));
     if (!rule) return { stdout: '', stderr: '' };

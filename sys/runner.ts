@@ -16,6 +16,8 @@ export interface Command {
   readonly argv: readonly string[];
   readonly stdin?: string;
   readonly netns?: NetnsTarget;
+  /** Extra environment (e.g. CNI_*), on top of ours and LC_ALL=C. */
+  readonly env?: Readonly<Record<string, string>>;
   /** Kill the process (SIGKILL) after this long. Default 30 s. */
   readonly timeoutMs?: number;
 }
@@ -147,7 +149,7 @@ export class ExecRunner implements CommandRunner {
         return;
       }
       const child = spawn(argv[0]!, argv.slice(1), {
-        env: { ...process.env, LC_ALL: 'C', LANG: 'C' },
+        env: { ...process.env, ...cmd.env, LC_ALL: 'C', LANG: 'C' },
         stdio: ['pipe', 'pipe', 'pipe'],
       });
       const out: Buffer[] = [];

@@ -1,0 +1,176 @@
+import { AppError, ErrorCodes, type ErrorCode } from './errors.js';
+
+/**
+ * The CNI protocol, independent of any plugin (pure): reading the environment and stdin, version
+ * negotiation, result and error shapes, and the mapping of our error codes to the spec's.
+ */
+
+export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
+export type CniCommand = 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS' | 'VERSION';
+const COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'GC', 'STATUS', 'VERSION'];
+
+/** Error codes from the CNI spec, plus plugin-specific ones (>= 100). */
+export const CniErrorCodes = {
+  INCOMPATIBLE_VERSION: 1,
+  UNSUPPORTED_FIELD: 2,
+  CONTAINER_UNKNOWN: 3,
+  INVALID_ENV: 4,
+  IO_FAILURE: 5,
+  DECODE_FAILURE: 6,
+  INVALID_NETWORK_CONFIG: 7,
+  TRY_AGAIN_LATER: 11,
+  PLUGIN_NOT_AVAILABLE: 50,
+  POOL_EXHAUSTED: 100,
+  ADDRESS_IN_USE: 101,
+  POOL_OVERLAP: 102,
+  INTERNAL: 999,
+} as const;
+
+export interface CniError {
+  cniVersion: string;
+  code: number;
+  msg: string;
+  details?: string;
+}
+
+export class CniFailure extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+    readonly details?: string,
+  ) {
+    super(message);
+    this.name = 'CniFailure';
+  }
+}
+
+const MAX_STDIN = 1024 * 1024;
+const CONTAINER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$/;
+const IFNAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
+
+export interface CniRequest {
+  command: CniCommand;
+  containerId: string;
+  netns: string;
+  ifname: string;
+  /** CNI_ARGS parsed (K=V;K=V). */
+  args: Record<string, string>;
+  path: string;
+  config: CniNetworkConfig;
+}
+
+export interface CniNetworkConfig {
+  cniVersion: string;
+  name: string;
+  type: string;
+  ipam?: Record<string, unknown> & { type?: string };
+  runtimeConfig?: Record<string, unknown>;
+  args?: Record<string, unknown>;
+  prevResult?: CniResult;
+  [key: string]: unknown;
+}
+
+export interface CniIpConfig {
+  address: string;
+  gateway?: string;
+  interface?: number;
+}
+
+export interface CniResult {
+  cniVersion: string;
+  interfaces?: Array<{ name: string; mac?: string; sandbox?: string }>;
+  ips: CniIpConfig[];
+  routes?: Array<{ dst: string; gw?: string }>;
+  dns?: { nameservers?: string[]; domain?: string; search?: string[] };
+}
+
+/**
+ * Validates the environment and stdin of one invocation. Throws CniFailure with the spec's code.
+ * VERSION needs no config; GC and STATUS need no container.
+ */
+export function parseCniRequest(env: Record<string, string | undefined>, stdin: string): CniRequest {
+  const command = env.CNI_COMMAND as CniCommand | undefined;
+  if (!command || !COMMANDS.includes(command)) {
+    throw new CniFailure(CniErrorCodes.INVALID_ENV, `CNI_COMMAND must be one of ${COMMANDS.join(', ')}`);
+  }
+  const needsContainer = command === 'ADD' || command === 'DEL' || command === 'CHECK';
+  const containerId = env.CNI_CONTAINERID ?? '';
+  const ifname = env.CNI_IFNAME ?? '';
+  const netns = env.CNI_NETNS ?? '';
+  if (needsContainer) {
+    if (!CONTAINER_ID_RE.test(containerId)) throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_CONTAINERID is missing or has invalid characters');
+    if (!IFNAME_RE.test(ifname)) throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_IFNAME is missing or invalid (1-15 of A-Z a-z 0-9 _ . -)');
+    if (command === 'ADD' && netns === '') throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_NETNS is required for ADD');
+  }
+  if (netns.length > 4096 || netns.includes('\0')) throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_NETNS is invalid');
+  const args = parseCniArgs(env.CNI_ARGS ?? '');
+  if (command === 'VERSION') {
+    return { command, containerId, netns, ifname, args, path: env.CNI_PATH ?? '', config: { cniVersion: '1.1.0', name: '', type: '' } };
+  }
+  return { command, containerId, netns, ifname, args, path: env.CNI_PATH ?? '', config: parseNetworkConfig(stdin) };
+}
+
+export function parseCniArgs(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (text === '') return out;
+  if (text.length > 64 * 1024) throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_ARGS is too long');
+  for (const pair of text.split(';')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new CniFailure(CniErrorCodes.INVALID_ENV, `CNI_ARGS entry "${pair}" is not KEY=VALUE`);
+    out[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return out;
+}
+
+export function parseNetworkConfig(stdin: string): CniNetworkConfig {
+  if (stdin.length > MAX_STDIN) throw new CniFailure(CniErrorCodes.DECODE_FAILURE, `network configuration over ${MAX_STDIN} bytes`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(stdin);
+  } catch (err) {
+    throw new CniFailure(CniErrorCodes.DECODE_FAILURE, `network configuration is not JSON: ${(err as Error).message}`);
+  }
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new CniFailure(CniErrorCodes.DECODE_FAILURE, 'network configuration must be a JSON object');
+  const cfg = raw as CniNetworkConfig;
+  if (typeof cfg.cniVersion !== 'string') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cniVersion is required');
+  if (!(SUPPORTED_VERSIONS as readonly string[]).includes(cfg.cniVersion)) {
+    throw new CniFailure(CniErrorCodes.INCOMPATIBLE_VERSION, `cniVersion ${cfg.cniVersion} is not supported (supported: ${SUPPORTED_VERSIONS.join(', ')})`);
+  }
+  if (typeof cfg.name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(cfg.name)) {
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'name is required (1-63 of A-Z a-z 0-9 _ . -)');
+  }
+  if (typeof cfg.type !== 'string' || cfg.type === '') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'type is required');
+  return cfg;
+}
+
+export function versionResult(cniVersion = '1.1.0'): { cniVersion: string; supportedVersions: readonly string[] } {
+  return { cniVersion, supportedVersions: SUPPORTED_VERSIONS };
+}
+
+/** CHECK and GC/STATUS exist only from certain versions on. */
+export function commandSupported(command: CniCommand, cniVersion: string): boolean {
+  if (command === 'CHECK') return !['0.3.0', '0.3.1'].includes(cniVersion);
+  if (command === 'GC' || command === 'STATUS') return cniVersion === '1.1.0';
+  return true;
+}
+
+const APP_TO_CNI: Partial<Record<ErrorCode, number>> = {
+  [ErrorCodes.INVALID_INPUT]: CniErrorCodes.INVALID_NETWORK_CONFIG,
+  [ErrorCodes.STORE_UNAVAILABLE]: CniErrorCodes.TRY_AGAIN_LATER,
+  [ErrorCodes.CONFLICT]: CniErrorCodes.TRY_AGAIN_LATER,
+  [ErrorCodes.COMMAND_TIMEOUT]: CniErrorCodes.TRY_AGAIN_LATER,
+  [ErrorCodes.POOL_EXHAUSTED]: CniErrorCodes.POOL_EXHAUSTED,
+  [ErrorCodes.ADDRESS_IN_USE]: CniErrorCodes.ADDRESS_IN_USE,
+  [ErrorCodes.POOL_OVERLAP]: CniErrorCodes.POOL_OVERLAP,
+  [ErrorCodes.NOT_FOUND]: CniErrorCodes.INVALID_NETWORK_CONFIG,
+  [ErrorCodes.COMMAND_FAILED]: CniErrorCodes.IO_FAILURE,
+};
+
+export function toCniError(err: unknown, cniVersion: string): CniError {
+  if (err instanceof CniFailure) return { cniVersion, code: err.code, msg: err.message, ...(err.details && { details: err.details }) };
+  if (err instanceof AppError) {
+    return { cniVersion, code: APP_TO_CNI[err.code] ?? CniErrorCodes.INTERNAL, msg: err.message, details: err.code };
+  }
+  return { cniVersion, code: CniErrorCodes.INTERNAL, msg: err instanceof Error ? err.message : String(err) };
+}

@@ -1,0 +1,122 @@
+import { CniFailure, CniErrorCodes, commandSupported, versionResult, type CniRequest, type CniResult } from '../core/cni.js';
+import { Ipam, type Allocation } from './allocator.js';
+import type { Store } from '../store/types.js';
+
+/**
+ * `netd-ipam`: the cluster IPAM as a standalone CNI IPAM plugin, usable by any main plugin (the
+ * reference `bridge`, `ptp`, `macvlan`, ...). Network config:
+ *
+ *   "ipam": { "type": "netd-ipam", "pool": "vpc1", "host": "h1",
+ *             "etcdEndpoints": ["http://10.77.0.1:2379"], "routes": [{ "dst": "0.0.0.0/0" }] }
+ *
+ * `host` and `etcdEndpoints` fall back to $NETD_HOST and $NETD_ETCD_ENDPOINTS (comma-separated).
+ * A static address comes from the `ips` capability (runtimeConfig.ips), args.cni.ips or
+ * CNI_ARGS IP=; a sticky address from CNI_ARGS NETD_STICKY=<name>.
+ */
+
+interface IpamConfig {
+  pool: string;
+  host: string;
+  etcdEndpoints: string[];
+  routes: Array<{ dst: string; gw?: string }>;
+}
+
+export function ipamConfig(req: CniRequest, env: Record<string, string | undefined>): IpamConfig {
+  const section = req.config.ipam ?? {};
+  const pool = section.pool;
+  if (typeof pool !== 'string' || pool === '') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.pool is required');
+  const host = typeof section.host === 'string' ? section.host : env.NETD_HOST;
+  if (!host) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.host (or $NETD_HOST) is required');
+  const endpoints = Array.isArray(section.etcdEndpoints) ? section.etcdEndpoints : (env.NETD_ETCD_ENDPOINTS ?? '').split(',').filter(Boolean);
+  if (endpoints.length === 0 || !endpoints.every((e) => typeof e === 'string' && /^(https?|unix):\/\//.test(e))) {
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.etcdEndpoints (or $NETD_ETCD_ENDPOINTS) must list http(s):// or unix:// URLs');
+  }
+  const routes = section.routes === undefined ? [] : section.routes;
+  if (!Array.isArray(routes) || !routes.every((r) => r && typeof r === 'object' && typeof (r as { dst?: unknown }).dst === 'string')) {
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.routes must be a list of {dst, gw?}');
+  }
+  return { pool, host, etcdEndpoints: endpoints as string[], routes: routes as IpamConfig['routes'] };
+}
+
+/** The one static address asked for, if any (ips capability, args, or CNI_ARGS IP=). */
+export function requestedIp(req: CniRequest): string | undefined {
+  const fromRuntime = (req.config.runtimeConfig?.ips ?? (req.config.args?.cni as { ips?: unknown } | undefined)?.ips) as unknown;
+  const list = Array.isArray(fromRuntime) ? fromRuntime : req.args.IP !== undefined ? req.args.IP.split(',') : [];
+  if (list.length === 0) return undefined;
+  if (list.length > 1 || typeof list[0] !== 'string') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'exactly one static address per pool is supported');
+  return list[0].split('/')[0];
+}
+
+export function handleOf(req: CniRequest): string {
+  return `${req.containerId}:${req.ifname}`;
+}
+
+export function toResult(req: CniRequest, a: Allocation, routes: IpamConfig['routes']): CniResult {
+  const legacy = req.config.cniVersion.startsWith('0.');
+  return {
+    cniVersion: req.config.cniVersion,
+    ips: [{ ...(legacy && { version: a.ip.includes(':') ? '6' : '4' }), address: a.cidr, gateway: a.gateway }],
+    routes,
+    dns: {},
+  };
+}
+
+export async function runIpamPlugin(
+  req: CniRequest,
+  env: Record<string, string | undefined>,
+  openStore: (endpoints: string[]) => Store,
+): Promise<unknown> {
+  if (req.command === 'VERSION') return versionResult(req.config.cniVersion);
+  if (!commandSupported(req.command, req.config.cniVersion)) {
+    throw new CniFailure(CniErrorCodes.INCOMPATIBLE_VERSION, `${req.command} is not defined for cniVersion ${req.config.cniVersion}`);
+  }
+  const cfg = ipamConfig(req, env);
+  const store = openStore(cfg.etcdEndpoints);
+  try {
+    const ipam = new Ipam({ store, host: cfg.host });
+    switch (req.command) {
+      case 'ADD': {
+        const a = await ipam.allocate({
+          pool: cfg.pool,
+          handle: handleOf(req),
+          owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netns },
+          ip: requestedIp(req),
+          sticky: req.args.NETD_STICKY,
+        });
+        return toResult(req, a, cfg.routes);
+      }
+      case 'DEL':
+        await ipam.releaseHandle(handleOf(req), cfg.pool);
+        return undefined;
+      case 'CHECK': {
+        const held = (await ipam.getHandle(handleOf(req))).filter((h) => h.pool === cfg.pool);
+        if (held.length === 0) throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no address allocated to ${handleOf(req)} in pool ${cfg.pool}`);
+        const want = (req.config.prevResult?.ips ?? []).map((ip) => ip.address.split('/')[0]);
+        if (want.length > 0 && !want.includes(held[0]!.ip)) {
+          throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `prevResult says ${want.join(',')} but ${held[0]!.ip} is allocated`);
+        }
+        return undefined;
+      }
+      case 'GC': {
+        const raw = req.config['cni.dev/valid-attachments'];
+        if (raw !== undefined && !Array.isArray(raw)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cni.dev/valid-attachments must be a list');
+        const valid = ((raw ?? []) as Array<{ containerID?: unknown; ifname?: unknown }>).map((v) => ({
+          containerId: String(v.containerID ?? ''),
+          ifname: String(v.ifname ?? ''),
+        }));
+        await ipam.gcAttachments(cfg.pool, valid);
+        return undefined;
+      }
+      case 'STATUS': {
+        try {
+          await ipam.getPool(cfg.pool);
+        } catch (err) {
+          throw new CniFailure(CniErrorCodes.PLUGIN_NOT_AVAILABLE, `ipam not available: ${(err as Error).message}`);
+        }
+        return undefined;
+      }
+    }
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parseCniRequest, toCniError } from '../core/cni.js';
+import { describeError } from '../core/errors.js';
+import { createLogger } from '../sys/log.js';
+import { installCniPlugin } from '../sys/cni-install.js';
+import { runIpamPlugin } from './cni-plugin.js';
+
+/**
+ * Entry point of the `netd-ipam` CNI IPAM plugin. Runtimes invoke it without arguments (CNI_*
+ * environment, config on stdin). `netd-ipam install --cni-bin-dir DIR` installs it.
+ */
+async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'install') {
+    const i = argv.indexOf('--cni-bin-dir');
+    const binDir = i >= 0 ? argv[i + 1] : '/opt/cni/bin';
+    const target = installCniPlugin({ binDir: binDir!, type: 'netd-ipam', script: fileURLToPath(import.meta.url) });
+    process.stdout.write(`installed ${target}\n`);
+    return 0;
+  }
+  const env = process.env;
+  let cniVersion = '1.1.0';
+  try {
+    const stdin = env.CNI_COMMAND === 'VERSION' ? '' : readFileSync(0, 'utf8');
+    const req = parseCniRequest(env, stdin);
+    cniVersion = req.config.cniVersion || cniVersion;
+    const logger = createLogger({ level: env.LOG_LEVEL ?? 'warn', destination: process.stderr });
+    // Loaded only when needed: grpc takes ~200 ms to load, which VERSION and bad input should not pay.
+    const { EtcdStore } = await import('../store/etcd.js');
+    const out = await runIpamPlugin(req, env, (endpoints) => new EtcdStore({ endpoints, callTimeoutMs: 5000, logger }));
+    if (out !== undefined) process.stdout.write(JSON.stringify(out) + '\n');
+    return 0;
+  } catch (err) {
+    process.stdout.write(JSON.stringify(toCniError(err, cniVersion)) + '\n');
+    if (env.LOG_LEVEL === 'debug') process.stderr.write(`netd-ipam: ${describeError(err)}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then((code) => process.exit(code));
