@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AppError, ErrorCodes, invalidInput } from '../core/errors.js';
 import type { CommandRunner } from '../sys/runner.js';
+import { IpBatch, IpClient } from '../sys/ip.js';
 import type { Logger } from '../sys/log.js';
 import { silentLogger } from '../sys/log.js';
 import { stopDaemon } from '../sys/process.js';
@@ -162,32 +163,30 @@ async function build(
   const edges = [...hostNames.map((h) => ({ port: h, netns: names.hostNetns(prefix, h) })), { port: 'out', netns: outside }];
 
   // One `ip -batch` creates every namespace; one more wires the whole fabric.
-  await ipBatch(runner, undefined, [fabric, ...edges.map((e) => e.netns)].map((n) => `netns add ${n}`));
-  const fabricLines = [
-    'link set lo up',
-    `link add ${FABRIC_BRIDGE} mtu ${mtu} type bridge`,
-    `link set ${FABRIC_BRIDGE} up`,
-    `addr add ${plan.controlIp}/${plan.prefixLength} dev ${FABRIC_BRIDGE}`,
-  ];
+  const ip = new IpClient(runner);
+  await ip.addNetns([fabric, ...edges.map((e) => e.netns)]);
+  const fabricBatch = new IpBatch()
+    .linkSet('lo', { up: true })
+    .linkAddBridge(FABRIC_BRIDGE, { mtu })
+    .linkSet(FABRIC_BRIDGE, { up: true })
+    .addrAdd(`${plan.controlIp}/${plan.prefixLength}`, FABRIC_BRIDGE);
   for (const e of edges) {
-    fabricLines.push(
-      `link add ${e.port} mtu ${mtu} type veth peer name ${HOST_UPLINK} mtu ${mtu} netns ${e.netns}`,
-      `link set ${e.port} master ${FABRIC_BRIDGE}`,
-      `link set ${e.port} up`,
-    );
+    fabricBatch.linkAddVeth(e.port, HOST_UPLINK, { peerNetns: e.netns, mtu }).linkSet(e.port, { master: FABRIC_BRIDGE, up: true });
   }
-  await ipBatch(runner, fabric, fabricLines);
+  await ip.in({ name: fabric }).apply(fabricBatch);
 
+  const uplinkBatch = (address: string) =>
+    new IpBatch().linkSet('lo', { up: true }).linkSet(HOST_UPLINK, { up: true }).addrAdd(`${address}/${plan.prefixLength}`, HOST_UPLINK);
   const hosts: HostDescription[] = [];
   for (const [i, host] of hostNames.entries()) {
     const netns = names.hostNetns(prefix, host);
     const underlayIp = plan.hostIp(i);
-    await ipBatch(runner, netns, ['link set lo up', `link set ${HOST_UPLINK} up`, `addr add ${underlayIp}/${plan.prefixLength} dev ${HOST_UPLINK}`]);
+    await ip.in({ name: netns }).apply(uplinkBatch(underlayIp));
     // Hosts route for their containers, as real hosts would.
     await runner.run({ argv: ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'], netns: { name: netns } });
     hosts.push({ name: host, netns, netnsPath: names.netnsPath(netns), underlayIp, uplink: HOST_UPLINK, daemons: {} });
   }
-  await ipBatch(runner, outside, ['link set lo up', `link set ${HOST_UPLINK} up`, `addr add ${plan.outsideIp}/${plan.prefixLength} dev ${HOST_UPLINK}`]);
+  await ip.in({ name: outside }).apply(uplinkBatch(plan.outsideIp));
 
   const etcd = await EtcdServer.start({
     dir: join(names.stateDir(prefix), 'etcd'),
@@ -222,11 +221,9 @@ export async function teardownCluster(prefix: string, deps: ClusterDeps): Promis
   checkPrefix(prefix);
   const state = readState(prefix);
   if (state?.etcd) await stopDaemon(state.etcd, 10_000);
-  const namespaces = await clusterNamespaces(prefix);
-  if (namespaces.length > 0) {
-    // `ip -force -batch` keeps going past a namespace that vanished meanwhile.
-    await ipBatch(deps.runner, undefined, namespaces.map((n) => `netns del ${n}`), { force: true }).catch(() => undefined);
-  }
+  const ip = new IpClient(deps.runner);
+  // One forced batch: it keeps going past a namespace that vanished meanwhile.
+  await ip.deleteNetns(await clusterNamespaces(prefix));
   const left = await clusterNamespaces(prefix);
   for (const n of left) {
     await deps.runner.run({ argv: ['ip', 'netns', 'del', n] }).catch(() => undefined);
@@ -258,12 +255,4 @@ export function readState(prefix: string): ClusterState | undefined {
   } catch {
     return undefined;
   }
-}
-
-async function ipBatch(runner: CommandRunner, netns: string | undefined, lines: string[], opts: { force?: boolean } = {}): Promise<void> {
-  await runner.run({
-    argv: ['ip', ...(opts.force ? ['-force'] : []), '-batch', '-'],
-    stdin: lines.join('\n') + '\n',
-    netns: netns ? { name: netns } : undefined,
-  });
 }

@@ -1,5 +1,6 @@
 import { AppError, ErrorCodes } from '../core/errors.js';
-import { isCommandError, type CommandRunner, type CommandResult, type Command } from '../sys/runner.js';
+import { type CommandRunner, type CommandResult, type Command } from '../sys/runner.js';
+import { IpBatch, IpClient } from '../sys/ip.js';
 import type { VirtualCluster } from './cluster.js';
 import { checkContainerName, names } from './names.js';
 
@@ -32,10 +33,14 @@ export interface TestContainer {
 }
 
 export class Containers {
+  private readonly ip: IpClient;
+
   constructor(
     private readonly cluster: VirtualCluster,
     private readonly runner: CommandRunner,
-  ) {}
+  ) {
+    this.ip = new IpClient(runner);
+  }
 
   async add(spec: ContainerSpec): Promise<TestContainer> {
     const name = checkContainerName(spec.name);
@@ -44,19 +49,15 @@ export class Containers {
     const hostIf = names.containerHostIf(name);
     const mtu = spec.mtu ?? this.cluster.description.underlay.mtu;
     const container: TestContainer = { name, host: host.name, netns, netnsPath: names.netnsPath(netns), hostIf, ifname: 'eth0' };
-    await this.runner.run({ argv: ['ip', 'netns', 'add', netns] });
+    await this.ip.addNetns([netns]);
     try {
-      await this.ipBatch(host.netns, [
-        `link add ${hostIf} mtu ${mtu} type veth peer name eth0 mtu ${mtu} netns ${netns}`,
-        `link set ${hostIf} up`,
-        ...(spec.hostAddress ? [`addr add ${spec.hostAddress} dev ${hostIf}`] : []),
-      ]);
-      await this.ipBatch(netns, [
-        'link set lo up',
-        'link set eth0 up',
-        ...(spec.address ? [`addr add ${spec.address} dev eth0`] : []),
-        ...(spec.gateway ? [`route add default via ${spec.gateway} dev eth0 onlink`] : []),
-      ]);
+      const onHost = new IpBatch().linkAddVeth(hostIf, 'eth0', { peerNetns: netns, mtu }).linkSet(hostIf, { up: true });
+      if (spec.hostAddress) onHost.addrAdd(spec.hostAddress, hostIf);
+      await this.ip.in({ name: host.netns }).apply(onHost);
+      const inside = new IpBatch().linkSet('lo', { up: true }).linkSet('eth0', { up: true });
+      if (spec.address) inside.addrAdd(spec.address, 'eth0');
+      if (spec.gateway) inside.routeReplace('default', { via: spec.gateway, dev: 'eth0', onlink: true });
+      await this.ip.in({ name: netns }).apply(inside);
       return container;
     } catch (err) {
       await this.remove(container);
@@ -70,12 +71,8 @@ export class Containers {
    */
   async remove(container: TestContainer): Promise<void> {
     const host = this.cluster.host(container.host);
-    await this.runner.run({ argv: ['ip', 'link', 'del', container.hostIf], netns: { name: host.netns } }).catch((err: unknown) => {
-      if (!isCommandError(err, 'not-found')) throw err;
-    });
-    await this.runner.run({ argv: ['ip', 'netns', 'del', container.netns] }).catch((err: unknown) => {
-      if (!String(err).includes('No such file')) throw err;
-    });
+    await this.ip.in({ name: host.netns }).deleteLinkIfExists(container.hostIf);
+    await this.ip.deleteNetns([container.netns]);
   }
 
   /** Runs argv inside the container's namespace. */
@@ -84,7 +81,4 @@ export class Containers {
     return this.runner.run({ ...opts, argv, netns: { name: container.netns } });
   }
 
-  private async ipBatch(netns: string, lines: string[]): Promise<void> {
-    await this.runner.run({ argv: ['ip', '-batch', '-'], stdin: lines.join('\n') + '\n', netns: { name: netns } });
-  }
 }

@@ -1,5 +1,5 @@
 import { readdirSync, readFileSync, readlinkSync, statSync, existsSync } from 'node:fs';
-import { Etcd3 } from 'etcd3';
+import { EtcdStore } from '../store/etcd.js';
 import type { CommandRunner } from '../sys/runner.js';
 import { isRunning } from '../sys/process.js';
 import { readState } from './cluster.js';
@@ -150,16 +150,16 @@ async function ovsLeaks(runner: CommandRunner): Promise<Leak[]> {
 }
 
 async function etcdLeaks(endpoints: string[]): Promise<Leak[]> {
-  const client = new Etcd3({ hosts: endpoints, dialTimeout: 2000 });
+  const store = new EtcdStore({ endpoints, callTimeoutMs: 5000 });
   try {
     const leaks: Leak[] = [];
     for (const prefix of OWNED_ETCD_PREFIXES) {
-      const keys = await client.getAll().prefix(prefix).keys();
+      const { keys } = await store.listKeys(prefix);
       leaks.push(...keys.map((k) => ({ kind: 'etcd' as const, what: k })));
     }
     return leaks;
   } finally {
-    client.close();
+    await store.close();
   }
 }
 

@@ -1,0 +1,239 @@
+import type { CommandRunner, NetnsTarget } from './runner.js';
+import { isCommandError } from './runner.js';
+import { ifname, line, token } from './tokens.js';
+
+/**
+ * `ip` from iproute2: reads with `-j` (JSON), writes as one `ip -batch -` per change set. Batches
+ * stop at the first failing line (not atomic): callers order lines so that a partial batch is
+ * still a state the reconciler can finish or undo.
+ */
+
+export interface Link {
+  ifindex: number;
+  ifname: string;
+  flags: string[];
+  mtu: number;
+  operstate: string;
+  address?: string;
+  master?: string;
+  link_netnsid?: number;
+  group?: string;
+  linkinfo?: { info_kind?: string; info_data?: Record<string, unknown> };
+}
+
+export interface AddrInfo {
+  family: 'inet' | 'inet6';
+  local: string;
+  prefixlen: number;
+  scope?: string;
+}
+
+export interface LinkAddrs {
+  ifname: string;
+  addr_info: AddrInfo[];
+}
+
+export interface Route {
+  dst: string;
+  gateway?: string;
+  dev?: string;
+  protocol?: string;
+  scope?: string;
+  table?: string;
+  flags?: string[];
+}
+
+export interface Neighbour {
+  dst: string;
+  dev: string;
+  lladdr?: string;
+  state?: string[];
+}
+
+export interface VxlanSpec {
+  name: string;
+  vni: number;
+  local: string;
+  dev: string;
+  dstport?: number;
+  gbp?: boolean;
+  learning?: boolean;
+  mtu?: number;
+}
+
+/** Lines for one `ip -batch -`; every token is checked as it is added. */
+export class IpBatch {
+  readonly lines: string[] = [];
+
+  get empty(): boolean {
+    return this.lines.length === 0;
+  }
+
+  add(...words: Array<string | number>): this {
+    this.lines.push(line(...words));
+    return this;
+  }
+
+  linkAddVeth(name: string, peer: string, opts: { peerNetns?: string; mtu?: number; group?: number } = {}): this {
+    return this.add(
+      'link', 'add', ifname(name),
+      ...(opts.mtu ? ['mtu', opts.mtu] : []),
+      ...(opts.group !== undefined ? ['group', opts.group] : []),
+      'type', 'veth', 'peer', 'name', ifname(peer),
+      ...(opts.mtu ? ['mtu', opts.mtu] : []),
+      ...(opts.peerNetns ? ['netns', opts.peerNetns] : []),
+    );
+  }
+
+  linkAddBridge(name: string, opts: { mtu?: number } = {}): this {
+    return this.add('link', 'add', ifname(name), ...(opts.mtu ? ['mtu', opts.mtu] : []), 'type', 'bridge');
+  }
+
+  linkAddVxlan(s: VxlanSpec): this {
+    return this.add(
+      'link', 'add', ifname(s.name), ...(s.mtu ? ['mtu', s.mtu] : []),
+      'type', 'vxlan', 'id', s.vni, 'local', s.local, 'dev', ifname(s.dev), 'dstport', s.dstport ?? 4789,
+      ...(s.gbp ? ['gbp'] : []),
+      s.learning === false ? 'nolearning' : 'learning',
+    );
+  }
+
+  linkAddIfb(name: string): this {
+    return this.add('link', 'add', ifname(name), 'type', 'ifb');
+  }
+
+  linkDel(name: string): this {
+    return this.add('link', 'del', ifname(name));
+  }
+
+  /** One request for every link of the group: one RCU grace period instead of one per link. */
+  linkDelGroup(group: number): this {
+    return this.add('link', 'del', 'group', group);
+  }
+
+  linkSet(name: string, opts: { up?: boolean; master?: string | null; mtu?: number; address?: string; netns?: string; name?: string }): this {
+    const words: Array<string | number> = ['link', 'set', 'dev', ifname(name)];
+    if (opts.netns !== undefined) words.push('netns', opts.netns);
+    if (opts.name !== undefined) words.push('name', ifname(opts.name));
+    if (opts.mtu !== undefined) words.push('mtu', opts.mtu);
+    if (opts.address !== undefined) words.push('address', opts.address);
+    if (opts.master === null) words.push('nomaster');
+    else if (opts.master !== undefined) words.push('master', ifname(opts.master));
+    if (opts.up !== undefined) words.push(opts.up ? 'up' : 'down');
+    return this.add(...words);
+  }
+
+  addrAdd(cidr: string, dev: string): this {
+    return this.add('addr', 'add', cidr, 'dev', ifname(dev));
+  }
+
+  addrReplace(cidr: string, dev: string): this {
+    return this.add('addr', 'replace', cidr, 'dev', ifname(dev));
+  }
+
+  addrDel(cidr: string, dev: string): this {
+    return this.add('addr', 'del', cidr, 'dev', ifname(dev));
+  }
+
+  routeReplace(dst: string, opts: { via?: string; dev?: string; onlink?: boolean; table?: number; scope?: string; src?: string } = {}): this {
+    return this.add(
+      'route', 'replace', dst,
+      ...(opts.via ? ['via', opts.via] : []),
+      ...(opts.dev ? ['dev', ifname(opts.dev)] : []),
+      ...(opts.src ? ['src', opts.src] : []),
+      ...(opts.scope ? ['scope', opts.scope] : []),
+      ...(opts.table !== undefined ? ['table', opts.table] : []),
+      ...(opts.onlink ? ['onlink'] : []),
+    );
+  }
+
+  routeDel(dst: string, opts: { dev?: string; table?: number } = {}): this {
+    return this.add('route', 'del', dst, ...(opts.dev ? ['dev', ifname(opts.dev)] : []), ...(opts.table !== undefined ? ['table', opts.table] : []));
+  }
+
+  neighReplace(ip: string, lladdr: string, dev: string, opts: { permanent?: boolean } = {}): this {
+    return this.add('neigh', 'replace', ip, 'lladdr', lladdr, 'dev', ifname(dev), 'nud', opts.permanent === false ? 'reachable' : 'permanent');
+  }
+
+  neighDel(ip: string, dev: string): this {
+    return this.add('neigh', 'del', ip, 'dev', ifname(dev));
+  }
+
+  render(): string {
+    return this.lines.join('\n') + '\n';
+  }
+}
+
+export class IpClient {
+  constructor(
+    private readonly runner: CommandRunner,
+    private readonly netns?: NetnsTarget,
+  ) {}
+
+  /** A client for another namespace, sharing the runner. */
+  in(netns: NetnsTarget): IpClient {
+    return new IpClient(this.runner, netns);
+  }
+
+  private async json<T>(args: string[]): Promise<T> {
+    const { stdout } = await this.runner.run({ argv: ['ip', '-j', '-d', ...args], netns: this.netns });
+    return (stdout.trim() === '' ? [] : JSON.parse(stdout)) as T;
+  }
+
+  links(opts: { type?: string } = {}): Promise<Link[]> {
+    return this.json<Link[]>(['link', 'show', ...(opts.type ? ['type', token(opts.type)] : [])]);
+  }
+
+  /** The link, or undefined when it does not exist. */
+  async link(name: string): Promise<Link | undefined> {
+    try {
+      const [l] = await this.json<Link[]>(['link', 'show', 'dev', ifname(name)]);
+      return l;
+    } catch (err) {
+      if (isCommandError(err, 'not-found')) return undefined;
+      throw err;
+    }
+  }
+
+  addresses(dev?: string): Promise<LinkAddrs[]> {
+    return this.json<LinkAddrs[]>(['addr', 'show', ...(dev ? ['dev', ifname(dev)] : [])]);
+  }
+
+  routes(opts: { family?: 4 | 6; table?: string | number } = {}): Promise<Route[]> {
+    return this.json<Route[]>([...(opts.family ? [`-${opts.family}`] : []), 'route', 'show', ...(opts.table !== undefined ? ['table', token(opts.table)] : [])]);
+  }
+
+  neighbours(dev?: string): Promise<Neighbour[]> {
+    return this.json<Neighbour[]>(['neigh', 'show', ...(dev ? ['dev', ifname(dev)] : [])]);
+  }
+
+  async apply(batch: IpBatch, opts: { force?: boolean } = {}): Promise<void> {
+    if (batch.empty) return;
+    await this.runner.run({ argv: ['ip', ...(opts.force ? ['-force'] : []), '-batch', '-'], stdin: batch.render(), netns: this.netns });
+  }
+
+  /** Deleting what is already gone is success. */
+  async deleteLinkIfExists(name: string): Promise<boolean> {
+    try {
+      await this.runner.run({ argv: ['ip', 'link', 'del', 'dev', ifname(name)], netns: this.netns });
+      return true;
+    } catch (err) {
+      if (isCommandError(err, 'not-found')) return false;
+      throw err;
+    }
+  }
+
+  /** Namespaces are created and deleted in the root namespace's view (/run/netns). */
+  async addNetns(names: readonly string[]): Promise<void> {
+    const b = new IpBatch();
+    for (const n of names) b.add('netns', 'add', n);
+    await this.apply(b);
+  }
+
+  /** Deletes namespaces, continuing past ones already gone. */
+  async deleteNetns(names: readonly string[]): Promise<void> {
+    const b = new IpBatch();
+    for (const n of names) b.add('netns', 'del', n);
+    await this.apply(b, { force: true }).catch(() => undefined);
+  }
+}
