@@ -39,7 +39,10 @@ export function startWorker(opts: {
 export function acknowledged(out: string): Map<string, string> {
   const map = new Map<string, string>();
   if (!existsSync(out)) return map;
-  for (const line of readFileSync(out, 'utf8').split('\n')) {
+  // Only complete lines count: a SIGKILL can tear the last one ("10.1.2.2" of "10.1.2.25").
+  const lines = readFileSync(out, 'utf8').split('\n');
+  lines.pop();
+  for (const line of lines) {
     const [handle, value] = line.split(' ');
     if (handle && value) map.set(handle, value);
   }
