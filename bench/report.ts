@@ -35,7 +35,8 @@ function fmt(n: number): string {
   if (!Number.isFinite(n)) return String(n);
   if (Math.abs(n) >= 100) return n.toFixed(0);
   if (Math.abs(n) >= 10) return n.toFixed(1);
-  return n.toFixed(2);
+  if (Math.abs(n) >= 0.1 || n === 0) return n.toFixed(2);
+  return n.toPrecision(2);
 }
 
 export function renderSection(r: BenchmarkResult): string {

@@ -7,12 +7,13 @@ import { ExecRunner } from '../sys/runner.js';
 import { runBenchmark, type Benchmark } from './benchmark.js';
 import { ratio, upsertSection } from './report.js';
 import { linkBatchBenchmark } from './benchmarks/link-batch.js';
+import { ipamVsSharedRecordBenchmark, ipamVsHostLocalBenchmark } from './benchmarks/ipam-throughput.js';
 
 /** `npm run bench [-- NAME... --runs N --out FILE]`: runs benchmarks, updates docs/benchmarks.md. */
 
 function registry(): Benchmark[] {
   const runner = new ExecRunner();
-  return [linkBatchBenchmark(runner)];
+  return [linkBatchBenchmark(runner), ipamVsSharedRecordBenchmark(runner), ipamVsHostLocalBenchmark(runner)];
 }
 
 async function main(): Promise<void> {

@@ -6,6 +6,14 @@ import { createLogger } from '../sys/log.js';
 import { withCluster, type ClusterSession } from '../test-netns/harness.js';
 import { findLeaks, formatLeaks } from '../test-netns/leaks.js';
 import { uniqueSuffix } from '../test-netns/testing.js';
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { installCniPlugin } from '../sys/cni-install.js';
+import { IpClient } from '../sys/ip.js';
+import { EtcdStore } from '../store/etcd.js';
+import { Ipam } from '../ipam/allocator.js';
 
 /**
  * The main job: the whole system on a virtual cluster, end to end. Today: the cluster itself
@@ -60,6 +68,55 @@ async function containersAct(s: ClusterSession): Promise<boolean> {
   return reach && !across;
 }
 
+/**
+ * Cluster IPAM: the reference `bridge` plugin on two hosts, with netd-ipam as its IPAM, wires two
+ * containers from one pool; each host allocates from its own block; DEL gives everything back.
+ */
+async function ipamAct(s: ClusterSession): Promise<boolean> {
+  say('\n== Cluster IPAM: reference bridge plugin + netd-ipam on two hosts, one pool ==');
+  const binDir = mkdtempSync(join(tmpdir(), 'demo-cni-'));
+  const store = new EtcdStore({ endpoints: s.cluster.description.etcd.endpoints });
+  try {
+    installCniPlugin({ binDir, type: 'netd-ipam', script: join(dirname(fileURLToPath(import.meta.url)), '..', 'ipam', 'netd-ipam.js') });
+    symlinkSync('/usr/lib/cni/bridge', join(binDir, 'bridge'));
+    const admin = new Ipam({ store, host: 'admin' });
+    await admin.createPool({ name: 'demo-vpc', cidr: '10.60.0.0/16', kind: 'vpc' });
+    let ok = true;
+    for (const hostName of ['h1', 'h2']) {
+      const host = s.cluster.host(hostName);
+      const c = await s.containers.add({ host: hostName, name: `app${hostName}` });
+      await new IpClient(s.runner, { name: c.netns }).deleteLinkIfExists('eth0');
+      const conf = {
+        cniVersion: '1.0.0',
+        name: 'demo-vpc',
+        type: 'bridge',
+        bridge: 'cni-demo',
+        isGateway: true,
+        ipam: { type: 'netd-ipam', pool: 'demo-vpc', host: hostName, etcdEndpoints: s.cluster.description.etcd.underlayEndpoints },
+      };
+      const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: c.name, CNI_NETNS: c.netnsPath, CNI_IFNAME: 'eth0', CNI_PATH: binDir };
+      const started = Date.now();
+      const { stdout } = await s.runner.run({ argv: [join(binDir, 'bridge')], stdin: JSON.stringify(conf), env, netns: { name: host.netns } });
+      const ip = (JSON.parse(stdout) as { ips: Array<{ address: string }> }).ips[0]!.address;
+      const elapsed = Date.now() - started;
+      const [held] = await admin.getHandle(`${c.name}:eth0`);
+      const gw = await s.probe.ping(c.netns, '10.60.0.1');
+      say(`  ${c.name} on ${hostName}: ${ip} from block ${held?.block} (claimed by ${hostName}) in ${elapsed} ms, gateway ${mark(gw)}`);
+      ok &&= gw;
+      await s.runner.run({ argv: [join(binDir, 'bridge')], stdin: JSON.stringify(conf), env: { ...env, CNI_COMMAND: 'DEL' }, netns: { name: host.netns } });
+      await s.containers.remove(c);
+    }
+    const left = await admin.blocks('demo-vpc');
+    say(`  after DEL of both: ${left.length} blocks and ${(await admin.handles()).length} handles left in etcd`);
+    ok &&= left.length === 0;
+    await admin.deletePool('demo-vpc');
+    return ok;
+  } finally {
+    await store.close();
+    rmSync(binDir, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({ options: { hosts: { type: 'string', default: '3' }, prefix: { type: 'string' } } });
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn', destination: process.stderr });
@@ -76,6 +133,7 @@ async function main(): Promise<number> {
     say(`  etcd\t${d.etcd.underlayEndpoints.join(',')} (hosts), ${d.etcd.endpoints.join(',')} (here)`);
     ok = (await underlayAct(s)) && ok;
     ok = (await containersAct(s)) && ok;
+    ok = (await ipamAct(s)) && ok;
     const residue = await s.residue();
     say(`\n== Residue while up: ${residue.length === 0 ? 'none' : formatLeaks(residue)} ==`);
     ok &&= residue.length === 0;

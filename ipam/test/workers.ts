@@ -16,7 +16,7 @@ export interface WorkerRun {
 
 export function startWorker(opts: {
   host: HostDescription;
-  mode: 'allocate' | 'release';
+  mode: 'allocate' | 'release' | 'allocate-shared';
   endpoints: string[];
   pool: string;
   prefix: string;
