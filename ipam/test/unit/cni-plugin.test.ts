@@ -1,0 +1,95 @@
+import t from 'tap';
+import { MemoryStore } from '../../../store/memory.js';
+import { Ipam } from '../../allocator.js';
+import { runIpamPlugin } from '../../cni-plugin.js';
+import { parseCniRequest, toCniError, CniErrorCodes } from '../../../core/cni.js';
+import { contains, parseCidr, parseIp } from '../../../core/cidr.js';
+
+/** Runs the plugin logic on a MemoryStore the way netd-ipam runs it on etcd. */
+async function invoke(store: MemoryStore, env: Record<string, string>, config: object): Promise<{ out?: unknown; error?: { code: number; msg: string } }> {
+  try {
+    const req = parseCniRequest(env, JSON.stringify(config));
+    const noClose = Object.assign(Object.create(store) as MemoryStore, { close: async () => undefined });
+    return { out: await runIpamPlugin(req, env, () => noClose) };
+  } catch (err) {
+    return { error: toCniError(err, '1.0.0') };
+  }
+}
+
+const conf = (extra: object = {}, version = '1.0.0') => ({
+  cniVersion: version,
+  name: 'n1',
+  type: 'bridge',
+  ipam: { type: 'netd-ipam', pool: 'p', host: 'h1', etcdEndpoints: ['http://127.0.0.1:1'], routes: [{ dst: '0.0.0.0/0' }] },
+  ...extra,
+});
+const add = (id: string, extra: Record<string, string> = {}) => ({ CNI_COMMAND: 'ADD', CNI_CONTAINERID: id, CNI_IFNAME: 'eth1', CNI_NETNS: `/run/netns/${id}`, ...extra });
+
+t.test('ADD returns a spec result; static addresses from the ips capability and CNI_ARGS; sticky names', async (t) => {
+  const store = new MemoryStore();
+  t.teardown(() => store.close());
+  await new Ipam({ store, host: 'admin' }).createPool({ name: 'p', cidr: '10.40.0.0/24', kind: 'vpc' });
+  const r = await invoke(store, add('c1'), conf());
+  t.match(r.out, { cniVersion: '1.0.0', ips: [{ address: /^10\.40\.0\.\d+\/24$/, gateway: '10.40.0.1' }], routes: [{ dst: '0.0.0.0/0' }] });
+  const legacy = await invoke(store, add('c0'), conf({}, '0.3.1'));
+  t.match(legacy.out, { ips: [{ version: '4' }] }, '0.3.x results carry the IP version');
+  const cap = await invoke(store, add('c2'), conf({ runtimeConfig: { ips: ['10.40.0.77/24'] } }));
+  t.match(cap.out, { ips: [{ address: '10.40.0.77/24' }] }, 'ips capability');
+  const args = await invoke(store, add('c3', { CNI_ARGS: 'IgnoreUnknown=1;IP=10.40.0.78' }), conf());
+  t.match(args.out, { ips: [{ address: '10.40.0.78/24' }] }, 'CNI_ARGS IP=');
+  const taken = await invoke(store, add('c4', { CNI_ARGS: 'IP=10.40.0.78' }), conf());
+  t.equal(taken.error?.code, CniErrorCodes.ADDRESS_IN_USE);
+  const sticky1 = await invoke(store, add('db-a', { CNI_ARGS: 'NETD_STICKY=db-0' }), conf());
+  await invoke(store, { ...add('db-a'), CNI_COMMAND: 'DEL' }, conf());
+  const sticky2 = await invoke(store, add('db-b', { CNI_ARGS: 'NETD_STICKY=db-0' }), conf());
+  t.same((sticky2.out as { ips: unknown[] }).ips, (sticky1.out as { ips: unknown[] }).ips, 'sticky name keeps its address');
+});
+
+t.test('CHECK, DEL, GC and STATUS', async (t) => {
+  const store = new MemoryStore();
+  t.teardown(() => store.close());
+  await new Ipam({ store, host: 'admin' }).createPool({ name: 'p', cidr: '10.41.0.0/24', kind: 'vpc' });
+  const r = await invoke(store, add('c1'), conf());
+  t.equal((await invoke(store, { ...add('c1'), CNI_COMMAND: 'CHECK' }, conf({ prevResult: r.out }))).error, undefined, 'CHECK ok');
+  const wrong = await invoke(store, { ...add('c1'), CNI_COMMAND: 'CHECK' }, conf({ prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.41.0.200/24' }] } }));
+  t.equal(wrong.error?.code, CniErrorCodes.CONTAINER_UNKNOWN, 'CHECK catches a mismatch');
+  t.equal((await invoke(store, { ...add('c1'), CNI_COMMAND: 'DEL' }, conf())).error, undefined);
+  t.equal((await invoke(store, { ...add('c1'), CNI_COMMAND: 'DEL' }, conf())).error, undefined, 'DEL twice');
+  const missing = await invoke(store, { ...add('c1'), CNI_COMMAND: 'CHECK' }, conf());
+  t.equal(missing.error?.code, CniErrorCodes.CONTAINER_UNKNOWN);
+  await invoke(store, add('keep'), conf());
+  await invoke(store, add('drop'), conf());
+  await invoke(store, { CNI_COMMAND: 'GC' }, conf({ 'cni.dev/valid-attachments': [{ containerID: 'keep', ifname: 'eth1' }] }, '1.1.0'));
+  const ipam = new Ipam({ store, host: 'h1' });
+  t.equal((await ipam.getHandle('keep:eth1')).length, 1);
+  t.equal((await ipam.getHandle('drop:eth1')).length, 0, 'GC released the unlisted one');
+  t.equal((await invoke(store, { CNI_COMMAND: 'STATUS' }, conf({}, '1.1.0'))).error, undefined);
+});
+
+t.test('etcd unreachable is CNI code 11 (try again later) and leaves nothing behind', async (t) => {
+  const store = new MemoryStore();
+  t.teardown(() => store.close());
+  await new Ipam({ store, host: 'admin' }).createPool({ name: 'p', cidr: '10.42.0.0/24', kind: 'vpc' });
+  store.setAvailable(false);
+  const r = await invoke(store, add('c1'), conf());
+  t.equal(r.error?.code, CniErrorCodes.TRY_AGAIN_LATER);
+  const status = await invoke(store, { CNI_COMMAND: 'STATUS' }, conf({}, '1.1.0'));
+  t.equal(status.error?.code, CniErrorCodes.PLUGIN_NOT_AVAILABLE);
+  store.setAvailable(true);
+  t.same((await store.list('/netd/v1/ipam/handles/')).kvs, []);
+});
+
+t.test('dual-stack: one attachment, an IPv4 and an IPv6 pool', async (t) => {
+  const store = new MemoryStore();
+  t.teardown(() => store.close());
+  const ipam = new Ipam({ store, host: 'h1' });
+  await ipam.createPool({ name: 'v4', cidr: '10.43.0.0/24', kind: 'vpc' });
+  await ipam.createPool({ name: 'v6', cidr: 'fd00:43::/64', kind: 'vpc' });
+  const a4 = await ipam.allocate({ pool: 'v4', handle: 'c:eth1' });
+  const a6 = await ipam.allocate({ pool: 'v6', handle: 'c:eth1' });
+  t.match(a4.cidr, /^10\.43\.0\.\d+\/24$/);
+  t.ok(contains(parseCidr('fd00:43::/64'), parseIp(a6.ip)) && a6.cidr.endsWith('/64'), `${a6.cidr} is in the IPv6 pool`);
+  t.equal(a6.gateway, 'fd00:43::1');
+  t.equal((await ipam.blocks('v6'))[0]?.cidr.endsWith('/122'), true, 'IPv6 blocks are /122');
+  t.equal(await ipam.releaseHandle('c:eth1'), 2, 'both families released by handle');
+});
