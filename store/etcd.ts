@@ -1,23 +1,43 @@
-import { Etcd3, GRPCGenericError, ClientClosedError, type IKeyValue, type IRequestOp, type ICompare, type IWatchResponse, type Watcher } from 'etcd3';
+import {
+  ClientClosedError,
+  Etcd3,
+  EtcdLeaseInvalidError,
+  type ICompare,
+  type IKeyValue,
+  type IRequestOp,
+  type IResponseOp,
+  type IWatchResponse,
+  type Watcher,
+} from 'etcd3';
 import { noop } from 'cockatiel';
 import { AppError, ErrorCodes } from '../core/errors.js';
 import type { Logger } from '../sys/log.js';
 import { silentLogger } from '../sys/log.js';
 import { AsyncQueue } from './async-queue.js';
 import { storeCompacted, storeUnavailable } from './errors.js';
-import type { Compare, KV, Lease, ListResult, Store, TxnOp, TxnRequest, TxnResult, WatchBatch, WatchEvent } from './types.js';
+import type { Compare, KV, Lease, ListResult, Store, TxnOp, TxnOpResult, TxnRequest, TxnResult, WatchBatch, WatchEvent } from './types.js';
 
 /**
- * Store on a real etcd (v3 API) through the `etcd3` package. Calls have a deadline, so an outage
- * surfaces as E_STORE_UNAVAILABLE within `callTimeoutMs` instead of hanging; the client's own
- * retry and circuit-breaker policies are off, because callers decide how to retry (and a breaker
- * would keep a recovered etcd unreachable for seconds).
+ * Store on a real etcd (v3 API) through the `etcd3` package.
+ *
+ * - Unary calls carry a deadline, so an outage surfaces as E_STORE_UNAVAILABLE within
+ *   `callTimeoutMs` instead of hanging.
+ * - etcd3's retry and circuit-breaker policies are off: callers decide how to retry, and a breaker
+ *   would keep a recovered etcd unreachable for seconds after it came back.
+ * - Watches never resume inside etcd3 (whose resume would hide compaction and rollback): on the
+ *   first disconnection the etcd3 watcher is cancelled and the iterable throws.
  */
 
 export interface EtcdStoreOptions {
   endpoints: string[];
+  /** Deadline of each unary call. Default 5 s. */
   callTimeoutMs?: number;
+  /** gRPC connect timeout. Default 2 s. */
   dialTimeoutMs?: number;
+  /** A watch that has not connected after this long fails with E_STORE_UNAVAILABLE. Default 10 s. */
+  watchConnectTimeoutMs?: number;
+  /** Batches buffered per watch before it fails with E_STORE_UNAVAILABLE (slow consumer). Default 10 000. */
+  watchBufferLimit?: number;
   logger?: Logger;
 }
 
@@ -25,15 +45,21 @@ const COMPARE_TARGET = { modRevision: 'Mod', createRevision: 'Create', version: 
 const COMPARE_RESULT = { '=': 'Equal', '!=': 'NotEqual', '<': 'Less', '>': 'Greater' } as const;
 
 export class EtcdStore implements Store {
+  /** The underlying client, for what the Store interface does not cover (maintenance, tests). */
   readonly client: Etcd3;
   private readonly log: Logger;
+  private readonly watchConnectTimeoutMs: number;
+  private readonly watchBufferLimit: number;
 
   constructor(opts: EtcdStoreOptions) {
     const callTimeoutMs = opts.callTimeoutMs ?? 5_000;
     this.log = (opts.logger ?? silentLogger()).child({ component: 'store' });
+    this.watchConnectTimeoutMs = opts.watchConnectTimeoutMs ?? 10_000;
+    this.watchBufferLimit = opts.watchBufferLimit ?? 10_000;
     this.client = new Etcd3({
       hosts: opts.endpoints,
       dialTimeout: opts.dialTimeoutMs ?? 2_000,
+      // Streams (watch, lease keep-alive) live on: a deadline would end them.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
       faultHandling: { host: () => noop, global: noop },
     });
@@ -56,7 +82,7 @@ export class EtcdStore implements Store {
   }
 
   async put(key: string, value: string, opts: { lease?: string } = {}): Promise<bigint> {
-    const res = await this.call(() => this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), ...(opts.lease && { lease: opts.lease }) }));
+    const res = await this.call(() => this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), ...(opts.lease !== undefined && { lease: opts.lease }) }));
     return BigInt(res.header.revision);
   }
 
@@ -78,84 +104,90 @@ export class EtcdStore implements Store {
         failure: (req.failure ?? []).map(toRequestOp),
       }),
     );
-    return { succeeded: res.succeeded, revision: BigInt(res.header.revision) };
+    const ops = res.succeeded ? req.success : (req.failure ?? []);
+    return {
+      succeeded: res.succeeded,
+      revision: BigInt(res.header.revision),
+      responses: res.responses.map((r, i) => toOpResult(ops[i]!, r)),
+    };
   }
 
   async lease(ttlSeconds: number): Promise<Lease> {
+    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1) throw new AppError(ErrorCodes.INVALID_INPUT, `lease TTL must be a whole number of seconds >= 1, got ${ttlSeconds}`);
     const lease = this.client.lease(ttlSeconds, { autoKeepAlive: true });
-    const id = await this.call(() => lease.grant());
     const lostCallbacks: Array<(err: Error) => void> = [];
+    let lostError: Error | undefined;
+    let leaseId: string | undefined;
+    // Listen before the grant resolves: etcd3 emits 'lost' for a failed grant too.
     lease.on('lost', (err: Error) => {
-      this.log.warn({ lease: id, err: err.message }, 'lease lost');
-      for (const cb of lostCallbacks) cb(err);
+      lostError = err;
+      this.log.warn({ lease: leaseId, err: err.message }, 'lease lost');
+      for (const cb of lostCallbacks.splice(0)) cb(err);
     });
+    const id = (leaseId = String(await this.call(() => lease.grant())));
+    // etcd raises a TTL below its minimum (1.5 x election timeout, 2 s by default): report the real one.
+    const ttl = await this.call(() => this.client.leaseClient.leaseTimeToLive({ ID: id })).then(
+      (r) => Number(r.grantedTTL) || ttlSeconds,
+      () => ttlSeconds,
+    );
     return {
       id,
-      ttlSeconds,
+      ttlSeconds: ttl,
       revoke: () => this.call(() => lease.revoke()),
       release: () => lease.release(),
       onLost: (cb) => {
-        lostCallbacks.push(cb);
+        if (lostError) cb(lostError);
+        else lostCallbacks.push(cb);
       },
     };
   }
 
   watch(prefix: string, fromRevision: bigint, signal: AbortSignal): AsyncIterable<WatchBatch> {
-    const queue = new AsyncQueue<WatchBatch>();
-    const watcher: Watcher = this.client.watch().prefix(prefix).startRevision(String(fromRevision)).withPreviousKV().watcher();
-    let done = false;
+    // Filled in below; onClose may run before (an aborted signal), so they live in a holder.
+    const held: { watcher?: Watcher; connectTimer?: NodeJS.Timeout } = {};
+    // The revision the next batch must have at least: where a compaction check has to look.
     let next = fromRevision;
-    const stop = (err?: unknown): void => {
-      if (done) return;
-      done = true;
-      clearTimeout(connectTimer);
-      if (err === undefined) queue.end();
-      else queue.fail(err);
-      // Cancel our etcd3 watcher: we resume ourselves, from what the consumer applied.
-      watcher.removeAllListeners();
-      watcher.on('error', () => undefined);
-      void watcher.cancel().catch(() => undefined);
-    };
-    // The manager retries connecting forever; bound it, so an unreachable etcd is reported.
-    const connectTimer = setTimeout(() => stop(storeUnavailable('watch could not connect')), 10_000);
-    watcher.on('connected', () => clearTimeout(connectTimer));
+    const onAbort = (): void => queue.end();
+    const queue = new AsyncQueue<WatchBatch>({
+      limit: this.watchBufferLimit,
+      overflow: () => storeUnavailable(`watch buffer full (${this.watchBufferLimit} batches): the consumer is too slow`),
+      onClose: () => {
+        clearTimeout(held.connectTimer);
+        signal.removeEventListener('abort', onAbort);
+        const w = held.watcher;
+        if (!w) return;
+        // Cancel our etcd3 watcher, so etcd3 does not resume it behind our back.
+        w.removeAllListeners();
+        w.on('error', () => undefined);
+        w.cancel().catch(() => undefined);
+      },
+    });
+    if (signal.aborted) {
+      queue.end();
+      return queue;
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    const watcher = (held.watcher = this.client.watch().prefix(prefix).startRevision(String(fromRevision)).withPreviousKV().watcher());
+    // etcd3 retries connecting forever; bound it, so an unreachable etcd is reported.
+    held.connectTimer = setTimeout(() => queue.fail(storeUnavailable(`watch did not connect within ${this.watchConnectTimeoutMs} ms`)), this.watchConnectTimeoutMs);
+    watcher.on('connected', () => clearTimeout(held.connectTimer));
     watcher.on('data', (res: IWatchResponse) => {
-      if (res.compact_revision && res.compact_revision !== '0' && res.canceled) {
-        stop(storeCompacted(fromRevision, BigInt(res.compact_revision)));
-        return;
-      }
-      const batches = groupByRevision(res);
-      for (const b of batches) {
-        queue.push(b);
-        next = b.revision + 1n;
+      for (const batch of groupByRevision(res)) {
+        next = batch.revision + 1n;
+        queue.push(batch);
       }
     });
-    watcher.on('disconnected', (err: Error) => stop(storeUnavailable(`watch disconnected: ${err.message}`, err)));
+    watcher.on('disconnected', (err: Error) => queue.fail(storeUnavailable(`watch disconnected: ${err.message}`, err)));
     watcher.on('error', (err: Error) => {
-      // etcd3 reports a cancelled watch without the compact revision: ask etcd whether the
-      // revision we need is still in history.
-      void this.compactedSince(next).then(
+      // etcd (3.4) cancels a watch on a compacted revision with an empty cancel_reason, and etcd3
+      // drops the response's compact_revision: ask etcd whether `next` is still in history.
+      this.compactRevisionAbove(next).then(
         (compactRevision) =>
-          stop(compactRevision === undefined ? storeUnavailable(`watch failed: ${err.message}`, err) : storeCompacted(next, compactRevision)),
-        (probeErr: unknown) => stop(probeErr),
+          queue.fail(compactRevision !== undefined ? storeCompacted(next, compactRevision, err) : storeUnavailable(`watch cancelled: ${err.message}`, err)),
+        (probeErr: unknown) => queue.fail(probeErr),
       );
     });
-    signal.addEventListener('abort', () => stop(), { once: true });
-    if (signal.aborted) stop();
     return queue;
-  }
-
-  /** The compact revision if `revision` is no longer readable, else undefined. */
-  private async compactedSince(revision: bigint): Promise<bigint | undefined> {
-    try {
-      await this.client.kv.range({ key: Buffer.from('\0'), count_only: true, revision: String(revision) });
-      return undefined;
-    } catch (err) {
-      // etcd does not say up to where it compacted; "at least this revision" is what callers need.
-      if (err instanceof Error && /compacted/i.test(err.message)) return revision;
-      if (err instanceof Error && /future revision/i.test(err.message)) return undefined;
-      throw mapError(err);
-    }
   }
 
   async currentRevision(): Promise<bigint> {
@@ -165,11 +197,41 @@ export class EtcdStore implements Store {
   }
 
   async compact(revision: bigint): Promise<void> {
+    // physical: return once the data is really gone, so a following watch sees the compaction.
     await this.call(() => this.client.kv.compact({ revision: String(revision), physical: true }));
   }
 
   async close(): Promise<void> {
     this.client.close();
+  }
+
+  /**
+   * The store's compact revision if `revision` has been compacted away, else undefined. etcd does not
+   * tell (see watch()), so it is found by bisection: reads below the compact revision fail, reads at
+   * or above it succeed. A few cheap count-only reads, only on the rare compaction path.
+   */
+  private async compactRevisionAbove(revision: bigint): Promise<bigint | undefined> {
+    if (await this.readableAt(revision)) return undefined;
+    let unreadable = revision;
+    let readable = await this.currentRevision();
+    while (readable - unreadable > 1n) {
+      const mid = (readable + unreadable) / 2n;
+      if (await this.readableAt(mid)) readable = mid;
+      else unreadable = mid;
+    }
+    return readable;
+  }
+
+  private async readableAt(revision: bigint): Promise<boolean> {
+    try {
+      await this.client.kv.range({ key: Buffer.from('\0'), count_only: true, revision: String(revision) });
+      return true;
+    } catch (err) {
+      const mapped = mapError(err);
+      if (mapped.code === ErrorCodes.STORE_COMPACTED) return false;
+      if (mapped.code === ErrorCodes.INVALID_INPUT) return true; // a future revision: not compacted
+      throw mapped;
+    }
   }
 
   private async call<T>(fn: () => Promise<T>): Promise<T> {
@@ -181,17 +243,21 @@ export class EtcdStore implements Store {
   }
 }
 
-function mapError(err: unknown): unknown {
+/**
+ * etcd3 errors to stable codes. Anything not recognised as a request problem counts as "cannot reach
+ * the store" (connection refused, deadline, no leader, stream reset): those are the retryable ones.
+ */
+function mapError(err: unknown): AppError {
   if (err instanceof AppError) return err;
   if (err instanceof ClientClosedError) return new AppError(ErrorCodes.INTERNAL, 'store client is closed', {}, { cause: err });
-  if (err instanceof GRPCGenericError) {
-    if (/compacted/i.test(err.message)) return new AppError(ErrorCodes.STORE_COMPACTED, err.message, {}, { cause: err });
-    if (/future revision/i.test(err.message)) return new AppError(ErrorCodes.INVALID_INPUT, err.message, {}, { cause: err });
-    if (/requested lease not found/i.test(err.message)) return new AppError(ErrorCodes.NOT_FOUND, err.message, {}, { cause: err });
-    return storeUnavailable(err.message, err);
+  if (err instanceof EtcdLeaseInvalidError) return new AppError(ErrorCodes.NOT_FOUND, 'lease not found (expired or revoked)', {}, { cause: err });
+  const message = err instanceof Error ? err.message : String(err);
+  if (/required revision has been compacted/.test(message)) return new AppError(ErrorCodes.STORE_COMPACTED, message, {}, { cause: err });
+  if (/requested lease not found/.test(message)) return new AppError(ErrorCodes.NOT_FOUND, message, {}, { cause: err });
+  if (/future revision|duplicate key given in txn|too many operations in txn|request is too large|key is not provided/.test(message)) {
+    return new AppError(ErrorCodes.INVALID_INPUT, message, {}, { cause: err });
   }
-  if (err instanceof Error && /lease/i.test(err.message)) return new AppError(ErrorCodes.NOT_FOUND, err.message, {}, { cause: err });
-  return storeUnavailable(err instanceof Error ? err.message : String(err), err);
+  return storeUnavailable(message, err);
 }
 
 function toKV(kv: IKeyValue): KV {
@@ -218,15 +284,32 @@ function toCompare(c: Compare): ICompare {
 function toRequestOp(op: TxnOp): IRequestOp {
   switch (op.type) {
     case 'put':
-      return { request_put: { key: Buffer.from(op.key), value: Buffer.from(op.value), ...(op.lease && { lease: op.lease }) } };
+      return { request_put: { key: Buffer.from(op.key), value: Buffer.from(op.value), ...(op.lease !== undefined && { lease: op.lease }) } };
     case 'delete':
       return { request_delete_range: { key: Buffer.from(op.key) } };
     case 'deletePrefix':
       return { request_delete_range: { key: Buffer.from(op.prefix), range_end: prefixEnd(op.prefix) } };
+    case 'get':
+      return { request_range: { key: Buffer.from(op.key) } };
+    case 'getPrefix':
+      return { request_range: { key: Buffer.from(op.prefix), range_end: prefixEnd(op.prefix) } };
   }
 }
 
-/** etcd's range_end for a prefix: the prefix with its last byte incremented. */
+function toOpResult(op: TxnOp, res: IResponseOp): TxnOpResult {
+  switch (op.type) {
+    case 'put':
+      return { type: 'put' };
+    case 'delete':
+    case 'deletePrefix':
+      return { type: op.type, deleted: Number(res.response_delete_range?.deleted ?? 0) };
+    case 'get':
+    case 'getPrefix':
+      return { type: op.type, kvs: (res.response_range?.kvs ?? []).map(toKV) };
+  }
+}
+
+/** etcd's range_end for a prefix: the prefix with its last byte below 0xff incremented. */
 function prefixEnd(prefix: string): Buffer {
   const buf = Buffer.from(prefix);
   for (let i = buf.length - 1; i >= 0; i--) {
@@ -236,24 +319,18 @@ function prefixEnd(prefix: string): Buffer {
       return end;
     }
   }
-  return Buffer.from([0]);
+  return Buffer.from([0]); // every key
 }
 
-/** A watch response may carry several revisions (one per transaction); split them. */
+/** A watch response may carry several revisions (one per transaction): one batch per revision. */
 function groupByRevision(res: IWatchResponse): WatchBatch[] {
   const batches: WatchBatch[] = [];
   for (const ev of res.events) {
-    const modRevision = BigInt(ev.kv.mod_revision);
-    const event: WatchEvent = {
-      type: ev.type === 'Delete' ? 'delete' : 'put',
-      key: ev.kv.key.toString(),
-      value: ev.type === 'Delete' ? '' : ev.kv.value.toString(),
-      modRevision,
-      ...(ev.prev_kv && { prev: toKV(ev.prev_kv) }),
-    };
+    const event: WatchEvent = { type: ev.type === 'Delete' ? 'delete' : 'put', kv: toKV(ev.kv), ...(ev.prev_kv && { prevKv: toKV(ev.prev_kv) }) };
+    const revision = event.kv.modRevision;
     const last = batches[batches.length - 1];
-    if (last && last.revision === modRevision) last.events.push(event);
-    else batches.push({ revision: modRevision, events: [event] });
+    if (last && last.revision === revision) last.events.push(event);
+    else batches.push({ revision, events: [event] });
   }
   return batches;
 }

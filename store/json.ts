@@ -1,0 +1,33 @@
+import { AppError, ErrorCodes } from '../core/errors.js';
+import type { KV, Store } from './types.js';
+
+/**
+ * Typed JSON on top of the string store. Parsing trusts the stored shape (the writer validated it);
+ * a value that is not JSON at all is a corrupted record and reported as E_INTERNAL with its key.
+ */
+
+export interface JsonKV<T> extends Omit<KV, 'value'> {
+  value: T;
+}
+
+export function parseJson<T>(kv: KV): JsonKV<T> {
+  try {
+    return { ...kv, value: JSON.parse(kv.value) as T };
+  } catch (err) {
+    throw new AppError(ErrorCodes.INTERNAL, `value of ${kv.key} is not JSON`, { key: kv.key }, { cause: err });
+  }
+}
+
+export async function getJson<T>(store: Store, key: string): Promise<JsonKV<T> | undefined> {
+  const kv = await store.get(key);
+  return kv && parseJson<T>(kv);
+}
+
+export async function listJson<T>(store: Store, prefix: string): Promise<{ kvs: JsonKV<T>[]; revision: bigint }> {
+  const { kvs, revision } = await store.list(prefix);
+  return { kvs: kvs.map((kv) => parseJson<T>(kv)), revision };
+}
+
+export function putJson<T>(store: Store, key: string, value: T, opts?: { lease?: string }): Promise<bigint> {
+  return store.put(key, JSON.stringify(value), opts);
+}

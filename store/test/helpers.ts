@@ -1,0 +1,58 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { EtcdServer } from '../../test-netns/etcd.js';
+import type { KV, WatchEvent } from '../types.js';
+
+/** The part of a tap Test the helpers need (kept structural so helpers do not depend on tap). */
+export interface TeardownHost {
+  teardown(fn: () => unknown): unknown;
+}
+
+/** Polls `check` every 20 ms until it holds; fails after `timeoutMs` (never a fixed sleep). */
+export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** Retries `fn` while it fails with an error `retryable` accepts (e.g. while a client reconnects); bounded. */
+export async function retry<T>(fn: () => Promise<T>, timeoutMs = 10_000, retryable: (err: unknown) => boolean = () => true): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!retryable(err) || Date.now() > deadline) throw err;
+      await sleep(50);
+    }
+  }
+}
+
+/** A real etcd in a fresh temporary directory; stopped and removed at teardown, even on failure. */
+export async function startEtcd(t: TeardownHost): Promise<EtcdServer> {
+  const dir = mkdtempSync(join(tmpdir(), 'store-etcd-'));
+  const held: { server?: EtcdServer } = {};
+  t.teardown(async () => {
+    await held.server?.stop().catch(() => held.server?.kill());
+    rmSync(dir, { recursive: true, force: true });
+  });
+  held.server = await EtcdServer.start({ dir, startTimeoutMs: 20_000 });
+  return held.server;
+}
+
+/** Applies events to a key → KV map, as a handler would. */
+export function applyEvents(view: Map<string, KV>, events: readonly WatchEvent[]): void {
+  for (const e of events) {
+    if (e.type === 'delete') view.delete(e.kv.key);
+    else view.set(e.kv.key, e.kv);
+  }
+}
+
+/** A map's entries sorted by key, for exact comparisons with a list(). */
+export function sortedKvs(view: ReadonlyMap<string, KV>): KV[] {
+  return [...view.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
