@@ -1,0 +1,120 @@
+import { IpBatch, type IpClient, type Link } from '../sys/ip.js';
+import { BridgeBatch, type BridgeClient } from '../sys/bridge.js';
+import type { Logger } from '../sys/log.js';
+import { isCommandError } from '../sys/runner.js';
+import { OWNED_LINK_RE } from './names.js';
+import { emptyDesired, fdbKey, type DesiredL2 } from './modes/mode.js';
+
+/**
+ * Converges one host's data path to a DesiredL2 (Felix-style: read actual, diff, apply ordered
+ * batches). Only objects named as netd's own (names.ts) are ever changed or removed, so whatever
+ * else lives on the host is left alone. Re-running with nothing changed sends nothing.
+ */
+
+export interface Plan {
+  /** Creations and changes, in dependency order (bridges, then vxlans and ports onto them). */
+  create: IpBatch;
+  fdb: BridgeBatch;
+  /** Removals of orphans, after the FDB has moved off them. */
+  remove: IpBatch;
+}
+
+export function isEmptyPlan(p: Plan): boolean {
+  return p.create.empty && p.fdb.empty && p.remove.empty;
+}
+
+/** Reads the netd-owned part of a host's data path. */
+export async function readActual(ip: IpClient, bridge: BridgeClient): Promise<{ desired: DesiredL2; links: Map<string, Link> }> {
+  const actual = emptyDesired();
+  const links = new Map((await ip.links()).filter((l) => OWNED_LINK_RE.test(l.ifname)).map((l) => [l.ifname, l]));
+  for (const l of links.values()) {
+    const kind = l.linkinfo?.info_kind;
+    if (kind === 'bridge' && l.ifname.startsWith('nb')) actual.bridges.set(l.ifname, { name: l.ifname, mtu: l.mtu });
+    else if (kind === 'vxlan' && l.ifname.startsWith('nx')) {
+      const data = l.linkinfo?.info_data ?? {};
+      actual.vxlans.set(l.ifname, {
+        name: l.ifname,
+        vni: Number(data.id),
+        local: String(data.local ?? ''),
+        dev: String(data.link ?? ''),
+        mtu: l.mtu,
+        master: l.master ?? '',
+      });
+    } else if (/^n[ie]/.test(l.ifname)) actual.ports.set(l.ifname, l.master ?? '');
+  }
+  for (const vx of actual.vxlans.keys()) {
+    for (const e of await bridge.fdb({ dev: vx })) {
+      if (!e.dst) continue; // the device's own entries, not ours
+      const f = { mac: e.mac, dev: vx, dst: e.dst };
+      actual.fdb.set(fdbKey(f), f);
+    }
+  }
+  return { desired: actual, links };
+}
+
+export function plan(desired: DesiredL2, actual: DesiredL2): Plan {
+  const create = new IpBatch();
+  const fdb = new BridgeBatch();
+  const remove = new IpBatch();
+  const recreated = new Set<string>();
+
+  for (const b of desired.bridges.values()) {
+    const have = actual.bridges.get(b.name);
+    if (!have) create.linkAddBridge(b.name, { mtu: b.mtu }).linkSet(b.name, { up: true });
+    else if (have.mtu !== b.mtu) create.linkSet(b.name, { mtu: b.mtu });
+  }
+  for (const v of desired.vxlans.values()) {
+    const have = actual.vxlans.get(v.name);
+    if (have && (have.vni !== v.vni || have.local !== v.local)) {
+      // VNI and local address cannot be changed in place.
+      create.linkDel(v.name);
+      recreated.add(v.name);
+    }
+    if (!have || recreated.has(v.name)) {
+      create.linkAddVxlan({ name: v.name, vni: v.vni, local: v.local, dev: v.dev, gbp: true, learning: false, mtu: v.mtu });
+      create.linkSet(v.name, { master: v.master, up: true });
+      continue;
+    }
+    if (have.mtu !== v.mtu) create.linkSet(v.name, { mtu: v.mtu });
+    if (have.master !== v.master) create.linkSet(v.name, { master: v.master, up: true });
+  }
+  for (const [port, bridgeName] of desired.ports) {
+    const have = actual.ports.get(port);
+    // A port that does not exist yet is the CNI ADD's to create; here it only gets its bridge.
+    if (have !== undefined && have !== bridgeName) create.linkSet(port, { master: bridgeName, up: true });
+  }
+
+  for (const [key, f] of desired.fdb) {
+    if (!actual.fdb.has(key) || recreated.has(f.dev)) fdb.fdbAppend(f.mac, f.dev, { dst: f.dst });
+  }
+  for (const [key, f] of actual.fdb) {
+    if (!desired.fdb.has(key) && desired.vxlans.has(f.dev) && !recreated.has(f.dev)) fdb.fdbDel(f.mac, f.dev, { dst: f.dst });
+  }
+
+  for (const port of actual.ports.keys()) if (!desired.ports.has(port)) remove.linkDel(port);
+  for (const vx of actual.vxlans.keys()) if (!desired.vxlans.has(vx)) remove.linkDel(vx);
+  for (const br of actual.bridges.keys()) if (!desired.bridges.has(br)) remove.linkDel(br);
+  return { create, fdb, remove };
+}
+
+/** Reads, diffs and applies; returns the plan that was applied (empty when already converged). */
+export async function reconcile(desired: DesiredL2, clients: { ip: IpClient; bridge: BridgeClient }, log?: Logger): Promise<Plan> {
+  const { desired: actual } = await readActual(clients.ip, clients.bridge);
+  const p = plan(desired, actual);
+  if (isEmptyPlan(p)) return p;
+  log?.debug({ create: p.create.lines, fdb: p.fdb.lines, remove: p.remove.lines }, 'reconcile');
+  await clients.ip.apply(p.create);
+  await clients.bridge.apply(p.fdb);
+  // A port can vanish between the read and the delete (its netns was just destroyed): removals run
+  // with -force, and lines that failed only because the link is already gone are success.
+  await clients.ip.apply(p.remove, { force: true }).catch((err: unknown) => {
+    if (!onlyMissingLinks(err)) throw err;
+  });
+  return p;
+}
+
+function onlyMissingLinks(err: unknown): boolean {
+  if (!isCommandError(err)) return false;
+  const lines = err.stderr.split('\n').map((l) => l.trim()).filter((l) => l && !/^Command failed/.test(l));
+  return lines.length > 0 && lines.every((l) => /Cannot find device|No such device/.test(l));
+}

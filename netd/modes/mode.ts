@@ -1,0 +1,49 @@
+import type { HostView } from '../model.js';
+
+/**
+ * A network mode turns the cluster's records into the data path one host should have. Modes are
+ * pure: they compute; the dataplane module reads the kernel, diffs and applies.
+ */
+
+export interface BridgeSpec {
+  name: string;
+  mtu: number;
+}
+
+export interface VxlanDeviceSpec {
+  name: string;
+  vni: number;
+  local: string;
+  dev: string;
+  mtu: number;
+  master: string;
+}
+
+export interface FdbSpec {
+  mac: string;
+  dev: string;
+  dst: string;
+}
+
+/** What one host's data path must contain, for the objects netd owns. */
+export interface DesiredL2 {
+  bridges: Map<string, BridgeSpec>;
+  vxlans: Map<string, VxlanDeviceSpec>;
+  /** Host-side container ports → the bridge they belong to. */
+  ports: Map<string, string>;
+  /** Keyed by fdbKey(). */
+  fdb: Map<string, FdbSpec>;
+}
+
+export function fdbKey(f: FdbSpec): string {
+  return `${f.dev}|${f.mac}|${f.dst}`;
+}
+
+export interface NetworkMode {
+  readonly name: 'vxlan' | 'vlan' | 'routed';
+  render(view: HostView): DesiredL2;
+}
+
+export function emptyDesired(): DesiredL2 {
+  return { bridges: new Map(), vxlans: new Map(), ports: new Map(), fdb: new Map() };
+}
