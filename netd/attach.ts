@@ -1,0 +1,121 @@
+import { AppError, ErrorCodes, describeError } from '../core/errors.js';
+import { IpBatch, IpClient } from '../sys/ip.js';
+import type { CommandRunner, NetnsTarget } from '../sys/runner.js';
+import type { Logger } from '../sys/log.js';
+import { silentLogger } from '../sys/log.js';
+import type { Store } from '../store/types.js';
+import type { Ipam, Allocation } from '../ipam/allocator.js';
+import { checkSegment } from '../ipam/keys.js';
+import { linkNames, shortHash } from './names.js';
+import { netdKeys } from './keys.js';
+import type { EndpointRecord, HostRecord, VpcRecord } from './model.js';
+import { VXLAN_OVERHEAD } from './modes/vxlan.js';
+
+/**
+ * Attaching a container to a VPC (its eth1), in the order that makes a crash at any point
+ * recoverable: address (ipam handle names the netns) → endpoint record (the intent) → veth pair,
+ * container side moved into the container's netns and configured → the reconciler puts the host
+ * side on the VPC bridge. A failure rolls back everything done so far, the address included.
+ */
+
+export interface AttachRequest {
+  containerId: string;
+  ifname: string;
+  netnsPath: string;
+  vpc: string;
+  mac?: string;
+  ip?: string;
+}
+
+export interface AttachDeps {
+  store: Store;
+  ipam: Ipam;
+  runner: CommandRunner;
+  host: HostRecord;
+  /** The host's namespace (the daemon's own when undefined). */
+  hostNetns?: NetnsTarget;
+  logger?: Logger;
+  /** Called once the endpoint record exists and the veth is in place (e.g. a local reconcile). */
+  converge?: (endpoint: EndpointRecord) => Promise<void>;
+}
+
+export interface Attachment {
+  endpoint: EndpointRecord;
+  allocation: Allocation;
+  mtu: number;
+}
+
+export function endpointId(containerId: string, ifname: string): string {
+  return `${containerId}:${ifname}`;
+}
+
+/** A stable locally administered MAC per endpoint, so a retried ADD gets the same one. */
+export function endpointMac(id: string): string {
+  const h = shortHash(`mac:${id}`);
+  return `02:${h.slice(0, 2)}:${h.slice(2, 4)}:${h.slice(4, 6)}:${h.slice(6, 8)}:${h.slice(8, 10)}`;
+}
+
+export async function loadVpc(store: Store, name: string): Promise<VpcRecord> {
+  const kv = await store.get(netdKeys.vpc(checkSegment('vpc', name)));
+  if (!kv) throw new AppError(ErrorCodes.NOT_FOUND, `no VPC "${name}"`, { vpc: name });
+  return JSON.parse(kv.value) as VpcRecord;
+}
+
+export async function attachInternal(req: AttachRequest, deps: AttachDeps): Promise<Attachment> {
+  const id = endpointId(checkSegment('containerId', req.containerId), req.ifname);
+  const log = (deps.logger ?? silentLogger()).child({ component: 'netd', vpc: req.vpc, container: req.containerId });
+  const vpc = await loadVpc(deps.store, req.vpc);
+  const mtu = vpc.mtu ?? deps.host.underlayMtu - VXLAN_OVERHEAD;
+  const hostIf = linkNames.internalPort(id);
+  const tmpIf = `nt${shortHash(id)}`;
+  const hostIp = new IpClient(deps.runner, deps.hostNetns);
+  const inside = new IpClient(deps.runner, { path: req.netnsPath });
+  const undo: Array<() => Promise<unknown>> = [];
+  try {
+    const allocation = await deps.ipam.allocate({
+      pool: vpc.name,
+      handle: id,
+      owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
+      ...(req.ip !== undefined && { ip: req.ip }),
+    });
+    undo.push(() => deps.ipam.releaseHandle(id, vpc.name));
+    const endpoint: EndpointRecord & { containerId: string; ifname: string; netns: string } = {
+      vpc: vpc.name,
+      id,
+      host: deps.host.name,
+      ip: allocation.ip,
+      mac: (req.mac ?? endpointMac(id)).toLowerCase(),
+      hostIf,
+      containerId: req.containerId,
+      ifname: req.ifname,
+      netns: req.netnsPath,
+    };
+    await deps.store.put(netdKeys.endpoint(vpc.name, id), JSON.stringify(endpoint));
+    undo.push(() => deps.store.delete(netdKeys.endpoint(vpc.name, id)));
+
+    await hostIp.deleteLinkIfExists(tmpIf); // a leftover of an ADD that died half-way
+    await hostIp.apply(new IpBatch().linkAddVeth(hostIf, tmpIf, { mtu }).linkSet(tmpIf, { netns: req.netnsPath }).linkSet(hostIf, { up: true }));
+    undo.push(() => hostIp.deleteLinkIfExists(hostIf));
+    await inside.apply(
+      new IpBatch()
+        .linkSet(tmpIf, { name: req.ifname })
+        .linkSet(req.ifname, { address: endpoint.mac, mtu, up: true })
+        .addrAdd(allocation.cidr, req.ifname),
+    );
+    await deps.converge?.(endpoint);
+    log.info({ ip: allocation.ip, hostIf }, 'attached');
+    return { endpoint, allocation, mtu };
+  } catch (err) {
+    log.warn({ err: describeError(err) }, 'attach failed; rolling back');
+    for (const step of undo.reverse()) await step().catch((e: unknown) => log.error({ err: describeError(e) }, 'rollback step failed'));
+    throw err;
+  }
+}
+
+/** Idempotent: whatever is already gone is success (the netns may be gone too). */
+export async function detachInternal(req: { containerId: string; ifname: string; vpc: string }, deps: AttachDeps): Promise<void> {
+  const id = endpointId(req.containerId, req.ifname);
+  await new IpClient(deps.runner, deps.hostNetns).deleteLinkIfExists(linkNames.internalPort(id));
+  await deps.store.delete(netdKeys.endpoint(req.vpc, id));
+  await deps.ipam.releaseHandle(id, req.vpc);
+}

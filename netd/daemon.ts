@@ -1,0 +1,154 @@
+import { describeError } from '../core/errors.js';
+import { IpClient } from '../sys/ip.js';
+import { BridgeClient } from '../sys/bridge.js';
+import type { CommandRunner, NetnsTarget } from '../sys/runner.js';
+import type { Logger } from '../sys/log.js';
+import { silentLogger } from '../sys/log.js';
+import type { Lease, Store, WatchEvent } from '../store/types.js';
+import { WatchConsumer } from '../store/watch-consumer.js';
+import { reconcile } from './dataplane.js';
+import { netdKeys } from './keys.js';
+import type { EndpointRecord, HostRecord, HostView, VpcRecord } from './model.js';
+import { vxlanMode } from './modes/vxlan.js';
+
+/**
+ * The per-host daemon's control loop: registers the host with a lease, follows VPCs, hosts and
+ * endpoints in etcd, and converges the host's data path after every change (debounced, one
+ * reconcile at a time). Stopping it leaves the data path and the registration in place: the lease
+ * is released, not revoked, so a restart within the TTL is invisible to the other hosts.
+ */
+
+export interface NetdDaemonOptions {
+  host: HostRecord;
+  leaseTtlSeconds?: number;
+  /** Where the host's data path lives (the daemon's own namespace when undefined). */
+  netns?: NetnsTarget;
+  debounceMs?: number;
+}
+
+export interface NetdDaemonDeps {
+  store: Store;
+  runner: CommandRunner;
+  logger?: Logger;
+}
+
+export class NetdDaemon {
+  private readonly log: Logger;
+  private readonly vpcs = new Map<string, VpcRecord>();
+  private readonly hosts = new Map<string, HostRecord>();
+  private readonly endpoints = new Map<string, EndpointRecord>();
+  private readonly consumers: WatchConsumer[] = [];
+  private lease: Lease | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private stopped = false;
+  /** Reconciles that ran (for tests and metrics). */
+  reconciles = 0;
+  lastError: string | undefined;
+
+  constructor(
+    private readonly opts: NetdDaemonOptions,
+    private readonly deps: NetdDaemonDeps,
+  ) {
+    this.log = (deps.logger ?? silentLogger()).child({ component: 'netd', host: opts.host.name });
+  }
+
+  async start(): Promise<void> {
+    await this.register();
+    const follow = <T>(prefix: string, into: Map<string, T>) =>
+      new WatchConsumer({
+        store: this.deps.store,
+        prefix,
+        logger: this.deps.logger,
+        handler: {
+          onEvents: (events: WatchEvent[]) => {
+            for (const e of events) {
+              if (e.type === 'delete') into.delete(e.kv.key);
+              else into.set(e.kv.key, JSON.parse(e.kv.value) as T);
+            }
+            this.schedule();
+          },
+        },
+      });
+    this.consumers.push(follow(netdKeys.vpcs(), this.vpcs), follow(netdKeys.hosts(), this.hosts), follow(netdKeys.endpoints(), this.endpoints));
+    await Promise.all(this.consumers.map((c) => c.start()));
+    await this.reconcileNow();
+    this.log.info('netd started');
+  }
+
+  /** Registers (or re-registers) this host under a fresh lease. */
+  private async register(): Promise<void> {
+    this.lease = await this.deps.store.lease(this.opts.leaseTtlSeconds ?? 10);
+    this.lease.onLost((err) => {
+      if (this.stopped) return;
+      this.log.warn({ err: err.message }, 'host lease lost; registering again');
+      void this.register().catch((e: unknown) => this.log.error({ err: describeError(e) }, 're-registration failed'));
+    });
+    await this.deps.store.put(netdKeys.host(this.opts.host.name), JSON.stringify(this.opts.host), { lease: this.lease.id });
+  }
+
+  /** The cluster as this host sees it right now. */
+  view(): HostView {
+    const hosts = new Map([...this.hosts.values()].map((h) => [h.name, h]));
+    hosts.set(this.opts.host.name, this.opts.host);
+    const vpcs = new Map([...this.vpcs.values()].map((v) => [v.name, v]));
+    return { self: this.opts.host, hosts, vpcs, endpoints: [...this.endpoints.values()] };
+  }
+
+  /** Makes a local endpoint part of the view before its watch event arrives (the ADD fast path). */
+  noteLocalEndpoint(e: EndpointRecord): void {
+    this.endpoints.set(netdKeys.endpoint(e.vpc, e.id), e);
+  }
+
+  schedule(): void {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.reconcileNow().catch(() => undefined), this.opts.debounceMs ?? 20);
+  }
+
+  /** One reconcile at a time; a request during a run triggers exactly one more run after it. */
+  async reconcileNow(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        try {
+          const ns = this.opts.netns;
+          const desired = vxlanMode.render(this.view());
+          await reconcile(desired, { ip: new IpClient(this.deps.runner, ns), bridge: new BridgeClient(this.deps.runner, ns) }, this.log);
+          this.reconciles++;
+          this.lastError = undefined;
+        } catch (err) {
+          this.lastError = describeError(err);
+          this.log.error({ err: this.lastError }, 'reconcile failed; will retry');
+          setTimeout(() => this.schedule(), 500).unref();
+        }
+      } while (this.again && !this.stopped);
+    })().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  /**
+   * Stops following etcd and leaves the data path as it is. The registration stays until the
+   * lease's TTL runs out, so a restart within it does not disturb the other hosts.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await Promise.all(this.consumers.map((c) => c.stop()));
+    await this.running;
+    this.lease?.release();
+  }
+
+  /** Leaves the cluster for good: the registration goes at once and other hosts drop this one. */
+  async deregister(): Promise<void> {
+    await this.stop();
+    await this.lease?.revoke();
+  }
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { describeError, invalidInput } from '../core/errors.js';
+import { parseIp } from '../core/cidr.js';
+import { ExecRunner } from '../sys/runner.js';
+import { createLogger } from '../sys/log.js';
+import { ifname } from '../sys/tokens.js';
+import { EtcdStore } from '../store/etcd.js';
+import { checkSegment } from '../ipam/keys.js';
+import { NetdDaemon } from './daemon.js';
+
+/**
+ * `netd`: the per-host daemon. Runs in the host's network namespace.
+ *   netd --host NAME --underlay-ip IP --uplink IF [--mtu 1500] --etcd URL[,URL] [--lease-ttl 10]
+ * SIGTERM/SIGINT stop it gracefully: the data path stays, the registration outlives a quick restart.
+ */
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      host: { type: 'string' },
+      'underlay-ip': { type: 'string' },
+      uplink: { type: 'string' },
+      mtu: { type: 'string', default: '1500' },
+      etcd: { type: 'string', default: process.env.NETD_ETCD_ENDPOINTS },
+      'lease-ttl': { type: 'string', default: '10' },
+    },
+  });
+  const host = checkSegment('host', values.host);
+  const underlayIp = values['underlay-ip'] ?? '';
+  parseIp(underlayIp);
+  const uplink = ifname(values.uplink ?? '');
+  const mtu = Number(values.mtu);
+  const leaseTtl = Number(values['lease-ttl']);
+  if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 9216) throw invalidInput('--mtu must be 1280..9216');
+  if (!Number.isInteger(leaseTtl) || leaseTtl < 2 || leaseTtl > 3600) throw invalidInput('--lease-ttl must be 2..3600 seconds');
+  const endpoints = (values.etcd ?? '').split(',').filter(Boolean);
+  if (endpoints.length === 0) throw invalidInput('--etcd (or $NETD_ETCD_ENDPOINTS) is required');
+
+  const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'info' }).child({ host });
+  const store = new EtcdStore({ endpoints, logger });
+  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl }, { store, runner: new ExecRunner({ logger }), logger });
+  const shutdown = (sig: string) => {
+    logger.info({ sig }, 'stopping');
+    void daemon
+      .stop()
+      .then(() => store.close())
+      .finally(() => process.exit(0));
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+  await daemon.start();
+  process.stdout.write(`netd ${host} ready\n`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`netd: ${describeError(err)}\n`);
+  process.exit(1);
+});
