@@ -71,6 +71,23 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
   const hostIp = new IpClient(deps.runner, deps.hostNetns);
   const inside = new IpClient(deps.runner, { path: req.netnsPath });
   const undo: Array<() => Promise<unknown>> = [];
+  const recordKey = netdKeys.endpoint(vpc.name, id);
+  const existing = await deps.store.get(recordKey);
+  if (existing) {
+    // ADD again (a runtime retry): a complete attachment is returned as it is; a half-done one
+    // (a daemon that died mid-ADD) is finished below, reusing its address. Either way, nothing that
+    // an earlier ADD created is undone by a failure now.
+    const prior = JSON.parse(existing.value) as EndpointRecord;
+    const wired = (await hostIp.link(hostIf)) !== undefined && (await inside.addresses(req.ifname).catch(() => [])).some((a) => a.addr_info.some((x) => x.local === prior.ip));
+    if (wired) {
+      const [held] = (await deps.ipam.getHandle(id)).filter((h) => h.pool === vpc.name);
+      if (held) {
+        await deps.converge?.(prior);
+        return { endpoint: prior, allocation: { handle: id, pool: vpc.name, ip: held.ip, cidr: `${held.ip}/${held.prefixLength}`, gateway: '', seq: held.seq, block: held.block }, mtu };
+      }
+    }
+  }
+  const hadAddress = (await deps.ipam.getHandle(id)).some((h) => h.pool === vpc.name);
   try {
     const allocation = await deps.ipam.allocate({
       pool: vpc.name,
@@ -78,7 +95,7 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
       owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
       ...(req.ip !== undefined && { ip: req.ip }),
     });
-    undo.push(() => deps.ipam.releaseHandle(id, vpc.name));
+    if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, vpc.name));
     const endpoint: EndpointRecord & { containerId: string; ifname: string; netns: string } = {
       vpc: vpc.name,
       id,
@@ -90,10 +107,12 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
       ifname: req.ifname,
       netns: req.netnsPath,
     };
-    await deps.store.put(netdKeys.endpoint(vpc.name, id), JSON.stringify(endpoint));
-    undo.push(() => deps.store.delete(netdKeys.endpoint(vpc.name, id)));
+    await deps.store.put(recordKey, JSON.stringify(endpoint));
+    if (!existing) undo.push(() => deps.store.delete(recordKey));
 
-    await hostIp.deleteLinkIfExists(tmpIf); // a leftover of an ADD that died half-way
+    // Leftovers of an ADD that died half-way.
+    await hostIp.deleteLinkIfExists(tmpIf);
+    if (existing) await hostIp.deleteLinkIfExists(hostIf);
     await hostIp.apply(new IpBatch().linkAddVeth(hostIf, tmpIf, { mtu }).linkSet(tmpIf, { netns: req.netnsPath }).linkSet(hostIf, { up: true }));
     undo.push(() => hostIp.deleteLinkIfExists(hostIf));
     await inside.apply(

@@ -10,6 +10,10 @@ import { reconcile } from './dataplane.js';
 import { netdKeys } from './keys.js';
 import type { EndpointRecord, HostRecord, HostView, VpcRecord } from './model.js';
 import { vxlanMode } from './modes/vxlan.js';
+import { Ipam } from '../ipam/allocator.js';
+import { handleCni } from './cni-handler.js';
+import { ownSocketPath, startCniServer } from './cni-server.js';
+import type { Server } from 'node:net';
 
 /**
  * The per-host daemon's control loop: registers the host with a lease, follows VPCs, hosts and
@@ -24,6 +28,8 @@ export interface NetdDaemonOptions {
   /** Where the host's data path lives (the daemon's own namespace when undefined). */
   netns?: NetnsTarget;
   debounceMs?: number;
+  /** Serve CNI requests on the socket of this namespace (in this directory). Off when undefined. */
+  cniSocketDir?: string;
 }
 
 export interface NetdDaemonDeps {
@@ -43,6 +49,7 @@ export class NetdDaemon {
   private running: Promise<void> | undefined;
   private again = false;
   private stopped = false;
+  private cniServer: Server | undefined;
   /** Reconciles that ran (for tests and metrics). */
   reconciles = 0;
   lastError: string | undefined;
@@ -74,7 +81,28 @@ export class NetdDaemon {
     this.consumers.push(follow(netdKeys.vpcs(), this.vpcs), follow(netdKeys.hosts(), this.hosts), follow(netdKeys.endpoints(), this.endpoints));
     await Promise.all(this.consumers.map((c) => c.start()));
     await this.reconcileNow();
+    if (this.opts.cniSocketDir !== undefined) await this.serveCni(this.opts.cniSocketDir);
     this.log.info('netd started');
+  }
+
+  private async serveCni(dir: string): Promise<void> {
+    const ipam = new Ipam({ store: this.deps.store, host: this.opts.host.name, logger: this.deps.logger });
+    const deps = {
+      store: this.deps.store,
+      ipam,
+      runner: this.deps.runner,
+      host: this.opts.host,
+      hostNetns: this.opts.netns,
+      logger: this.deps.logger,
+      converge: async (e: EndpointRecord) => {
+        this.noteLocalEndpoint(e);
+        await this.reconcileNow();
+        if (this.lastError) throw new Error(`data path not converged: ${this.lastError}`);
+      },
+      localEndpoints: () => [...this.endpoints.values()].filter((e) => e.host === this.opts.host.name),
+      ready: () => this.consumers.every((c) => c.status === 'synced'),
+    };
+    this.cniServer = await startCniServer({ path: ownSocketPath(dir), handle: (env, stdin) => handleCni(env, stdin, deps), logger: this.log });
   }
 
   /** Registers (or re-registers) this host under a fresh lease. */
@@ -141,6 +169,7 @@ export class NetdDaemon {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
+    await new Promise<void>((resolve) => (this.cniServer ? this.cniServer.close(() => resolve()) : resolve()));
     await Promise.all(this.consumers.map((c) => c.stop()));
     await this.running;
     this.lease?.release();

@@ -8,13 +8,21 @@ import { ifname } from '../sys/tokens.js';
 import { EtcdStore } from '../store/etcd.js';
 import { checkSegment } from '../ipam/keys.js';
 import { NetdDaemon } from './daemon.js';
+import { installNetdPlugin } from './install-cni.js';
+import { SOCKET_DIR } from './cni-server.js';
 
 /**
  * `netd`: the per-host daemon. Runs in the host's network namespace.
  *   netd --host NAME --underlay-ip IP --uplink IF [--mtu 1500] --etcd URL[,URL] [--lease-ttl 10]
+ *   netd install-cni [--cni-bin-dir /opt/cni/bin]
  * SIGTERM/SIGINT stop it gracefully: the data path stays, the registration outlives a quick restart.
  */
 async function main(): Promise<void> {
+  if (process.argv[2] === 'install-cni') {
+    const { values } = parseArgs({ args: process.argv.slice(3), options: { 'cni-bin-dir': { type: 'string', default: '/opt/cni/bin' } } });
+    process.stdout.write(`installed ${installNetdPlugin(values['cni-bin-dir']!)}\n`);
+    return;
+  }
   const { values } = parseArgs({
     options: {
       host: { type: 'string' },
@@ -23,6 +31,7 @@ async function main(): Promise<void> {
       mtu: { type: 'string', default: '1500' },
       etcd: { type: 'string', default: process.env.NETD_ETCD_ENDPOINTS },
       'lease-ttl': { type: 'string', default: '10' },
+      'cni-socket-dir': { type: 'string', default: SOCKET_DIR },
     },
   });
   const host = checkSegment('host', values.host);
@@ -38,7 +47,7 @@ async function main(): Promise<void> {
 
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'info' }).child({ host });
   const store = new EtcdStore({ endpoints, logger });
-  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl }, { store, runner: new ExecRunner({ logger }), logger });
+  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'] }, { store, runner: new ExecRunner({ logger }), logger });
   const shutdown = (sig: string) => {
     logger.info({ sig }, 'stopping');
     void daemon

@@ -1,0 +1,103 @@
+import { AppError, ErrorCodes } from '../core/errors.js';
+import { CniFailure, CniErrorCodes, commandSupported, parseCniRequest, toCniError, versionResult, type CniRequest, type CniResult } from '../core/cni.js';
+import { IpClient } from '../sys/ip.js';
+import { attachInternal, detachInternal, endpointId, type AttachDeps } from './attach.js';
+import { netdKeys } from './keys.js';
+import type { EndpointRecord } from './model.js';
+
+/**
+ * The CNI verbs, executed by the daemon on behalf of the thin `netd` plugin. A network config
+ * names the VPC it attaches to:
+ *
+ *   { "cniVersion": "1.0.0", "name": "vpc-a", "type": "netd", "vpc": "a" }
+ *
+ * Requests arrive already split into environment and stdin; the reply is what the plugin prints
+ * and its exit status.
+ */
+
+export interface CniReply {
+  exitCode: number;
+  stdout: string;
+}
+
+export interface CniHandlerDeps extends AttachDeps {
+  /** Resolves once the host's data path includes the endpoint (the daemon's local reconcile). */
+  converge: (endpoint: EndpointRecord) => Promise<void>;
+  /** Endpoints of this host, from the daemon's view. */
+  localEndpoints: () => EndpointRecord[];
+  ready: () => boolean;
+}
+
+export async function handleCni(env: Record<string, string | undefined>, stdin: string, deps: CniHandlerDeps): Promise<CniReply> {
+  let cniVersion = '1.1.0';
+  try {
+    const req = parseCniRequest(env, stdin);
+    cniVersion = req.config.cniVersion || cniVersion;
+    const out = await dispatch(req, deps);
+    return { exitCode: 0, stdout: out === undefined ? '' : JSON.stringify(out) + '\n' };
+  } catch (err) {
+    return { exitCode: 1, stdout: JSON.stringify(toCniError(err, cniVersion)) + '\n' };
+  }
+}
+
+function vpcOf(req: CniRequest): string {
+  const vpc = req.config.vpc;
+  if (typeof vpc !== 'string' || vpc === '') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'network config needs "vpc": the VPC to attach to');
+  return vpc;
+}
+
+async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown> {
+  if (req.command === 'VERSION') return versionResult(req.config.cniVersion);
+  if (!commandSupported(req.command, req.config.cniVersion)) {
+    throw new CniFailure(CniErrorCodes.INCOMPATIBLE_VERSION, `${req.command} is not defined for cniVersion ${req.config.cniVersion}`);
+  }
+  const vpc = vpcOf(req);
+  switch (req.command) {
+    case 'ADD': {
+      const ips = req.config.runtimeConfig?.ips;
+      const ip = Array.isArray(ips) && typeof ips[0] === 'string' ? ips[0].split('/')[0] : req.args.IP;
+      const mac = typeof req.config.runtimeConfig?.mac === 'string' ? req.config.runtimeConfig.mac : req.args.MAC;
+      const att = await attachInternal(
+        { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, vpc, ...(ip !== undefined && { ip }), ...(mac !== undefined && { mac }) },
+        deps,
+      );
+      const result: CniResult = {
+        cniVersion: req.config.cniVersion,
+        interfaces: [{ name: req.ifname, mac: att.endpoint.mac, sandbox: req.netns }],
+        ips: [{ address: att.allocation.cidr, interface: 0 }],
+        routes: [],
+        dns: {},
+      };
+      return result;
+    }
+    case 'DEL':
+      await detachInternal({ containerId: req.containerId, ifname: req.ifname, vpc }, deps);
+      return undefined;
+    case 'CHECK': {
+      const kv = await deps.store.get(netdKeys.endpoint(vpc, endpointId(req.containerId, req.ifname)));
+      if (!kv) throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no endpoint for ${req.containerId}/${req.ifname} in VPC ${vpc}`);
+      const e = JSON.parse(kv.value) as EndpointRecord;
+      const addrs = await new IpClient(deps.runner, { path: req.netns }).addresses(req.ifname).catch(() => []);
+      if (!addrs[0]?.addr_info.some((a) => a.local === e.ip)) {
+        throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `${req.ifname} in ${req.netns} does not carry ${e.ip}`);
+      }
+      return undefined;
+    }
+    case 'STATUS':
+      if (!deps.ready()) throw new CniFailure(CniErrorCodes.PLUGIN_NOT_AVAILABLE, 'netd is not synced with etcd yet');
+      return undefined;
+    case 'GC': {
+      const raw = req.config['cni.dev/valid-attachments'];
+      if (raw !== undefined && !Array.isArray(raw)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cni.dev/valid-attachments must be a list');
+      const keep = new Set(((raw ?? []) as Array<{ containerID?: unknown; ifname?: unknown }>).map((v) => endpointId(String(v.containerID), String(v.ifname))));
+      for (const e of deps.localEndpoints()) {
+        if (e.vpc !== vpc || keep.has(e.id)) continue;
+        const [containerId, ifname] = e.id.split(':') as [string, string];
+        await detachInternal({ containerId, ifname, vpc }, deps);
+      }
+      return undefined;
+    }
+    default:
+      throw new AppError(ErrorCodes.INTERNAL, `unhandled CNI command ${String(req.command)}`);
+  }
+}

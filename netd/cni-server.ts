@@ -1,0 +1,78 @@
+import { createServer, type Server } from 'node:net';
+import { chmodSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from '../sys/log.js';
+import type { CniReply } from './cni-handler.js';
+
+/**
+ * The daemon's CNI endpoint: a root-only Unix socket named after the daemon's network namespace
+ * (`/run/netd/net-<inode>.sock`). The plugin runs in the namespace of the host it wires, reads
+ * that namespace's inode, and so always reaches the daemon of its own host — also when several
+ * virtual hosts share one filesystem.
+ *
+ * Wire format (chosen so a POSIX sh plugin can speak it without parsing JSON): the request is the
+ * CNI_* environment as KEY=VALUE lines, an empty line, then the network config until EOF; the
+ * reply is the exit status on the first line, then what the plugin prints.
+ */
+
+export const SOCKET_DIR = '/run/netd';
+const MAX_REQUEST = 1024 * 1024;
+
+export function socketPathForNetns(inode: number | bigint, dir = SOCKET_DIR): string {
+  return join(dir, `net-${inode}.sock`);
+}
+
+export function ownSocketPath(dir = SOCKET_DIR): string {
+  return socketPathForNetns(statSync('/proc/self/ns/net').ino, dir);
+}
+
+export function parseRequest(raw: string): { env: Record<string, string>; stdin: string } {
+  const split = raw.indexOf('\n\n');
+  const head = split >= 0 ? raw.slice(0, split) : raw;
+  const stdin = split >= 0 ? raw.slice(split + 2) : '';
+  const env: Record<string, string> = {};
+  for (const line of head.split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0 && line.startsWith('CNI_')) env[line.slice(0, eq)] = line.slice(eq + 1);
+  }
+  return { env, stdin };
+}
+
+export async function startCniServer(opts: {
+  path: string;
+  handle: (env: Record<string, string>, stdin: string) => Promise<CniReply>;
+  logger: Logger;
+}): Promise<Server> {
+  mkdirSync(join(opts.path, '..'), { recursive: true, mode: 0o700 });
+  rmSync(opts.path, { force: true }); // a socket file left by a previous run of this daemon
+  // Half-open: the plugin closes its side after the request and still waits for the reply.
+  const server = createServer({ allowHalfOpen: true }, (sock) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    sock.setTimeout(60_000, () => sock.destroy());
+    sock.on('error', () => undefined);
+    sock.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_REQUEST) {
+        sock.end(`1\n${JSON.stringify({ cniVersion: '1.0.0', code: 6, msg: 'request over 1 MiB' })}\n`);
+        sock.destroy();
+      } else chunks.push(c);
+    });
+    sock.on('end', () => {
+      const { env, stdin } = parseRequest(Buffer.concat(chunks).toString('utf8'));
+      void opts.handle(env, stdin).then(
+        (reply) => sock.end(`${reply.exitCode}\n${reply.stdout}`),
+        (err: unknown) => {
+          opts.logger.error({ err: String(err) }, 'CNI handler crashed');
+          sock.end(`1\n${JSON.stringify({ cniVersion: '1.0.0', code: 999, msg: 'netd internal error' })}\n`);
+        },
+      );
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.path, () => resolve());
+  });
+  chmodSync(opts.path, 0o600);
+  return server;
+}

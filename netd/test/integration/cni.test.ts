@@ -1,0 +1,143 @@
+import t from 'tap';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
+import type { TestContainer } from '../../../test-netns/containers.js';
+import { requireRoot } from '../../../test-netns/testing.js';
+import { startDaemon, stopDaemon, isRunning, type DaemonHandle } from '../../../sys/process.js';
+import { isCommandError } from '../../../sys/runner.js';
+import { IpClient } from '../../../sys/ip.js';
+import { EtcdStore } from '../../../store/etcd.js';
+import { Ipam } from '../../../ipam/allocator.js';
+import { installNetdPlugin } from '../../install-cni.js';
+import { netdKeys } from '../../keys.js';
+
+const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'main.js');
+
+async function eventually(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return true;
+    await sleep(50);
+  }
+  return false;
+}
+
+interface Env {
+  s: ClusterSession;
+  bin: string;
+}
+
+/** Invokes the installed `netd` plugin in a host's netns, as a runtime on that host would. */
+async function plugin(env: Env, host: string, command: string, config: object | string, cniEnv: Record<string, string>): Promise<{ ok: boolean; out: Record<string, unknown>; ms: number }> {
+  const started = performance.now();
+  try {
+    const { stdout } = await env.s.runner.run({
+      argv: [join(env.bin, 'netd')],
+      stdin: typeof config === 'string' ? config : JSON.stringify(config),
+      netns: { name: env.s.cluster.host(host).netns },
+      env: { CNI_COMMAND: command, CNI_PATH: env.bin, ...cniEnv },
+      timeoutMs: 60_000,
+    });
+    return { ok: true, out: stdout.trim() ? (JSON.parse(stdout) as Record<string, unknown>) : {}, ms: performance.now() - started };
+  } catch (err) {
+    if (isCommandError(err)) return { ok: false, out: JSON.parse(err.stdout || '{}') as Record<string, unknown>, ms: performance.now() - started };
+    throw err;
+  }
+}
+
+t.test('the netd CNI plugin wires eth1 through the host daemon: ADD, CHECK, DEL (twice, and after the netns is gone), VERSION, STATUS, bad input', async (t) => {
+  if (!requireRoot(t)) return;
+  const dir = mkdtempSync(join(tmpdir(), 'netd-cni-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const socketDir = join(dir, 'sock');
+  const bin = join(dir, 'bin');
+  installNetdPlugin(bin, socketDir);
+  await withCluster({ hosts: 2 }, async (s) => {
+    const d = s.cluster.description;
+    const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+    t.teardown(() => store.close());
+    await store.put(netdKeys.vpc('a'), JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.5.0.0/24', vni: 500 }));
+    await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.5.0.0/24', kind: 'vpc' });
+    const daemons: DaemonHandle[] = [];
+    for (const h of d.hosts) {
+      const log = join(dir, `${h.name}.log`);
+      daemons.push(
+        startDaemon({
+          argv: [process.execPath, MAIN, '--host', h.name, '--underlay-ip', h.underlayIp, '--uplink', h.uplink, '--etcd', d.etcd.underlayEndpoints.join(','), '--lease-ttl', '2', '--cni-socket-dir', socketDir],
+          netns: { name: h.netns },
+          logFile: log,
+          env: { LOG_LEVEL: 'warn' },
+        }),
+      );
+      t.ok(await eventually(async () => readFileSync(log, 'utf8').includes('ready'), 15_000), `netd on ${h.name} ready`);
+    }
+    t.teardown(async () => {
+      for (const h of daemons) await stopDaemon(h);
+    });
+    const env: Env = { s, bin };
+    const conf = { cniVersion: '1.0.0', name: 'vpc-a', type: 'netd', vpc: 'a' };
+
+    const version = await plugin(env, 'h1', 'VERSION', '', {});
+    t.match(version.out, { supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });
+    t.ok((await plugin(env, 'h1', 'STATUS', { ...conf, cniVersion: '1.1.0' }, {})).ok, 'STATUS: ready');
+
+    const made: Array<{ c: TestContainer; host: string; ip: string }> = [];
+    for (const [name, host] of [['c1', 'h1'], ['c2', 'h2']] as const) {
+      const c = await s.containers.add({ host, name });
+      const add = await plugin(env, host, 'ADD', conf, { CNI_CONTAINERID: name, CNI_NETNS: c.netnsPath, CNI_IFNAME: 'eth1' });
+      t.ok(add.ok, `ADD ${name}: ${JSON.stringify(add.out)}`);
+      t.comment(`ADD ${name} took ${add.ms.toFixed(1)} ms through the plugin`);
+      const ips = add.out.ips as Array<{ address: string; interface: number }>;
+      t.match(ips[0]?.address, /^10\.5\.0\.\d+\/24$/);
+      t.match(add.out.interfaces, [{ name: 'eth1', sandbox: c.netnsPath, mac: /^02:/ }]);
+      const inside = await new IpClient(s.runner, { name: c.netns }).addresses('eth1');
+      t.ok(inside[0]?.addr_info.some((a) => `${a.local}/${a.prefixlen}` === ips[0]!.address), `${name} carries its address`);
+      made.push({ c, host, ip: ips[0]!.address.split('/')[0]! });
+    }
+    t.ok(await eventually(() => s.probe.ping(made[0]!.c.netns, made[1]!.ip, 500), 10_000), 'c1 (h1) reaches c2 (h2) over eth1');
+    const env1 = { CNI_CONTAINERID: 'c1', CNI_NETNS: made[0]!.c.netnsPath, CNI_IFNAME: 'eth1' };
+    t.ok((await plugin(env, 'h1', 'CHECK', conf, env1)).ok, 'CHECK');
+    const again = await plugin(env, 'h1', 'ADD', conf, env1);
+    t.match(again.out, { ips: [{ address: `${made[0]!.ip}/24` }] }, 'ADD twice: same address');
+
+    // Bad input never reaches the kernel or etcd, and never takes the daemon down.
+    const bad: Array<[string, object | string, Record<string, string>, number]> = [
+      ['not JSON', '{oops', env1, 6],
+      ['no vpc', { cniVersion: '1.0.0', name: 'x', type: 'netd' }, env1, 7],
+      ['unknown vpc', { ...conf, vpc: 'nope' }, env1, 7],
+      ['old version', { ...conf, cniVersion: '0.2.0' }, env1, 1],
+      ['bad ifname', conf, { ...env1, CNI_IFNAME: 'much-too-long-name' }, 4],
+      ['missing netns', conf, { ...env1, CNI_NETNS: '' }, 4],
+      ['netns that does not exist', conf, { ...env1, CNI_CONTAINERID: 'ghost', CNI_NETNS: '/run/netns/does-not-exist' }, 5],
+    ];
+    for (const [what, config, e, code] of bad) {
+      const r = await plugin(env, 'h1', 'ADD', config, e);
+      t.notOk(r.ok, `${what}: refused`);
+      t.equal(r.out.code, code, `${what}: CNI code ${code} (${String(r.out.msg)})`);
+    }
+    t.same((await store.list(netdKeys.endpoints())).kvs.map((kv) => kv.key).sort(), ['/netd/v1/endpoints/a/c1:eth1', '/netd/v1/endpoints/a/c2:eth1'], 'bad ADDs left no record');
+    t.same((await store.list('/netd/v1/ipam/handles/')).kvs.length, 2, 'and no address (the failed ADD rolled back)');
+    t.ok(daemons.every((h) => isRunning(h)), 'both daemons still run');
+
+    for (const m of made) {
+      const e = { CNI_CONTAINERID: m.c.name, CNI_NETNS: m.c.netnsPath, CNI_IFNAME: 'eth1' };
+      t.ok((await plugin(env, m.host, 'DEL', conf, e)).ok, `DEL ${m.c.name}`);
+      t.ok((await plugin(env, m.host, 'DEL', conf, e)).ok, `DEL ${m.c.name} twice`);
+      await s.containers.remove(m.c);
+      t.ok((await plugin(env, m.host, 'DEL', conf, { ...e, CNI_NETNS: '' })).ok, `DEL ${m.c.name} after its netns is gone`);
+    }
+    t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint left');
+    t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left');
+    for (const h of d.hosts) {
+      const ip = new IpClient(s.runner, { name: h.netns });
+      t.ok(await eventually(async () => (await ip.links()).filter((l) => /^n[bxie]/.test(l.ifname)).length === 0, 10_000), `${h.name}: no netd link left`);
+    }
+    for (const h of daemons) await stopDaemon(h);
+    await store.deletePrefix('/netd/v1/');
+    t.same(await s.residue(), []);
+  });
+});
