@@ -19,6 +19,9 @@ PACKAGES=(
   busybox-static    # container root filesystems
   kmod              # modprobe, for kernel features loaded on demand
   containernetworking-plugins  # reference CNI plugins: peers in tests and benchmarks
+  socat             # the netd CNI plugin talks to its daemon through it
+  podman            # a real CNI client in the integration tests
+  runc              # podman's runtime here (crun fails on hybrid cgroups)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
