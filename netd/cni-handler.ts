@@ -4,6 +4,7 @@ import { IpClient } from '../sys/ip.js';
 import { attachInternal, detachInternal, endpointId, type AttachDeps } from './attach.js';
 import { netdKeys } from './keys.js';
 import type { EndpointRecord } from './model.js';
+import { attachExternal, detachExternal, LINK_LOCAL_GATEWAY, type ExternalEndpointRecord } from './external.js';
 
 /**
  * The CNI verbs, executed by the daemon on behalf of the thin `netd` plugin. A network config
@@ -26,6 +27,10 @@ export interface CniHandlerDeps extends AttachDeps {
   /** Endpoints of this host, from the daemon's view. */
   localEndpoints: () => EndpointRecord[];
   ready: () => boolean;
+  /** The external (eth0) pool; networks with "external": true need it. */
+  externalPool?: string;
+  localExternalEndpoints: () => ExternalEndpointRecord[];
+  convergeExternal: (e: ExternalEndpointRecord) => Promise<void>;
 }
 
 export async function handleCni(env: Record<string, string | undefined>, stdin: string, deps: CniHandlerDeps): Promise<CniReply> {
@@ -51,6 +56,7 @@ async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown>
   if (!commandSupported(req.command, req.config.cniVersion)) {
     throw new CniFailure(CniErrorCodes.INCOMPATIBLE_VERSION, `${req.command} is not defined for cniVersion ${req.config.cniVersion}`);
   }
+  if (req.config.external === true) return dispatchExternal(req, deps);
   const vpc = vpcOf(req);
   switch (req.command) {
     case 'ADD': {
@@ -95,6 +101,47 @@ async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown>
         const [containerId, ifname] = e.id.split(':') as [string, string];
         await detachInternal({ containerId, ifname, vpc }, deps);
       }
+      return undefined;
+    }
+    default:
+      throw new AppError(ErrorCodes.INTERNAL, `unhandled CNI command ${String(req.command)}`);
+  }
+}
+
+/** The external network (eth0): `{ "type": "netd", "external": true }`. */
+async function dispatchExternal(req: CniRequest, deps: CniHandlerDeps): Promise<unknown> {
+  const pool = deps.externalPool;
+  if (!pool) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'this host has no external network (netd runs without --external-pool)');
+  const ext = { ...deps, externalPool: pool };
+  switch (req.command) {
+    case 'ADD': {
+      const ips = req.config.runtimeConfig?.ips;
+      const ip = Array.isArray(ips) && typeof ips[0] === 'string' ? ips[0].split('/')[0] : req.args.IP;
+      const att = await attachExternal({ containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, ...(ip !== undefined && { ip }) }, ext);
+      const result: CniResult = {
+        cniVersion: req.config.cniVersion,
+        interfaces: [{ name: req.ifname, mac: att.endpoint.mac, sandbox: req.netns }],
+        ips: [{ address: `${att.allocation.ip}/32`, gateway: LINK_LOCAL_GATEWAY, interface: 0 }],
+        routes: [{ dst: '0.0.0.0/0', gw: LINK_LOCAL_GATEWAY }],
+        dns: {},
+      };
+      return result;
+    }
+    case 'DEL':
+      await detachExternal({ containerId: req.containerId, ifname: req.ifname }, ext);
+      return undefined;
+    case 'CHECK': {
+      const e = deps.localExternalEndpoints().find((x) => x.id === endpointId(req.containerId, req.ifname));
+      if (!e) throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no external endpoint for ${req.containerId}/${req.ifname}`);
+      return undefined;
+    }
+    case 'STATUS':
+      if (!deps.ready()) throw new CniFailure(CniErrorCodes.PLUGIN_NOT_AVAILABLE, 'netd is not synced with etcd yet');
+      return undefined;
+    case 'GC': {
+      const raw = req.config['cni.dev/valid-attachments'];
+      const keep = new Set((Array.isArray(raw) ? (raw as Array<{ containerID?: unknown; ifname?: unknown }>) : []).map((v) => endpointId(String(v.containerID), String(v.ifname))));
+      for (const e of deps.localExternalEndpoints()) if (!keep.has(e.id)) await detachExternal({ containerId: e.containerId, ifname: e.ifname }, ext);
       return undefined;
     }
     default:

@@ -7,7 +7,8 @@ import { silentLogger } from '../sys/log.js';
 import type { Lease, Store, WatchEvent } from '../store/types.js';
 import { WatchConsumer } from '../store/watch-consumer.js';
 import { reconcile } from './dataplane.js';
-import { netdKeys } from './keys.js';
+import { netdKeys, externalKeys } from './keys.js';
+import { ensureExternalNat, type ExternalEndpointRecord } from './external.js';
 import type { EndpointRecord, HostRecord, HostView, VpcRecord } from './model.js';
 import { vxlanMode } from './modes/vxlan.js';
 import { Ipam } from '../ipam/allocator.js';
@@ -30,6 +31,8 @@ export interface NetdDaemonOptions {
   debounceMs?: number;
   /** Serve CNI requests on the socket of this namespace (in this directory). Off when undefined. */
   cniSocketDir?: string;
+  /** The ipam pool of eth0 addresses (external network); no external network when undefined. */
+  externalPool?: string;
 }
 
 export interface NetdDaemonDeps {
@@ -43,6 +46,7 @@ export class NetdDaemon {
   private readonly vpcs = new Map<string, VpcRecord>();
   private readonly hosts = new Map<string, HostRecord>();
   private readonly endpoints = new Map<string, EndpointRecord>();
+  private readonly externals = new Map<string, ExternalEndpointRecord>();
   private readonly consumers: WatchConsumer[] = [];
   private lease: Lease | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -78,7 +82,16 @@ export class NetdDaemon {
           },
         },
       });
-    this.consumers.push(follow(netdKeys.vpcs(), this.vpcs), follow(netdKeys.hosts(), this.hosts), follow(netdKeys.endpoints(), this.endpoints));
+    this.consumers.push(
+      follow(netdKeys.vpcs(), this.vpcs),
+      follow(netdKeys.hosts(), this.hosts),
+      follow(netdKeys.endpoints(), this.endpoints),
+      follow(externalKeys.host(this.opts.host.name), this.externals),
+    );
+    if (this.opts.externalPool !== undefined) {
+      const pool = await new Ipam({ store: this.deps.store, host: this.opts.host.name }).getPool(this.opts.externalPool);
+      await ensureExternalNat(this.deps.runner, this.opts.netns, pool.spec.cidr, this.opts.host.uplink);
+    }
     await Promise.all(this.consumers.map((c) => c.start()));
     await this.reconcileNow();
     if (this.opts.cniSocketDir !== undefined) await this.serveCni(this.opts.cniSocketDir);
@@ -100,6 +113,12 @@ export class NetdDaemon {
         if (this.lastError) throw new Error(`data path not converged: ${this.lastError}`);
       },
       localEndpoints: () => [...this.endpoints.values()].filter((e) => e.host === this.opts.host.name),
+      localExternalEndpoints: () => [...this.externals.values()],
+      externalPool: this.opts.externalPool,
+      convergeExternal: async (e: ExternalEndpointRecord) => {
+        this.externals.set(externalKeys.endpoint(e.host, e.id), e);
+        await this.reconcileNow();
+      },
       ready: () => this.consumers.every((c) => c.status === 'synced'),
     };
     this.cniServer = await startCniServer({ path: ownSocketPath(dir), handle: (env, stdin) => handleCni(env, stdin, deps), logger: this.log });
@@ -147,6 +166,8 @@ export class NetdDaemon {
         try {
           const ns = this.opts.netns;
           const desired = vxlanMode.render(this.view());
+          // eth0 ports are routed, on no bridge; listing them keeps them from looking orphaned.
+          for (const e of this.externals.values()) desired.ports.set(e.hostIf, '');
           await reconcile(desired, { ip: new IpClient(this.deps.runner, ns), bridge: new BridgeClient(this.deps.runner, ns) }, this.log);
           this.reconciles++;
           this.lastError = undefined;

@@ -80,8 +80,10 @@ export function plan(desired: DesiredL2, actual: DesiredL2): Plan {
   }
   for (const [port, bridgeName] of desired.ports) {
     const have = actual.ports.get(port);
-    // A port that does not exist yet is the CNI ADD's to create; here it only gets its bridge.
-    if (have !== undefined && have !== bridgeName) create.linkSet(port, { master: bridgeName, up: true });
+    // A port that does not exist yet is the CNI ADD's to create; here it only gets its bridge
+    // (external ports, desired with no bridge, are routed and stay off any bridge).
+    if (have === undefined || have === bridgeName) continue;
+    create.linkSet(port, { master: bridgeName === '' ? null : bridgeName, up: true });
   }
 
   for (const [key, f] of desired.fdb) {

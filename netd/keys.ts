@@ -9,3 +9,9 @@ export const netdKeys = {
   endpoints: () => `${NETD_ROOT}endpoints/`,
   endpoint: (vpc: string, id: string) => `${NETD_ROOT}endpoints/${vpc}/${id}`,
 };
+
+/** eth0 (external) endpoints, per host: each daemon follows only its own. */
+export const externalKeys = {
+  host: (host: string) => `${NETD_ROOT}external/${host}/`,
+  endpoint: (host: string, id: string) => `${NETD_ROOT}external/${host}/${id}`,
+};

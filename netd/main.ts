@@ -32,6 +32,7 @@ async function main(): Promise<void> {
       etcd: { type: 'string', default: process.env.NETD_ETCD_ENDPOINTS },
       'lease-ttl': { type: 'string', default: '10' },
       'cni-socket-dir': { type: 'string', default: SOCKET_DIR },
+      'external-pool': { type: 'string' },
     },
   });
   const host = checkSegment('host', values.host);
@@ -47,7 +48,7 @@ async function main(): Promise<void> {
 
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'info' }).child({ host });
   const store = new EtcdStore({ endpoints, logger });
-  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'] }, { store, runner: new ExecRunner({ logger }), logger });
+  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], ...(values['external-pool'] && { externalPool: values['external-pool'] }) }, { store, runner: new ExecRunner({ logger }), logger });
   const shutdown = (sig: string) => {
     logger.info({ sig }, 'stopping');
     void daemon

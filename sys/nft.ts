@@ -11,7 +11,7 @@ export type NftFamily = 'ip' | 'ip6' | 'inet' | 'bridge' | 'netdev' | 'arp';
 const FAMILIES: readonly NftFamily[] = ['ip', 'ip6', 'inet', 'bridge', 'netdev', 'arp'];
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_-]{0,63}$/;
 /** Words nft reads as keywords where a name is expected (found the hard way: `fwd`). */
-const RESERVED = new Set(['fwd', 'table', 'chain', 'set', 'map', 'rule', 'element', 'flush', 'add', 'delete', 'insert', 'replace', 'counter', 'quota', 'limit', 'meta', 'ip', 'ip6', 'inet', 'bridge', 'netdev', 'arp', 'accept', 'drop', 'jump', 'goto', 'return', 'queue', 'continue', 'reject', 'log', 'dup', 'ct', 'mark', 'type', 'hook', 'priority', 'policy', 'device', 'flags', 'elements', 'timeout']);
+const RESERVED = new Set(['fwd', 'snat', 'dnat', 'masquerade', 'redirect', 'nat', 'filter', 'route', 'notrack', 'tproxy', 'table', 'chain', 'set', 'map', 'rule', 'element', 'flush', 'add', 'delete', 'insert', 'replace', 'counter', 'quota', 'limit', 'meta', 'ip', 'ip6', 'inet', 'bridge', 'netdev', 'arp', 'accept', 'drop', 'jump', 'goto', 'return', 'queue', 'continue', 'reject', 'log', 'dup', 'ct', 'mark', 'type', 'hook', 'priority', 'policy', 'device', 'flags', 'elements', 'timeout']);
 
 function name(kind: string, value: string): string {
   if (!NAME_RE.test(value) || RESERVED.has(value)) throw invalidInput(`nft ${kind} name "${value}" must match ${NAME_RE} and not be an nft keyword`);

@@ -177,11 +177,13 @@ async function build(
 
   const uplinkBatch = (address: string) =>
     new IpBatch().linkSet('lo', { up: true }).linkSet(HOST_UPLINK, { up: true }).addrAdd(`${address}/${plan.prefixLength}`, HOST_UPLINK);
+  // Like real hosts, virtual hosts have a default route: the outside world is their gateway.
+  const hostBatch = (address: string) => uplinkBatch(address).routeReplace('default', { via: plan.outsideIp, dev: HOST_UPLINK });
   const hosts: HostDescription[] = [];
   for (const [i, host] of hostNames.entries()) {
     const netns = names.hostNetns(prefix, host);
     const underlayIp = plan.hostIp(i);
-    await ip.in({ name: netns }).apply(uplinkBatch(underlayIp));
+    await ip.in({ name: netns }).apply(hostBatch(underlayIp));
     // Hosts route for their containers, as real hosts would.
     await runner.run({ argv: ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'], netns: { name: netns } });
     hosts.push({ name: host, netns, netnsPath: names.netnsPath(netns), underlayIp, uplink: HOST_UPLINK, daemons: {} });

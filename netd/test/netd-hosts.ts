@@ -24,7 +24,14 @@ export interface NetdHost {
   log: string;
 }
 
-export function startNetd(s: ClusterSession, host: string, opts: { dir: string; socketDir: string; leaseTtl?: number }): NetdHost {
+export interface NetdOptions {
+  dir: string;
+  socketDir: string;
+  leaseTtl?: number;
+  externalPool?: string;
+}
+
+export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): NetdHost {
   const h = s.cluster.host(host);
   const log = join(opts.dir, `netd-${host}-${Date.now()}.log`);
   const handle = startDaemon({
@@ -34,6 +41,7 @@ export function startNetd(s: ClusterSession, host: string, opts: { dir: string; 
       '--etcd', s.cluster.description.etcd.underlayEndpoints.join(','),
       '--lease-ttl', String(opts.leaseTtl ?? 2),
       '--cni-socket-dir', opts.socketDir,
+      ...(opts.externalPool ? ['--external-pool', opts.externalPool] : []),
     ],
     netns: { name: h.netns },
     logFile: log,
@@ -46,7 +54,7 @@ export async function waitReady(n: NetdHost, timeoutMs = 15_000): Promise<boolea
   return eventually(async () => readFileSync(n.log, 'utf8').includes('ready'), timeoutMs);
 }
 
-export async function startNetdEverywhere(s: ClusterSession, opts: { dir: string; socketDir: string; leaseTtl?: number }): Promise<NetdHost[]> {
+export async function startNetdEverywhere(s: ClusterSession, opts: NetdOptions): Promise<NetdHost[]> {
   const all = s.cluster.description.hosts.map((h) => startNetd(s, h.name, opts));
   for (const n of all) {
     if (!(await waitReady(n))) throw new Error(`netd on ${n.host} did not start: ${readFileSync(n.log, 'utf8').slice(-2000)}`);

@@ -29,12 +29,14 @@ t.test('podman containers on two hosts talk inside their VPC and not across VPCs
       await store.put(netdKeys.vpc(name), JSON.stringify({ name, tenant, mode: 'vxlan', cidr: '10.70.0.0/24', vni }));
       await ipam.createPool({ name, cidr: '10.70.0.0/24', kind: 'vpc' });
     }
-    const daemons = await startNetdEverywhere(s, { dir, socketDir });
+    await ipam.createPool({ name: 'ext', cidr: '100.64.0.0/24', kind: 'external' });
+    const daemons = await startNetdEverywhere(s, { dir, socketDir, externalPool: 'ext' });
     t.teardown(() => stopNetd(daemons));
     const podman = await Podman.create(s.runner, { pluginDir: bin });
     t.teardown(() => podman.cleanup());
     podman.addNetwork({ name: 'vpc-a', plugins: [{ type: 'netd', vpc: 'a' }] });
     podman.addNetwork({ name: 'vpc-b', plugins: [{ type: 'netd', vpc: 'b' }] });
+    podman.addNetwork({ name: 'external', plugins: [{ type: 'netd', external: true }] });
 
     const h1 = s.cluster.host('h1').netns;
     const h2 = s.cluster.host('h2').netns;
@@ -54,9 +56,22 @@ t.test('podman containers on two hosts talk inside their VPC and not across VPCs
     t.ok(await eventually(() => ping('vpc-a'), 20_000, 200), `a container on h1 in VPC a pings ${target.ip} on h2`);
     t.notOk(await ping('vpc-b'), 'a container in VPC b (same CIDR, other tenant) does not');
 
+    // eth0 (external) reaches the outside world; eth1 (the VPC) never does.
+    const outside = d.outside.address;
+    const run = (networks: string[], cmd: string[]) =>
+      podman.run(h1, { networks, rm: true }, cmd).then(
+        () => true,
+        (err: unknown) => (isCommandError(err) ? false : Promise.reject(err)),
+      );
+    t.ok(await run(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', outside]), `eth0 reaches outside (${outside})`);
+    t.notOk(await run(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '1', '-I', 'eth1', outside]), 'eth1 does not');
+    t.notOk(await run(['vpc-a'], ['ping', '-c', '1', '-W', '1', outside]), 'a VPC-only container does not either');
+    t.ok(await run(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', target.ip]), 'with both interfaces, the VPC peer is still reached over eth1');
+
     await podman.remove(h2, server);
     t.ok(await eventually(async () => (await store.list(netdKeys.endpoints())).kvs.length === 0, 10_000), 'podman rm: no endpoint record left');
-    t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left');
+    t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left (internal or external)');
+    t.same((await store.list('/netd/v1/external/')).kvs, [], 'no external endpoint left');
     for (const h of [h1, h2]) {
       t.ok(
         await eventually(async () => !(await s.runner.run({ argv: ['ip', '-o', 'link'], netns: { name: h } })).stdout.match(/: n[bxie][0-9a-f]+[@:]/), 10_000),
