@@ -8,12 +8,13 @@ import { runBenchmark, type Benchmark } from './benchmark.js';
 import { ratio, upsertSection } from './report.js';
 import { linkBatchBenchmark } from './benchmarks/link-batch.js';
 import { ipamVsSharedRecordBenchmark, ipamVsHostLocalBenchmark } from './benchmarks/ipam-throughput.js';
+import { netdCniLatencyBenchmark } from './benchmarks/netd-cni-latency.js';
 
 /** `npm run bench [-- NAME... --runs N --out FILE]`: runs benchmarks, updates docs/benchmarks.md. */
 
 function registry(): Benchmark[] {
   const runner = new ExecRunner();
-  return [linkBatchBenchmark(runner), ipamVsSharedRecordBenchmark(runner), ipamVsHostLocalBenchmark(runner)];
+  return [linkBatchBenchmark(runner), ipamVsSharedRecordBenchmark(runner), ipamVsHostLocalBenchmark(runner), netdCniLatencyBenchmark(runner)];
 }
 
 async function main(): Promise<void> {

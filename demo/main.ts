@@ -14,6 +14,10 @@ import { installCniPlugin } from '../sys/cni-install.js';
 import { IpClient } from '../sys/ip.js';
 import { EtcdStore } from '../store/etcd.js';
 import { Ipam } from '../ipam/allocator.js';
+import { Podman } from '../test-netns/podman.js';
+import { netdKeys } from '../netd/keys.js';
+import type { EndpointRecord } from '../netd/model.js';
+import { startDaemon, stopDaemon } from '../sys/process.js';
 
 /**
  * The main job: the whole system on a virtual cluster, end to end. Today: the cluster itself
@@ -117,6 +121,76 @@ async function ipamAct(s: ClusterSession): Promise<boolean> {
   }
 }
 
+/**
+ * netd: two tenants, a VPC each with the same CIDR, podman containers on two hosts attached with
+ * `--network external --network vpc-X`; same-VPC traffic crosses hosts, nothing crosses VPCs, eth0
+ * reaches the outside world and eth1 never does; a rate limit set in etcd shapes a running container.
+ */
+async function netdAct(s: ClusterSession): Promise<boolean> {
+  say('\n== netd: two tenants, equal CIDRs, podman containers on two hosts ==');
+  const d = s.cluster.description;
+  const cni = d.cni!;
+  const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+  const podman = await Podman.create(s.runner, { pluginDir: cni.binDir });
+  const h1 = s.cluster.host('h1').netns;
+  const h2 = s.cluster.host('h2').netns;
+  const server = `demo-web-${uniqueSuffix(2)}`;
+  try {
+    const ipam = new Ipam({ store, host: 'admin' });
+    for (const [vpc, tenant, vni] of [['a', 'tenant-1', 101], ['b', 'tenant-2', 102]] as const) {
+      await store.put(netdKeys.vpc(vpc), JSON.stringify({ name: vpc, tenant, mode: 'vxlan', cidr: '10.10.0.0/24', vni }));
+      await ipam.createPool({ name: vpc, cidr: '10.10.0.0/24', kind: 'vpc' });
+      podman.addNetwork({ name: `vpc-${vpc}`, plugins: [{ type: 'netd', vpc, capabilities: { bandwidth: true } }] });
+      say(`  VPC ${vpc} of ${tenant}: 10.10.0.0/24, VNI ${vni}`);
+    }
+    podman.addNetwork({ name: 'external', plugins: [{ type: 'netd', external: true }] });
+    let started = Date.now();
+    await podman.run(h2, { name: server, networks: ['external', 'vpc-a'], detach: true }, ['sleep', '600']);
+    const target = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord)[0]!;
+    say(`  podman run on h2 (tenant-1, vpc-a): eth1 ${target.ip}, eth0 from ${cni.externalCidr}, ${Date.now() - started} ms`);
+    const attempt = (networks: string[], cmd: string[]) =>
+      podman.run(h1, { networks, rm: true }, cmd).then(() => true, () => false);
+    let ok = true;
+    started = Date.now();
+    const same = await attempt(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', target.ip]);
+    say(`  h1 tenant-1 container -> ${target.ip} (vpc-a on h2): ${mark(same)} (${Date.now() - started} ms incl. podman run)`);
+    const other = await attempt(['external', 'vpc-b'], ['ping', '-c', '1', '-W', '1', target.ip]);
+    say(`  h1 tenant-2 container -> ${target.ip} (same address space, vpc-b): ${mark(other)}`);
+    const out = await attempt(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', d.outside.address]);
+    const viaEth1 = await attempt(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '1', '-I', 'eth1', d.outside.address]);
+    say(`  eth0 -> outside ${d.outside.address}: ${mark(out)}; eth1 -> outside: ${mark(viaEth1)}`);
+    ok = same && !other && out && !viaEth1;
+
+    // QoS: 20 Mbit/s on the server's eth1, set in etcd (what the API does), measured with iperf3.
+    const key = netdKeys.endpoint('a', target.id);
+    await store.put(key, JSON.stringify({ ...target, qos: { ingressBps: 20_000_000, egressBps: 20_000_000 } }));
+    await new Promise((r) => setTimeout(r, 500));
+    const sandbox = (await podman.podman(h2, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', server])).stdout.trim();
+    const client = await podman.run(h2, { name: `${server}-c`, networks: ['vpc-a'], detach: true }, ['sleep', '600']);
+    void client;
+    const clientSandbox = (await podman.podman(h2, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', `${server}-c`])).stdout.trim();
+    const srv = startDaemon({ argv: ['iperf3', '-s', '-1', '-B', target.ip], netns: { path: sandbox } });
+    await new Promise((r) => setTimeout(r, 300));
+    const { stdout } = await s.runner.run({ argv: ['iperf3', '-c', target.ip, '-t', '3', '-O', '1', '-J'], netns: { path: clientSandbox }, timeoutMs: 30_000 });
+    await stopDaemon(srv, 1000);
+    const mbit = (JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e6;
+    say(`  QoS 20 Mbit/s set on the running container: iperf3 into it measures ${mbit.toFixed(1)} Mbit/s`);
+    ok &&= Math.abs(mbit - 20) / 20 < 0.1;
+    await podman.remove(h2, `${server}-c`);
+    await podman.remove(h2, server);
+    const left = (await store.list(netdKeys.endpoints())).kvs.length + (await store.list('/netd/v1/external/')).kvs.length;
+    say(`  podman rm: ${left} endpoint records left`);
+    ok &&= left === 0;
+    return ok;
+  } finally {
+    await podman.remove(h2, `${server}-c`).catch(() => undefined);
+    await podman.remove(h2, server).catch(() => undefined);
+    await podman.cleanup();
+    await store.deletePrefix('/netd/v1/');
+    await store.close();
+  }
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({ options: { hosts: { type: 'string', default: '3' }, prefix: { type: 'string' } } });
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn', destination: process.stderr });
@@ -125,7 +199,7 @@ async function main(): Promise<number> {
   const hosts = Number(values.hosts);
   const started = Date.now();
   let ok = true;
-  await withCluster({ prefix, hosts, runner, logger }, async (s) => {
+  await withCluster({ prefix, hosts, runner, logger, with: ['netd'] }, async (s) => {
     const d = s.cluster.description;
     say(`== Cluster ${d.prefix}: ${d.hosts.length} hosts up in ${Date.now() - started} ms ==`);
     for (const h of d.hosts) say(`  ${h.name}\tnetns ${h.netns}\tunderlay ${h.underlayIp}`);
@@ -134,6 +208,7 @@ async function main(): Promise<number> {
     ok = (await underlayAct(s)) && ok;
     ok = (await containersAct(s)) && ok;
     ok = (await ipamAct(s)) && ok;
+    ok = (await netdAct(s)) && ok;
     const residue = await s.residue();
     say(`\n== Residue while up: ${residue.length === 0 ? 'none' : formatLeaks(residue)} ==`);
     ok &&= residue.length === 0;

@@ -8,7 +8,7 @@ import type { Ipam, Allocation } from '../ipam/allocator.js';
 import { checkSegment } from '../ipam/keys.js';
 import { linkNames, shortHash } from './names.js';
 import { netdKeys } from './keys.js';
-import type { EndpointRecord, HostRecord, VpcRecord } from './model.js';
+import type { EndpointRecord, HostRecord, QosSpec, VpcRecord } from './model.js';
 import { VXLAN_OVERHEAD } from './modes/vxlan.js';
 
 /**
@@ -25,6 +25,7 @@ export interface AttachRequest {
   vpc: string;
   mac?: string;
   ip?: string;
+  qos?: QosSpec;
 }
 
 export interface AttachDeps {
@@ -106,6 +107,7 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
       containerId: req.containerId,
       ifname: req.ifname,
       netns: req.netnsPath,
+      ...(req.qos && { qos: req.qos }),
     };
     await deps.store.put(recordKey, JSON.stringify(endpoint));
     if (!existing) undo.push(() => deps.store.delete(recordKey));

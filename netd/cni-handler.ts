@@ -4,6 +4,8 @@ import { IpClient } from '../sys/ip.js';
 import { attachInternal, detachInternal, endpointId, type AttachDeps } from './attach.js';
 import { netdKeys } from './keys.js';
 import type { EndpointRecord } from './model.js';
+import { fromBandwidthCapability } from './qos.js';
+import { parseIp } from '../core/cidr.js';
 import { attachExternal, detachExternal, LINK_LOCAL_GATEWAY, type ExternalEndpointRecord } from './external.js';
 
 /**
@@ -63,8 +65,11 @@ async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown>
       const ips = req.config.runtimeConfig?.ips;
       const ip = Array.isArray(ips) && typeof ips[0] === 'string' ? ips[0].split('/')[0] : req.args.IP;
       const mac = typeof req.config.runtimeConfig?.mac === 'string' ? req.config.runtimeConfig.mac : req.args.MAC;
+      if (mac !== undefined && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, `"${mac}" is not a MAC address`);
+      if (ip !== undefined) parseIp(ip);
+      const qos = fromBandwidthCapability(req.config.runtimeConfig?.bandwidth);
       const att = await attachInternal(
-        { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, vpc, ...(ip !== undefined && { ip }), ...(mac !== undefined && { mac }) },
+        { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, vpc, ...(ip !== undefined && { ip }), ...(mac !== undefined && { mac }), ...(qos && { qos }) },
         deps,
       );
       const result: CniResult = {
@@ -117,7 +122,8 @@ async function dispatchExternal(req: CniRequest, deps: CniHandlerDeps): Promise<
     case 'ADD': {
       const ips = req.config.runtimeConfig?.ips;
       const ip = Array.isArray(ips) && typeof ips[0] === 'string' ? ips[0].split('/')[0] : req.args.IP;
-      const att = await attachExternal({ containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, ...(ip !== undefined && { ip }) }, ext);
+      const qos = fromBandwidthCapability(req.config.runtimeConfig?.bandwidth);
+      const att = await attachExternal({ containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, ...(ip !== undefined && { ip }), ...(qos && { qos }) }, ext);
       const result: CniResult = {
         cniVersion: req.config.cniVersion,
         interfaces: [{ name: req.ifname, mac: att.endpoint.mac, sandbox: req.netns }],

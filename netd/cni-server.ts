@@ -53,12 +53,14 @@ export async function startCniServer(opts: {
     sock.on('error', () => undefined);
     sock.on('data', (c: Buffer) => {
       size += c.length;
-      if (size > MAX_REQUEST) {
-        sock.end(`1\n${JSON.stringify({ cniVersion: '1.0.0', code: 6, msg: 'request over 1 MiB' })}\n`);
-        sock.destroy();
-      } else chunks.push(c);
+      // Past the limit the rest is read and dropped, so the plugin still gets a proper answer.
+      if (size <= MAX_REQUEST) chunks.push(c);
     });
     sock.on('end', () => {
+      if (size > MAX_REQUEST) {
+        sock.end(`1\n${JSON.stringify({ cniVersion: '1.0.0', code: 6, msg: `request over ${MAX_REQUEST} bytes` })}\n`);
+        return;
+      }
       const { env, stdin } = parseRequest(Buffer.concat(chunks).toString('utf8'));
       void opts.handle(env, stdin).then(
         (reply) => sock.end(`${reply.exitCode}\n${reply.stdout}`),

@@ -9,7 +9,11 @@ import { WatchConsumer } from '../store/watch-consumer.js';
 import { reconcile } from './dataplane.js';
 import { netdKeys, externalKeys } from './keys.js';
 import { ensureExternalNat, type ExternalEndpointRecord } from './external.js';
-import type { EndpointRecord, HostRecord, HostView, VpcRecord } from './model.js';
+import type { EndpointRecord, HostRecord, HostView, QosSpec, VpcRecord } from './model.js';
+import { TcClient } from '../sys/tc.js';
+import { isCommandError } from '../sys/runner.js';
+import { qosBatch } from './qos.js';
+import { linkNames } from './names.js';
 import { vxlanMode } from './modes/vxlan.js';
 import { Ipam } from '../ipam/allocator.js';
 import { handleCni } from './cni-handler.js';
@@ -54,6 +58,8 @@ export class NetdDaemon {
   private again = false;
   private stopped = false;
   private cniServer: Server | undefined;
+  /** Rate limits as last applied per port (re-applied in full after a restart: replace is idempotent). */
+  private readonly appliedQos = new Map<string, QosSpec>();
   /** Reconciles that ran (for tests and metrics). */
   reconciles = 0;
   lastError: string | undefined;
@@ -168,7 +174,10 @@ export class NetdDaemon {
           const desired = vxlanMode.render(this.view());
           // eth0 ports are routed, on no bridge; listing them keeps them from looking orphaned.
           for (const e of this.externals.values()) desired.ports.set(e.hostIf, '');
+          const qos = this.desiredQos();
+          for (const [port, q] of qos) if (q.egressBps !== undefined) desired.ifbs.add(linkNames.ifbFor(port));
           await reconcile(desired, { ip: new IpClient(this.deps.runner, ns), bridge: new BridgeClient(this.deps.runner, ns) }, this.log);
+          await this.applyQos(qos);
           this.reconciles++;
           this.lastError = undefined;
         } catch (err) {
@@ -181,6 +190,41 @@ export class NetdDaemon {
       this.running = undefined;
     });
     return this.running;
+  }
+
+  /** Rate limits of this host's ports: the endpoint's own, else its VPC's defaults. */
+  private desiredQos(): Map<string, QosSpec> {
+    const out = new Map<string, QosSpec>();
+    for (const e of this.endpoints.values()) {
+      if (e.host !== this.opts.host.name) continue;
+      const q = e.qos ?? this.vpcByName(e.vpc)?.qos;
+      if (q && (q.ingressBps !== undefined || q.egressBps !== undefined)) out.set(e.hostIf, q);
+    }
+    for (const e of this.externals.values()) if (e.qos) out.set(e.hostIf, e.qos);
+    return out;
+  }
+
+  private vpcByName(name: string): VpcRecord | undefined {
+    return this.vpcs.get(netdKeys.vpc(name));
+  }
+
+  /** Applies changed rate limits with `tc` (replace: running flows are not disturbed). */
+  private async applyQos(desired: Map<string, QosSpec>): Promise<void> {
+    const tc = new TcClient(this.deps.runner, this.opts.netns);
+    for (const port of new Set([...desired.keys(), ...this.appliedQos.keys()])) {
+      const want = desired.get(port);
+      const had = this.appliedQos.get(port);
+      if (JSON.stringify(want) === JSON.stringify(had)) continue;
+      try {
+        await tc.apply(qosBatch(port, linkNames.ifbFor(port), want, had));
+        if (want) this.appliedQos.set(port, want);
+        else this.appliedQos.delete(port);
+      } catch (err) {
+        // The port is gone (container deleted) or not there yet (ADD in flight): nothing to shape.
+        if (!isCommandError(err, 'not-found')) throw err;
+        this.appliedQos.delete(port);
+      }
+    }
   }
 
   /**

@@ -41,6 +41,7 @@ export async function readActual(ip: IpClient, bridge: BridgeClient): Promise<{ 
         master: l.master ?? '',
       });
     } else if (/^n[ie]/.test(l.ifname)) actual.ports.set(l.ifname, l.master ?? '');
+    else if (kind === 'ifb' && l.ifname.startsWith('nq')) actual.ifbs.add(l.ifname);
   }
   for (const vx of actual.vxlans.keys()) {
     for (const e of await bridge.fdb({ dev: vx })) {
@@ -86,6 +87,8 @@ export function plan(desired: DesiredL2, actual: DesiredL2): Plan {
     create.linkSet(port, { master: bridgeName === '' ? null : bridgeName, up: true });
   }
 
+  for (const ifb of desired.ifbs) if (!actual.ifbs.has(ifb)) create.linkAddIfb(ifb).linkSet(ifb, { up: true });
+
   for (const [key, f] of desired.fdb) {
     if (!actual.fdb.has(key) || recreated.has(f.dev)) fdb.fdbAppend(f.mac, f.dev, { dst: f.dst });
   }
@@ -94,6 +97,7 @@ export function plan(desired: DesiredL2, actual: DesiredL2): Plan {
   }
 
   for (const port of actual.ports.keys()) if (!desired.ports.has(port)) remove.linkDel(port);
+  for (const ifb of actual.ifbs) if (!desired.ifbs.has(ifb)) remove.linkDel(ifb);
   for (const vx of actual.vxlans.keys()) if (!desired.vxlans.has(vx)) remove.linkDel(vx);
   for (const br of actual.bridges.keys()) if (!desired.bridges.has(br)) remove.linkDel(br);
   return { create, fdb, remove };

@@ -9,6 +9,7 @@ import type { Allocation } from '../ipam/allocator.js';
 import { endpointId, endpointMac, type AttachDeps } from './attach.js';
 import { externalKeys } from './keys.js';
 import { linkNames, shortHash } from './names.js';
+import type { QosSpec } from './model.js';
 
 /**
  * eth0, the external interface: an address from the external pool as a /32, a default route via a
@@ -30,6 +31,7 @@ export interface ExternalEndpointRecord {
   containerId: string;
   ifname: string;
   netns: string;
+  qos?: QosSpec;
 }
 
 export type ExternalDeps = Omit<AttachDeps, 'converge'> & {
@@ -44,7 +46,7 @@ export interface ExternalAttachment {
 }
 
 export async function attachExternal(
-  req: { containerId: string; ifname: string; netnsPath: string; mac?: string; ip?: string },
+  req: { containerId: string; ifname: string; netnsPath: string; mac?: string; ip?: string; qos?: QosSpec },
   deps: ExternalDeps,
 ): Promise<ExternalAttachment> {
   const id = endpointId(checkSegment('containerId', req.containerId), req.ifname);
@@ -75,6 +77,7 @@ export async function attachExternal(
       containerId: req.containerId,
       ifname: req.ifname,
       netns: req.netnsPath,
+      ...(req.qos && { qos: req.qos }),
     };
     await deps.store.put(key, JSON.stringify(endpoint));
     if (!existing) undo.push(() => deps.store.delete(key));

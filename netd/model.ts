@@ -14,6 +14,8 @@ export interface VpcRecord {
   vni: number;
   /** Overlay MTU; default: underlay MTU - 50 (VXLAN overhead). */
   mtu?: number;
+  /** Default rate limits of the VPC's interfaces. */
+  qos?: QosSpec;
 }
 
 export interface HostRecord {
@@ -34,6 +36,17 @@ export interface EndpointRecord {
   mac: string;
   /** Host-side veth name. */
   hostIf: string;
+  /** Rate limits of this interface; the VPC's defaults when absent. */
+  qos?: QosSpec;
+}
+
+/**
+ * Rate limits of one container interface, in bits per second. "ingress" is traffic into the
+ * container and "egress" traffic out of it, as in the CNI bandwidth capability.
+ */
+export interface QosSpec {
+  ingressBps?: number;
+  egressBps?: number;
 }
 
 /** Everything one host needs to converge its data path. */

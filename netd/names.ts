@@ -12,9 +12,11 @@ export const linkNames = {
   /** Host side of a container's eth1 (internal) and eth0 (external). */
   internalPort: (endpointId: string) => `ni${shortHash(endpointId)}`,
   externalPort: (endpointId: string) => `ne${shortHash(endpointId)}`,
+  /** The ifb that shapes what a container sends out of the port `hostIf` ("nq" + the port's hash). */
+  ifbFor: (hostIf: string) => `nq${hostIf.slice(2)}`,
 };
 
-export const OWNED_LINK_RE = /^n[bxie][0-9a-f]{1,10}$/;
+export const OWNED_LINK_RE = /^n[bxieq][0-9a-f]{1,10}$/;
 
 export function shortHash(text: string): string {
   return createHash('sha256').update(text).digest('hex').slice(0, 10);

@@ -37,6 +37,8 @@ export interface TbfSpec {
   burstBytes: number;
   latencyMs?: number;
   limitBytes?: number;
+  /** Added to each packet's size when metering (a size table); -14 meters IP packets, not frames. */
+  overheadBytes?: number;
 }
 
 function rate(bps: number): string {
@@ -59,7 +61,9 @@ export class TcBatch {
   /** Root token bucket: `replace` makes it an idempotent "ensure". */
   rootTbf(dev: string, s: TbfSpec): this {
     return this.add(
-      'qdisc', 'replace', 'dev', ifname(dev), 'root', 'tbf', 'rate', rate(s.rateBps), 'burst', s.burstBytes,
+      'qdisc', 'replace', 'dev', ifname(dev), 'root',
+      ...(s.overheadBytes !== undefined ? ['stab', 'overhead', s.overheadBytes] : []),
+      'tbf', 'rate', rate(s.rateBps), 'burst', s.burstBytes,
       ...(s.limitBytes !== undefined ? ['limit', s.limitBytes] : ['latency', `${s.latencyMs ?? 50}ms`]),
     );
   }

@@ -1,12 +1,20 @@
-import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync, statSync, symlinkSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { join, dirname } from 'node:path';
+
+const NETD_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'netd', 'main.js');
 import { randomBytes } from 'node:crypto';
 import { AppError, ErrorCodes, invalidInput } from '../core/errors.js';
 import type { CommandRunner } from '../sys/runner.js';
 import { IpBatch, IpClient } from '../sys/ip.js';
 import type { Logger } from '../sys/log.js';
 import { silentLogger } from '../sys/log.js';
-import { stopDaemon } from '../sys/process.js';
+import { startDaemon, stopDaemon } from '../sys/process.js';
+import { EtcdStore } from '../store/etcd.js';
+import { Ipam } from '../ipam/allocator.js';
+import { installNetdPlugin } from '../netd/install-cni.js';
+import { socketPathForNetns } from '../netd/cni-server.js';
 import { EtcdServer, type EtcdServerState } from './etcd.js';
 import { checkPrefix, names, FABRIC_BRIDGE, HOST_UPLINK, NETNS_DIR } from './names.js';
 import { underlayPlan, MAX_HOSTS } from './addressing.js';
@@ -54,6 +62,8 @@ export interface ClusterDescription {
   outside: { netns: string; netnsPath: string; address: string };
   etcd: { endpoints: string[]; underlayEndpoints: string[] };
   adminToken: string;
+  /** With netd: where its CNI plugin is installed, and its external (eth0) pool. */
+  cni?: { binDir: string; socketDir: string; externalPool: string; externalCidr: string };
 }
 
 /** What `down` needs, persisted as soon as it is known. */
@@ -61,6 +71,8 @@ interface ClusterState {
   status: 'creating' | 'up';
   description?: ClusterDescription;
   etcd?: EtcdServerState;
+  /** Component daemons started on the hosts, to be ended by PID at teardown. */
+  daemons?: Array<{ component: Component; host: string; pid: number; startTime: string }>;
 }
 
 export interface ClusterDeps {
@@ -138,9 +150,9 @@ function validateOptions(opts: ClusterOptions): void {
   for (const c of opts.with ?? []) {
     if (!COMPONENTS.includes(c)) throw invalidInput(`unknown component "${c}" (known: ${COMPONENTS.join(', ')})`);
   }
-  // The daemons and gluster nodes arrive with their own issues; say so instead of pretending.
-  if ((opts.with ?? []).length > 0) {
-    throw new AppError(ErrorCodes.UNSUPPORTED, `--with ${(opts.with ?? []).join(',')}: these components are not built yet`);
+  // storaged and gluster nodes arrive with their own issue; say so instead of pretending.
+  if ((opts.with ?? []).includes('storaged')) {
+    throw new AppError(ErrorCodes.UNSUPPORTED, '--with storaged: storaged is not built yet');
   }
   if ((opts.glusterNodes ?? 0) > 0) {
     throw new AppError(ErrorCodes.UNSUPPORTED, '--gluster-nodes: gluster nodes arrive with storaged and are not built yet');
@@ -211,7 +223,61 @@ async function build(
     adminToken: randomBytes(24).toString('base64url'),
   };
   state.description = description;
+  if ((opts.with ?? []).includes('netd')) {
+    description.cni = await startNetdOnHosts(description, deps, state);
+  }
   return description;
+}
+
+const EXTERNAL_POOL = { name: 'external', cidr: '100.64.0.0/16' };
+
+/**
+ * Installs the netd CNI plugin for this cluster, creates the external (eth0) pool, and starts one
+ * netd per host in its namespace. Each host's description then names its daemon's socket.
+ */
+async function startNetdOnHosts(d: ClusterDescription, deps: ClusterDeps, state: ClusterState): Promise<NonNullable<ClusterDescription['cni']>> {
+  const binDir = join(d.stateDir, 'cni-bin');
+  const socketDir = join(d.stateDir, 'netd-sock');
+  const logDir = join(d.stateDir, 'logs');
+  mkdirSync(logDir, { recursive: true });
+  installNetdPlugin(binDir, socketDir);
+  for (const p of ['bridge', 'host-local', 'loopback', 'bandwidth']) {
+    if (existsSync(`/usr/lib/cni/${p}`)) symlinkSync(`/usr/lib/cni/${p}`, join(binDir, p));
+  }
+  const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+  try {
+    await new Ipam({ store, host: 'admin' }).createPool({ ...EXTERNAL_POOL, kind: 'external' });
+  } finally {
+    await store.close();
+  }
+  state.daemons = [];
+  for (const h of d.hosts) {
+    const log = join(logDir, `netd-${h.name}.log`);
+    const handle = startDaemon({
+      argv: [
+        process.execPath, NETD_MAIN,
+        '--host', h.name, '--underlay-ip', h.underlayIp, '--uplink', h.uplink, '--mtu', String(d.underlay.mtu),
+        '--etcd', d.etcd.underlayEndpoints.join(','), '--lease-ttl', '5',
+        '--cni-socket-dir', socketDir, '--external-pool', EXTERNAL_POOL.name,
+      ],
+      netns: { name: h.netns },
+      logFile: log,
+      detached: true,
+      env: { LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' },
+    });
+    state.daemons.push({ component: 'netd', host: h.name, pid: handle.pid, startTime: handle.startTime });
+    writeState(d.prefix, state);
+    h.daemons.netd = `unix://${socketPathForNetns(statSync(h.netnsPath).ino, socketDir)}`;
+  }
+  for (const h of d.hosts) {
+    const log = join(logDir, `netd-${h.name}.log`);
+    const deadline = Date.now() + 20_000;
+    while (!(existsSync(log) && readFileSync(log, 'utf8').includes('ready'))) {
+      if (Date.now() > deadline) throw new AppError(ErrorCodes.INTERNAL, `netd on ${h.name} did not start; see ${log}`);
+      await sleep(50);
+    }
+  }
+  return { binDir, socketDir, externalPool: EXTERNAL_POOL.name, externalCidr: EXTERNAL_POOL.cidr };
 }
 
 /**
@@ -222,6 +288,7 @@ async function build(
 export async function teardownCluster(prefix: string, deps: ClusterDeps): Promise<void> {
   checkPrefix(prefix);
   const state = readState(prefix);
+  for (const daemon of state?.daemons ?? []) await stopDaemon(daemon, 10_000);
   if (state?.etcd) await stopDaemon(state.etcd, 10_000);
   const ip = new IpClient(deps.runner);
   // One forced batch: it keeps going past a namespace that vanished meanwhile.

@@ -1,6 +1,6 @@
 import { ExecRunner, type CommandRunner } from '../sys/runner.js';
 import type { Logger } from '../sys/log.js';
-import { VirtualCluster, teardownCluster, type ClusterOptions } from './cluster.js';
+import { VirtualCluster, teardownCluster, readState, type ClusterOptions } from './cluster.js';
 import { Containers } from './containers.js';
 import { Prober } from './probe.js';
 import { findLeaks, type Leak } from './leaks.js';
@@ -41,13 +41,17 @@ export async function withCluster<T>(opts: WithClusterOptions, fn: (s: ClusterSe
       runner,
       residue: async () => {
         const leaks = await findLeaks({ prefix, runner, etcdEndpoints: cluster.description.etcd.endpoints });
-        // The cluster's own namespaces, state and etcd are expected while it runs.
-        const own = new Set([cluster.description.fabric.netns, cluster.description.outside.netns, ...cluster.description.hosts.map((h) => h.netns)]);
+        // The cluster's own namespaces, state, etcd and component daemons are expected while it runs.
+        const d = cluster.description;
+        const own = new Set([d.fabric.netns, d.outside.netns, ...d.hosts.map((h) => h.netns)]);
+        const state = readState(prefix);
+        // ...and so are the short-lived children of those daemons (a reconcile's `ip -batch`).
+        const ownPids = new Set([state?.etcd?.pid, ...(state?.daemons ?? []).map((x) => x.pid)].filter((x): x is number => x !== undefined));
         return leaks.filter(
           (l) =>
             !(l.kind === 'netns' && own.has(l.what)) &&
-            !(l.kind === 'state' && l.what === cluster.description.stateDir) &&
-            !(l.kind === 'process' && (l.what.startsWith('etcd pid') || l.what.includes(`netns ${cluster.description.fabric.netns}:`))),
+            !(l.kind === 'state' && l.what === d.stateDir) &&
+            !(l.kind === 'process' && (ownPids.has(l.pid ?? -1) || ownPids.has(l.ppid ?? -1))),
         );
       },
     };

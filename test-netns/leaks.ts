@@ -17,6 +17,9 @@ export type LeakKind = 'netns' | 'state' | 'process' | 'mount' | 'link' | 'nft' 
 export interface Leak {
   kind: LeakKind;
   what: string;
+  /** For processes: the pid and its parent's, so a caller can tell a daemon's own children. */
+  pid?: number;
+  ppid?: number;
 }
 
 /** etcd prefixes the project's components write under; anything there at the end of a test leaked. */
@@ -75,8 +78,12 @@ function processLeaks(namespaces: string[], prefix: string | undefined): Leak[] 
   }
   const prefixes = prefix ? [prefix] : safeReaddir(STATE_ROOT);
   for (const p of prefixes) {
-    const etcd = readState(p)?.etcd;
-    if (etcd && isRunning(etcd)) leaks.push({ kind: 'process', what: `etcd pid ${etcd.pid} of cluster ${p}` });
+    const state = readState(p);
+    const etcd = state?.etcd;
+    if (etcd && isRunning(etcd)) leaks.push({ kind: 'process', what: `etcd pid ${etcd.pid} of cluster ${p}`, pid: etcd.pid });
+    for (const d of state?.daemons ?? []) {
+      if (isRunning(d)) leaks.push({ kind: 'process', what: `${d.component} pid ${d.pid} on ${d.host} of cluster ${p}`, pid: d.pid });
+    }
   }
   if (inodes.size === 0) return leaks;
   for (const entry of safeReaddir('/proc')) {
@@ -87,7 +94,9 @@ function processLeaks(namespaces: string[], prefix: string | undefined): Leak[] 
       const netns = inodes.get(ino);
       if (netns) {
         const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').join(' ').trim();
-        leaks.push({ kind: 'process', what: `pid ${entry} in netns ${netns}: ${cmd}` });
+        const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+        leaks.push({ kind: 'process', what: `pid ${entry} in netns ${netns}: ${cmd}`, pid: Number(entry), ppid });
       }
     } catch {
       // exited meanwhile, or a kernel thread

@@ -33,6 +33,8 @@ export interface DesiredL2 {
   ports: Map<string, string>;
   /** Keyed by fdbKey(). */
   fdb: Map<string, FdbSpec>;
+  /** ifb devices that shape what containers send (see qos.ts). */
+  ifbs: Set<string>;
 }
 
 export function fdbKey(f: FdbSpec): string {
@@ -45,5 +47,5 @@ export interface NetworkMode {
 }
 
 export function emptyDesired(): DesiredL2 {
-  return { bridges: new Map(), vxlans: new Map(), ports: new Map(), fdb: new Map() };
+  return { bridges: new Map(), vxlans: new Map(), ports: new Map(), fdb: new Map(), ifbs: new Set() };
 }

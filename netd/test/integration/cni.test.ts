@@ -123,6 +123,38 @@ t.test('the netd CNI plugin wires eth1 through the host daemon: ADD, CHECK, DEL 
     t.same((await store.list('/netd/v1/ipam/handles/')).kvs.length, 2, 'and no address (the failed ADD rolled back)');
     t.ok(daemons.every((h) => isRunning(h)), 'both daemons still run');
 
+    // 500 malformed invocations, generated: each must get a spec error and change nothing.
+    let seed = 7;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+    const configs: Array<object | string> = [
+      '', '{', 'null', '[]', '"x"', '{"cniVersion":"1.0.0"}', 'x'.repeat(1100 * 1024),
+      { ...conf, cniVersion: '9.0.0' }, { ...conf, vpc: 'nope' }, { ...conf, vpc: '../etc' }, { ...conf, vpc: 12 }, { ...conf, name: '' },
+      { ...conf, runtimeConfig: { bandwidth: { ingressRate: -5 } } }, { ...conf, runtimeConfig: { ips: ['192.0.2.1/24'] } },
+      { ...conf, runtimeConfig: { ips: ['not-an-ip'] } }, { ...conf, runtimeConfig: { mac: 'zz:zz' } }, { ...conf, external: true },
+    ];
+    const envs: Array<Record<string, string>> = [
+      {}, { CNI_CONTAINERID: '' }, { CNI_CONTAINERID: 'a/b' }, { CNI_CONTAINERID: 'x'.repeat(300) }, { CNI_IFNAME: '' },
+      { CNI_IFNAME: 'eth1eth1eth1eth1' }, { CNI_IFNAME: 'a b' }, { CNI_NETNS: '' }, { CNI_NETNS: '/run/netns/does-not-exist' },
+      { CNI_ARGS: 'broken' }, { CNI_ARGS: 'IP=999.1.1.1' }, { CNI_ARGS: 'IP=10.5.0.300' },
+    ];
+    const baseEnv = { CNI_CONTAINERID: 'fuzz', CNI_NETNS: made[0]!.c.netnsPath, CNI_IFNAME: 'eth9' };
+    const before = (await store.list('/netd/')).kvs.map((kv) => `${kv.key}@${kv.modRevision}`).sort();
+    const codes = new Map<number, number>();
+    let wellFormed = 0;
+    for (let i = 0; i < 500; i++) {
+      const config = pick(configs);
+      const e = { ...baseEnv, ...pick(envs), ...(rand() < 0.5 ? pick(envs) : {}) };
+      const r = await plugin(env, 'h1', pick(['ADD', 'ADD', 'ADD', 'CHECK', 'FROB']), config, e);
+      if (!r.ok && typeof r.out.code === 'number' && typeof r.out.msg === 'string') wellFormed++;
+      codes.set(Number(r.out.code), (codes.get(Number(r.out.code)) ?? 0) + 1);
+    }
+    t.comment(`error codes seen: ${[...codes].map(([c, n]) => `${c}×${n}`).join(' ')}`);
+    t.equal(wellFormed, 500, 'all 500 malformed calls failed with a spec error (code and msg) and a non-zero exit');
+    t.ok(daemons.every((h) => isRunning(h)), 'no daemon crashed');
+    const after = (await store.list('/netd/')).kvs.map((kv) => `${kv.key}@${kv.modRevision}`).sort();
+    t.same(after, before, 'etcd is exactly as before');
+
     for (const m of made) {
       const e = { CNI_CONTAINERID: m.c.name, CNI_NETNS: m.c.netnsPath, CNI_IFNAME: 'eth1' };
       t.ok((await plugin(env, m.host, 'DEL', conf, e)).ok, `DEL ${m.c.name}`);

@@ -73,7 +73,7 @@ t.test('bad input gets a clear error and exit code 2, creating nothing', async (
     t.ok(isCommandError(err) && err.exitCode === 2, `${args.join(' ')} exits 2`);
     t.match(isCommandError(err) ? err.stderr : '', /E_INVALID_INPUT/);
   }
-  const unsupported = await cli('up', '--hosts', '1', '--prefix', prefix, '--with', 'netd').then(
+  const unsupported = await cli('up', '--hosts', '1', '--prefix', prefix, '--with', 'storaged').then(
     () => undefined,
     (e: unknown) => e,
   );
