@@ -13,6 +13,7 @@ import type { EndpointRecord, HostRecord, HostView, QosSpec, VpcRecord } from '.
 import { TcClient } from '../sys/tc.js';
 import { isCommandError } from '../sys/runner.js';
 import { qosBatch } from './qos.js';
+import { recoverLocalAttachments } from './recovery.js';
 import { linkNames } from './names.js';
 import { vxlanMode } from './modes/vxlan.js';
 import { Ipam } from '../ipam/allocator.js';
@@ -33,6 +34,11 @@ export interface NetdDaemonOptions {
   /** Where the host's data path lives (the daemon's own namespace when undefined). */
   netns?: NetnsTarget;
   debounceMs?: number;
+  /**
+   * A full reconcile at least this often (default 5 s), whatever etcd says: it repairs what changed
+   * behind netd's back and ports that appeared after the event that named them.
+   */
+  resyncIntervalMs?: number;
   /** Serve CNI requests on the socket of this namespace (in this directory). Off when undefined. */
   cniSocketDir?: string;
   /** The ipam pool of eth0 addresses (external network); no external network when undefined. */
@@ -58,6 +64,7 @@ export class NetdDaemon {
   private again = false;
   private stopped = false;
   private cniServer: Server | undefined;
+  private resyncTimer: NodeJS.Timeout | undefined;
   /** Rate limits as last applied per port (re-applied in full after a restart: replace is idempotent). */
   private readonly appliedQos = new Map<string, QosSpec>();
   /** Reconciles that ran (for tests and metrics). */
@@ -99,9 +106,31 @@ export class NetdDaemon {
       await ensureExternalNat(this.deps.runner, this.opts.netns, pool.spec.cidr, this.opts.host.uplink);
     }
     await Promise.all(this.consumers.map((c) => c.start()));
+    await this.recover();
     await this.reconcileNow();
     if (this.opts.cniSocketDir !== undefined) await this.serveCni(this.opts.cniSocketDir);
+    this.resyncTimer = setInterval(() => this.schedule(), this.opts.resyncIntervalMs ?? 5_000);
+    this.resyncTimer.unref();
     this.log.info('netd started');
+  }
+
+  /** Before serving CNI: settle what an interrupted run left (see recovery.ts). */
+  private async recover(): Promise<void> {
+    const self = this.opts.host.name;
+    const ipam = new Ipam({ store: this.deps.store, host: self, logger: this.deps.logger });
+    const deps = { store: this.deps.store, ipam, runner: this.deps.runner, host: this.opts.host, hostNetns: this.opts.netns, logger: this.deps.logger };
+    const report = await recoverLocalAttachments({
+      internal: [...this.endpoints.values()].filter((e) => e.host === self),
+      external: [...this.externals.values()],
+      deps,
+      ipam,
+      logger: this.log,
+      pools: new Set([...[...this.vpcs.values()].map((v) => v.name), ...(this.opts.externalPool !== undefined ? [this.opts.externalPool] : [])]),
+    });
+    for (const id of report.removed) {
+      for (const [key, e] of this.endpoints) if (e.id === id && e.host === self) this.endpoints.delete(key);
+      for (const [key, e] of this.externals) if (e.id === id) this.externals.delete(key);
+    }
   }
 
   private async serveCni(dir: string): Promise<void> {
@@ -234,6 +263,7 @@ export class NetdDaemon {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearInterval(this.resyncTimer);
     await new Promise<void>((resolve) => (this.cniServer ? this.cniServer.close(() => resolve()) : resolve()));
     await Promise.all(this.consumers.map((c) => c.stop()));
     await this.running;

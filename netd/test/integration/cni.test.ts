@@ -98,7 +98,7 @@ t.test('the netd CNI plugin wires eth1 through the host daemon: ADD, CHECK, DEL 
       t.ok(inside[0]?.addr_info.some((a) => `${a.local}/${a.prefixlen}` === ips[0]!.address), `${name} carries its address`);
       made.push({ c, host, ip: ips[0]!.address.split('/')[0]! });
     }
-    t.ok(await eventually(() => s.probe.ping(made[0]!.c.netns, made[1]!.ip, 500), 10_000), 'c1 (h1) reaches c2 (h2) over eth1');
+    t.ok(await eventually(() => s.probe.ping(made[0]!.c.netns, made[1]!.ip, 500), 20_000), 'c1 (h1) reaches c2 (h2) over eth1');
     const env1 = { CNI_CONTAINERID: 'c1', CNI_NETNS: made[0]!.c.netnsPath, CNI_IFNAME: 'eth1' };
     t.ok((await plugin(env, 'h1', 'CHECK', conf, env1)).ok, 'CHECK');
     const again = await plugin(env, 'h1', 'ADD', conf, env1);
