@@ -112,17 +112,9 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
     await deps.store.put(recordKey, JSON.stringify(endpoint));
     if (!existing) undo.push(() => deps.store.delete(recordKey));
 
-    // Leftovers of an ADD that died half-way.
-    await hostIp.deleteLinkIfExists(tmpIf);
-    if (existing) await hostIp.deleteLinkIfExists(hostIf);
-    await hostIp.apply(new IpBatch().linkAddVeth(hostIf, tmpIf, { mtu }).linkSet(tmpIf, { netns: req.netnsPath }).linkSet(hostIf, { up: true }));
-    undo.push(() => hostIp.deleteLinkIfExists(hostIf));
-    await inside.apply(
-      new IpBatch()
-        .linkSet(tmpIf, { name: req.ifname })
-        .linkSet(req.ifname, { address: endpoint.mac, mtu, up: true })
-        .addrAdd(allocation.cidr, req.ifname),
-    );
+    await plugVeth({ hostIp, inside, hostIf, tmpIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: endpoint.mac, mtu }, undo, (_onHost, inNs) => {
+      inNs.addrAdd(allocation.cidr, req.ifname);
+    });
     await deps.converge?.(endpoint);
     log.info({ ip: allocation.ip, hostIf }, 'attached');
     return { endpoint, allocation, mtu };
@@ -139,4 +131,32 @@ export async function detachInternal(req: { containerId: string; ifname: string;
   await new IpClient(deps.runner, deps.hostNetns).deleteLinkIfExists(linkNames.internalPort(id));
   await deps.store.delete(netdKeys.endpoint(req.vpc, id));
   await deps.ipam.releaseHandle(id, req.vpc);
+}
+
+export interface VethPlug {
+  hostIp: IpClient;
+  inside: IpClient;
+  hostIf: string;
+  tmpIf: string;
+  netnsPath: string;
+  ifname: string;
+  mac: string;
+  mtu: number;
+}
+
+/**
+ * The veth pair of one container interface: created in the host namespace (clearing leftovers of
+ * an ADD that died half-way), the container end moved into the container's netns under a
+ * temporary name, then renamed and configured there. `extra` adds what the interface kind needs to
+ * the host-side and container-side batches. Registers its own undo.
+ */
+export async function plugVeth(p: VethPlug, undo: Array<() => Promise<unknown>>, extra: (onHost: IpBatch, inside: IpBatch) => void): Promise<void> {
+  await p.hostIp.deleteLinkIfExists(p.tmpIf);
+  await p.hostIp.deleteLinkIfExists(p.hostIf);
+  const onHost = new IpBatch().linkAddVeth(p.hostIf, p.tmpIf, { mtu: p.mtu }).linkSet(p.tmpIf, { netns: p.netnsPath }).linkSet(p.hostIf, { up: true });
+  const inside = new IpBatch().linkSet(p.tmpIf, { name: p.ifname }).linkSet(p.ifname, { address: p.mac, mtu: p.mtu, up: true });
+  extra(onHost, inside);
+  await p.hostIp.apply(onHost);
+  undo.push(() => p.hostIp.deleteLinkIfExists(p.hostIf));
+  await p.inside.apply(inside);
 }

@@ -3,7 +3,7 @@ import { CniFailure, CniErrorCodes, commandSupported, parseCniRequest, toCniErro
 import { IpClient } from '../sys/ip.js';
 import { attachInternal, detachInternal, endpointId, type AttachDeps } from './attach.js';
 import { netdKeys } from './keys.js';
-import type { EndpointRecord } from './model.js';
+import type { EndpointRecord, QosSpec } from './model.js';
 import { fromBandwidthCapability } from './qos.js';
 import { parseIp } from '../core/cidr.js';
 import { attachExternal, detachExternal, LINK_LOCAL_GATEWAY, type ExternalEndpointRecord } from './external.js';
@@ -47,6 +47,28 @@ export async function handleCni(env: Record<string, string | undefined>, stdin: 
   }
 }
 
+/** The attachments a GC call says the runtime still has (ids "containerId:ifname"). */
+function validAttachments(req: CniRequest): Set<string> {
+  const raw = req.config['cni.dev/valid-attachments'];
+  if (raw !== undefined && !Array.isArray(raw)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cni.dev/valid-attachments must be a list');
+  return new Set(((raw ?? []) as Array<{ containerID?: unknown; ifname?: unknown }>).map((v) => endpointId(String(v.containerID), String(v.ifname))));
+}
+
+/** Static address, MAC and rate limits asked for by the runtime, checked before anything is touched. */
+function requested(req: CniRequest): { ip?: string; mac?: string; qos?: QosSpec } {
+  const ips = req.config.runtimeConfig?.ips;
+  const ip = Array.isArray(ips) && typeof ips[0] === 'string' ? ips[0].split('/')[0] : req.args.IP;
+  const mac = typeof req.config.runtimeConfig?.mac === 'string' ? req.config.runtimeConfig.mac : req.args.MAC;
+  if (mac !== undefined && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, `"${mac}" is not a MAC address`);
+  if (ip !== undefined) parseIp(ip);
+  const qos = fromBandwidthCapability(req.config.runtimeConfig?.bandwidth);
+  return { ...(ip !== undefined && { ip }), ...(mac !== undefined && { mac }), ...(qos && { qos }) };
+}
+
+function notReady(deps: CniHandlerDeps): void {
+  if (!deps.ready()) throw new CniFailure(CniErrorCodes.PLUGIN_NOT_AVAILABLE, 'netd is not synced with etcd yet');
+}
+
 function vpcOf(req: CniRequest): string {
   const vpc = req.config.vpc;
   if (typeof vpc !== 'string' || vpc === '') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'network config needs "vpc": the VPC to attach to');
@@ -62,16 +84,7 @@ async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown>
   const vpc = vpcOf(req);
   switch (req.command) {
     case 'ADD': {
-      const ips = req.config.runtimeConfig?.ips;
-      const ip = Array.isArray(ips) && typeof ips[0] === 'string' ? ips[0].split('/')[0] : req.args.IP;
-      const mac = typeof req.config.runtimeConfig?.mac === 'string' ? req.config.runtimeConfig.mac : req.args.MAC;
-      if (mac !== undefined && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, `"${mac}" is not a MAC address`);
-      if (ip !== undefined) parseIp(ip);
-      const qos = fromBandwidthCapability(req.config.runtimeConfig?.bandwidth);
-      const att = await attachInternal(
-        { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, vpc, ...(ip !== undefined && { ip }), ...(mac !== undefined && { mac }), ...(qos && { qos }) },
-        deps,
-      );
+      const att = await attachInternal({ containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, vpc, ...requested(req) }, deps);
       const result: CniResult = {
         cniVersion: req.config.cniVersion,
         interfaces: [{ name: req.ifname, mac: att.endpoint.mac, sandbox: req.netns }],
@@ -95,12 +108,10 @@ async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown>
       return undefined;
     }
     case 'STATUS':
-      if (!deps.ready()) throw new CniFailure(CniErrorCodes.PLUGIN_NOT_AVAILABLE, 'netd is not synced with etcd yet');
+      notReady(deps);
       return undefined;
     case 'GC': {
-      const raw = req.config['cni.dev/valid-attachments'];
-      if (raw !== undefined && !Array.isArray(raw)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cni.dev/valid-attachments must be a list');
-      const keep = new Set(((raw ?? []) as Array<{ containerID?: unknown; ifname?: unknown }>).map((v) => endpointId(String(v.containerID), String(v.ifname))));
+      const keep = validAttachments(req);
       for (const e of deps.localEndpoints()) {
         if (e.vpc !== vpc || keep.has(e.id)) continue;
         const [containerId, ifname] = e.id.split(':') as [string, string];
@@ -120,10 +131,7 @@ async function dispatchExternal(req: CniRequest, deps: CniHandlerDeps): Promise<
   const ext = { ...deps, externalPool: pool };
   switch (req.command) {
     case 'ADD': {
-      const ips = req.config.runtimeConfig?.ips;
-      const ip = Array.isArray(ips) && typeof ips[0] === 'string' ? ips[0].split('/')[0] : req.args.IP;
-      const qos = fromBandwidthCapability(req.config.runtimeConfig?.bandwidth);
-      const att = await attachExternal({ containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, ...(ip !== undefined && { ip }), ...(qos && { qos }) }, ext);
+      const att = await attachExternal({ containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, ...requested(req) }, ext);
       const result: CniResult = {
         cniVersion: req.config.cniVersion,
         interfaces: [{ name: req.ifname, mac: att.endpoint.mac, sandbox: req.netns }],
@@ -142,11 +150,10 @@ async function dispatchExternal(req: CniRequest, deps: CniHandlerDeps): Promise<
       return undefined;
     }
     case 'STATUS':
-      if (!deps.ready()) throw new CniFailure(CniErrorCodes.PLUGIN_NOT_AVAILABLE, 'netd is not synced with etcd yet');
+      notReady(deps);
       return undefined;
     case 'GC': {
-      const raw = req.config['cni.dev/valid-attachments'];
-      const keep = new Set((Array.isArray(raw) ? (raw as Array<{ containerID?: unknown; ifname?: unknown }>) : []).map((v) => endpointId(String(v.containerID), String(v.ifname))));
+      const keep = validAttachments(req);
       for (const e of deps.localExternalEndpoints()) if (!keep.has(e.id)) await detachExternal({ containerId: e.containerId, ifname: e.ifname }, ext);
       return undefined;
     }

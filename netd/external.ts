@@ -1,12 +1,12 @@
 import { describeError } from '../core/errors.js';
 import { parseCidr, formatCidr } from '../core/cidr.js';
-import { IpBatch, IpClient } from '../sys/ip.js';
+import { IpClient } from '../sys/ip.js';
 import { NftClient, NftTransaction } from '../sys/nft.js';
 import type { CommandRunner, NetnsTarget } from '../sys/runner.js';
 import { silentLogger } from '../sys/log.js';
 import { checkSegment } from '../ipam/keys.js';
 import type { Allocation } from '../ipam/allocator.js';
-import { endpointId, endpointMac, type AttachDeps } from './attach.js';
+import { endpointId, endpointMac, plugVeth, type AttachDeps } from './attach.js';
 import { externalKeys } from './keys.js';
 import { linkNames, shortHash } from './names.js';
 import type { QosSpec } from './model.js';
@@ -81,28 +81,17 @@ export async function attachExternal(
     };
     await deps.store.put(key, JSON.stringify(endpoint));
     if (!existing) undo.push(() => deps.store.delete(key));
-    await hostIp.deleteLinkIfExists(tmpIf);
-    await hostIp.deleteLinkIfExists(hostIf);
-    const mtu = deps.host.underlayMtu;
-    await hostIp.apply(
-      new IpBatch()
-        .linkAddVeth(hostIf, tmpIf, { mtu })
-        .linkSet(tmpIf, { netns: req.netnsPath })
-        .linkSet(hostIf, { up: true })
+    const gateway = `${LINK_LOCAL_GATEWAY}/32`;
+    await plugVeth({ hostIp, inside, hostIf, tmpIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: endpoint.mac, mtu: deps.host.underlayMtu }, undo, (onHost, inNs) => {
+      onHost
         .routeReplace(`${allocation.ip}/32`, { dev: hostIf, scope: 'link' })
-        // The host answers ARP for the link-local gateway on this port (an explicit proxy entry:
-        // unlike the proxy_arp sysctl it does not depend on the host having a route to it).
-        .add('neigh', 'replace', 'proxy', LINK_LOCAL_GATEWAY, 'dev', hostIf),
-    );
-    undo.push(() => hostIp.deleteLinkIfExists(hostIf));
-    await inside.apply(
-      new IpBatch()
-        .linkSet(tmpIf, { name: req.ifname })
-        .linkSet(req.ifname, { address: endpoint.mac, mtu, up: true })
+        // The host answers ARP for the link-local gateway on this port (an explicit proxy entry).
+        .add('neigh', 'replace', 'proxy', LINK_LOCAL_GATEWAY, 'dev', hostIf);
+      inNs
         .addrAdd(`${allocation.ip}/32`, req.ifname)
-        .routeReplace(`${LINK_LOCAL_GATEWAY}/32`, { dev: req.ifname, scope: 'link' })
-        .routeReplace('default', { via: LINK_LOCAL_GATEWAY, dev: req.ifname, onlink: true }),
-    );
+        .routeReplace(gateway, { dev: req.ifname, scope: 'link' })
+        .routeReplace('default', { via: LINK_LOCAL_GATEWAY, dev: req.ifname, onlink: true });
+    });
     await deps.convergeExternal?.(endpoint);
     log.info({ ip: allocation.ip }, 'external interface attached');
     return { endpoint, allocation };

@@ -1,5 +1,5 @@
 import type { CommandRunner, NetnsTarget } from './runner.js';
-import { ifname, line } from './tokens.js';
+import { ifname, LineBatch } from './tokens.js';
 
 /**
  * `bridge` (fdb): static forwarding entries replace flooding and learning on vxlan devices. Reads
@@ -16,32 +16,20 @@ export interface FdbEntry {
   vni?: number;
 }
 
-export class BridgeBatch {
-  readonly lines: string[] = [];
-
-  get empty(): boolean {
-    return this.lines.length === 0;
-  }
-
+export class BridgeBatch extends LineBatch {
   /** `append` allows several remote VTEPs for one MAC (the all-zero MAC: flood list). */
   fdbAppend(mac: string, dev: string, opts: { dst?: string; permanent?: boolean } = {}): this {
-    this.lines.push(line('fdb', 'append', mac, 'dev', ifname(dev), ...(opts.dst ? ['dst', opts.dst] : []), 'self', ...(opts.permanent === false ? [] : ['permanent'])));
-    return this;
+    return this.add('fdb', 'append', mac, 'dev', ifname(dev), ...(opts.dst ? ['dst', opts.dst] : []), 'self', ...(opts.permanent === false ? [] : ['permanent']));
   }
 
   fdbReplace(mac: string, dev: string, opts: { dst?: string; permanent?: boolean } = {}): this {
-    this.lines.push(line('fdb', 'replace', mac, 'dev', ifname(dev), ...(opts.dst ? ['dst', opts.dst] : []), 'self', ...(opts.permanent === false ? [] : ['permanent'])));
-    return this;
+    return this.add('fdb', 'replace', mac, 'dev', ifname(dev), ...(opts.dst ? ['dst', opts.dst] : []), 'self', ...(opts.permanent === false ? [] : ['permanent']));
   }
 
   fdbDel(mac: string, dev: string, opts: { dst?: string } = {}): this {
-    this.lines.push(line('fdb', 'del', mac, 'dev', ifname(dev), ...(opts.dst ? ['dst', opts.dst] : []), 'self'));
-    return this;
+    return this.add('fdb', 'del', mac, 'dev', ifname(dev), ...(opts.dst ? ['dst', opts.dst] : []), 'self');
   }
 
-  render(): string {
-    return this.lines.join('\n') + '\n';
-  }
 }
 
 export class BridgeClient {

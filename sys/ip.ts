@@ -1,6 +1,6 @@
 import type { CommandRunner, NetnsTarget } from './runner.js';
 import { isCommandError } from './runner.js';
-import { ifname, line, token } from './tokens.js';
+import { ifname, token, LineBatch } from './tokens.js';
 
 /**
  * `ip` from iproute2: reads with `-j` (JSON), writes as one `ip -batch -` per change set. Batches
@@ -62,18 +62,7 @@ export interface VxlanSpec {
 }
 
 /** Lines for one `ip -batch -`; every token is checked as it is added. */
-export class IpBatch {
-  readonly lines: string[] = [];
-
-  get empty(): boolean {
-    return this.lines.length === 0;
-  }
-
-  add(...words: Array<string | number>): this {
-    this.lines.push(line(...words));
-    return this;
-  }
-
+export class IpBatch extends LineBatch {
   linkAddVeth(name: string, peer: string, opts: { peerNetns?: string; mtu?: number; group?: number } = {}): this {
     return this.add(
       'link', 'add', ifname(name),
@@ -159,9 +148,6 @@ export class IpBatch {
     return this.add('neigh', 'del', ip, 'dev', ifname(dev));
   }
 
-  render(): string {
-    return this.lines.join('\n') + '\n';
-  }
 }
 
 export class IpClient {

@@ -1,6 +1,6 @@
 import type { CommandRunner, NetnsTarget } from './runner.js';
 import { isCommandError } from './runner.js';
-import { ifname, line, token } from './tokens.js';
+import { ifname, token, LineBatch } from './tokens.js';
 
 /**
  * `tc`: reads with `-j`, writes as one `tc -batch -`. Rates are bits per second. Shaping both
@@ -46,18 +46,7 @@ function rate(bps: number): string {
   return `${bps}bit`;
 }
 
-export class TcBatch {
-  readonly lines: string[] = [];
-
-  get empty(): boolean {
-    return this.lines.length === 0;
-  }
-
-  add(...words: Array<string | number>): this {
-    this.lines.push(line(...words));
-    return this;
-  }
-
+export class TcBatch extends LineBatch {
   /** Root token bucket: `replace` makes it an idempotent "ensure". */
   rootTbf(dev: string, s: TbfSpec): this {
     return this.add(
@@ -96,9 +85,6 @@ export class TcBatch {
     return this.add('qdisc', 'del', 'dev', ifname(dev), 'ingress');
   }
 
-  render(): string {
-    return this.lines.join('\n') + '\n';
-  }
 }
 
 const UNITS: Record<string, number> = { bit: 1, kbit: 1e3, mbit: 1e6, gbit: 1e9, tbit: 1e12 };

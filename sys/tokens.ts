@@ -27,3 +27,21 @@ export function ifname(name: string): string {
   }
   return name;
 }
+
+/** Lines for one `ip|tc|bridge -batch -`; every token is checked as it is added. */
+export class LineBatch {
+  readonly lines: string[] = [];
+
+  get empty(): boolean {
+    return this.lines.length === 0;
+  }
+
+  add(...words: Array<string | number>): this {
+    this.lines.push(line(...words));
+    return this;
+  }
+
+  render(): string {
+    return this.lines.join('\n') + '\n';
+  }
+}

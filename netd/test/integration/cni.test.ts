@@ -3,10 +3,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
 import type { TestContainer } from '../../../test-netns/containers.js';
 import { requireRoot } from '../../../test-netns/testing.js';
+import { eventually } from '../netd-hosts.js';
 import { startDaemon, stopDaemon, isRunning, type DaemonHandle } from '../../../sys/process.js';
 import { isCommandError } from '../../../sys/runner.js';
 import { IpClient } from '../../../sys/ip.js';
@@ -17,14 +17,6 @@ import { netdKeys } from '../../keys.js';
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'main.js');
 
-async function eventually(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(50);
-  }
-  return false;
-}
 
 interface Env {
   s: ClusterSession;

@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
 import type { TestContainer } from '../../../test-netns/containers.js';
 import { requireRoot } from '../../../test-netns/testing.js';
+import { eventually } from '../netd-hosts.js';
 import { startDaemon, stopDaemon, killDaemon, type DaemonHandle } from '../../../sys/process.js';
 import { IpClient } from '../../../sys/ip.js';
 import { BridgeClient } from '../../../sys/bridge.js';
@@ -20,14 +21,6 @@ import type { HostRecord, VpcRecord } from '../../model.js';
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'main.js');
 const LEASE_TTL = 2;
 
-async function eventually(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(100);
-  }
-  return false;
-}
 
 function runNetd(s: ClusterSession, host: string, dir: string): { handle: DaemonHandle; log: string } {
   const h = s.cluster.host(host);
@@ -82,7 +75,8 @@ t.test('netd daemons converge the vxlan data path from etcd; a dead host is drop
     }
     const by = (n: string) => containers.find((c) => c.name === n)!;
     t.ok(await eventually(() => s.probe.ping(by('a1').netns, by('a2').ip, 500), 15_000), 'a1 reaches a2 across hosts once the daemons converged');
-    t.ok(await s.probe.delivered({ from: by('b1').netns, to: by('b2').netns, address: by('b2').ip, protocol: 'tcp', port: 7000 }), 'b1 reaches b2');
+    t.ok(await eventually(() => s.probe.ping(by('b1').netns, by('b2').ip, 500), 15_000), 'b1 reaches b2 (icmp)');
+    t.ok(await s.probe.delivered({ from: by('b1').netns, to: by('b2').netns, address: by('b2').ip, protocol: 'tcp', port: 7000 }), 'b1 reaches b2 (tcp)');
     const server = await s.probe.serve(by('a2').netns, 'tcp', by('a2').ip, 7100);
     try {
       const sameAddrInB = containers.find((c) => c.vpc === 'b' && c.ip === by('a2').ip);

@@ -1,0 +1,69 @@
+import t from 'tap';
+import { join } from 'node:path';
+import { withCluster } from '../../../test-netns/harness.js';
+import { requireRoot } from '../../../test-netns/testing.js';
+import { IpClient } from '../../../sys/ip.js';
+import { EtcdStore } from '../../../store/etcd.js';
+import { Ipam } from '../../../ipam/allocator.js';
+import { netdKeys } from '../../keys.js';
+
+const CYCLES = 2000;
+const IN_FLIGHT = 8;
+
+t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, async (t) => {
+  if (!requireRoot(t)) return;
+  await withCluster({ hosts: 1, with: ['netd'] }, async (s) => {
+    const d = s.cluster.description;
+    const cni = d.cni!;
+    const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+    t.teardown(() => store.close());
+    await store.put(netdKeys.vpc('a'), JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.51.0.0/16', vni: 51 }));
+    await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.51.0.0/16', kind: 'vpc' });
+    const h1 = s.cluster.host('h1');
+    const ip = new IpClient(s.runner);
+    // One namespace per worker, reused: each cycle attaches and detaches eth1 in it.
+    const slots = Array.from({ length: IN_FLIGHT }, (_, i) => `tn-${d.prefix}-w${i}`);
+    await ip.addNetns(slots);
+    t.teardown(() => ip.deleteNetns(slots));
+    const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'vpc-a', type: 'netd', vpc: 'a' });
+    const call = (command: string, id: string, netns: string) =>
+      s.runner.run({
+        argv: [join(cni.binDir, 'netd')],
+        stdin: conf,
+        netns: { name: h1.netns },
+        env: { CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_NETNS: `/run/netns/${netns}`, CNI_IFNAME: 'eth1', CNI_PATH: cni.binDir },
+        timeoutMs: 60_000,
+      });
+    let next = 0;
+    let failures = 0;
+    const started = Date.now();
+    await Promise.all(
+      slots.map(async (slot) => {
+        for (;;) {
+          const i = next++;
+          if (i >= CYCLES) return;
+          try {
+            await call('ADD', `churn${i}`, slot);
+            await call('DEL', `churn${i}`, slot);
+          } catch {
+            failures++;
+          }
+        }
+      }),
+    );
+    const seconds = (Date.now() - started) / 1000;
+    t.comment(`${CYCLES} cycles in ${seconds.toFixed(1)} s (${((CYCLES * 2) / seconds).toFixed(0)} CNI calls/s, ${IN_FLIGHT} in flight)`);
+    t.equal(failures, 0, 'every ADD and DEL succeeded');
+    t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record');
+    t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address handle');
+    t.same((await store.list('/netd/v1/ipam/blocks/a/')).kvs, [], 'no block left claimed');
+    const links = (await new IpClient(s.runner, { name: h1.netns }).links()).map((l) => l.ifname).filter((n) => /^n[ieq]/.test(n));
+    t.same(links, [], 'no container port or ifb left on the host');
+    for (const slot of slots) {
+      const inside = (await new IpClient(s.runner, { name: slot }).links()).map((l) => l.ifname);
+      t.same(inside, ['lo'], `${slot}: only lo`);
+    }
+    await store.deletePrefix(netdKeys.vpcs());
+    await store.deletePrefix('/netd/v1/ipam/pools/a');
+  });
+});
