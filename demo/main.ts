@@ -16,6 +16,7 @@ import { EtcdStore } from '../store/etcd.js';
 import { Ipam } from '../ipam/allocator.js';
 import { Podman } from '../test-netns/podman.js';
 import { netdKeys } from '../netd/keys.js';
+import { NetdApiClient } from '../netd/api/client.js';
 import type { EndpointRecord } from '../netd/model.js';
 import { startDaemon, stopDaemon } from '../sys/process.js';
 
@@ -136,12 +137,16 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
   const h2 = s.cluster.host('h2').netns;
   const server = `demo-web-${uniqueSuffix(2)}`;
   try {
-    const ipam = new Ipam({ store, host: 'admin' });
-    for (const [vpc, tenant, vni] of [['a', 'tenant-1', 101], ['b', 'tenant-2', 102]] as const) {
-      await store.put(netdKeys.vpc(vpc), JSON.stringify({ name: vpc, tenant, mode: 'vxlan', cidr: '10.10.0.0/24', vni }));
-      await ipam.createPool({ name: vpc, cidr: '10.10.0.0/24', kind: 'vpc' });
-      podman.addNetwork({ name: `vpc-${vpc}`, plugins: [{ type: 'netd', vpc, capabilities: { bandwidth: true } }] });
-      say(`  VPC ${vpc} of ${tenant}: 10.10.0.0/24, VNI ${vni}`);
+    // Tenants and VPCs through netd's API (h1's daemon); hosts follow etcd.
+    const admin = new NetdApiClient(s.cluster.host('h1').daemons.netdApi!, d.adminToken);
+    const tenants: Record<string, NetdApiClient> = {};
+    for (const [tenant, vpc] of [['tenant-1', 'a'], ['tenant-2', 'b']] as const) {
+      const { token, tag } = await admin.call<{ token: string; tag: number }>('POST', '/v1/tenants', { name: tenant });
+      tenants[vpc] = admin.withToken(token);
+      const created = await tenants[vpc]!.call<{ id: string; vni: number }>('POST', '/v1/vpcs', { name: 'app', cidr: '10.10.0.0/24' });
+      const conflist = await tenants[vpc]!.call<{ plugins: object[] }>('GET', '/v1/vpcs/app/cni-config');
+      podman.addNetwork({ name: `vpc-${vpc}`, plugins: conflist.plugins });
+      say(`  ${tenant} (tag ${tag}): VPC app = ${created.id}, 10.10.0.0/24, VNI ${created.vni}`);
     }
     podman.addNetwork({ name: 'external', plugins: [{ type: 'netd', external: true }] });
     let started = Date.now();
@@ -161,9 +166,8 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     say(`  eth0 -> outside ${d.outside.address}: ${mark(out)}; eth1 -> outside: ${mark(viaEth1)}`);
     ok = same && !other && out && !viaEth1;
 
-    // QoS: 20 Mbit/s on the server's eth1, set in etcd (what the API does), measured with iperf3.
-    const key = netdKeys.endpoint('a', target.id);
-    await store.put(key, JSON.stringify({ ...target, qos: { ingressBps: 20_000_000, egressBps: 20_000_000 } }));
+    // QoS: 20 Mbit/s on the running server's eth1, set through the API, measured with iperf3.
+    await tenants.a!.call('PATCH', `/v1/vpcs/app/endpoints/${target.id}`, { qos: { ingressBps: 20_000_000, egressBps: 20_000_000 } });
     await new Promise((r) => setTimeout(r, 500));
     const sandbox = (await podman.podman(h2, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', server])).stdout.trim();
     const client = await podman.run(h2, { name: `${server}-c`, networks: ['vpc-a'], detach: true }, ['sleep', '600']);

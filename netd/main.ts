@@ -8,12 +8,15 @@ import { ifname } from '../sys/tokens.js';
 import { EtcdStore } from '../store/etcd.js';
 import { checkSegment } from '../ipam/keys.js';
 import { NetdDaemon } from './daemon.js';
+import { buildApi } from './api/app.js';
+import { readFileSync, rmSync, chmodSync } from 'node:fs';
 import { installNetdPlugin } from './install-cni.js';
 import { SOCKET_DIR } from './cni-server.js';
 
 /**
  * `netd`: the per-host daemon. Runs in the host's network namespace.
  *   netd --host NAME --underlay-ip IP --uplink IF [--mtu 1500] --etcd URL[,URL] [--lease-ttl 10]
+ *        [--api-socket PATH] [--api-listen ADDR:PORT] [--admin-token-file FILE | $NETD_ADMIN_TOKEN]
  *   netd install-cni [--cni-bin-dir /opt/cni/bin]
  * SIGTERM/SIGINT stop it gracefully: the data path stays, the registration outlives a quick restart.
  */
@@ -33,6 +36,9 @@ async function main(): Promise<void> {
       'lease-ttl': { type: 'string', default: '10' },
       'cni-socket-dir': { type: 'string', default: SOCKET_DIR },
       'external-pool': { type: 'string' },
+      'api-socket': { type: 'string' },
+      'api-listen': { type: 'string' },
+      'admin-token-file': { type: 'string' },
     },
   });
   const host = checkSegment('host', values.host);
@@ -59,7 +65,29 @@ async function main(): Promise<void> {
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
   await daemon.start();
+  const api = await startApi(values, store);
   process.stdout.write(`netd ${host} ready\n`);
+  process.once('exit', () => void api?.close());
+}
+
+/** The HTTP API, when asked for: on a Unix socket (root-only) and/or a TCP address. */
+async function startApi(values: { 'api-socket'?: string; 'api-listen'?: string; 'admin-token-file'?: string }, store: EtcdStore) {
+  if (!values['api-socket'] && !values['api-listen']) return undefined;
+  const adminToken = (values['admin-token-file'] ? readFileSync(values['admin-token-file'], 'utf8') : (process.env.NETD_ADMIN_TOKEN ?? '')).trim();
+  if (adminToken.length < 16) throw invalidInput('the API needs an admin token of at least 16 characters (--admin-token-file or $NETD_ADMIN_TOKEN)');
+  const app = buildApi({ store, adminToken });
+  if (values['api-socket']) {
+    rmSync(values['api-socket'], { force: true });
+    await app.listen({ path: values['api-socket'] });
+    chmodSync(values['api-socket'], 0o600);
+  }
+  if (values['api-listen']) {
+    const [hostPart, portPart] = values['api-listen'].split(/:(?=\d+$)/);
+    // A second listener: fastify listens once, so TCP gets its own server on the same routes.
+    const tcp = buildApi({ store, adminToken });
+    await tcp.listen({ host: hostPart, port: Number(portPart) });
+  }
+  return app;
 }
 
 main().catch((err: unknown) => {

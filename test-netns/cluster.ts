@@ -259,15 +259,17 @@ async function startNetdOnHosts(d: ClusterDescription, deps: ClusterDeps, state:
         '--host', h.name, '--underlay-ip', h.underlayIp, '--uplink', h.uplink, '--mtu', String(d.underlay.mtu),
         '--etcd', d.etcd.underlayEndpoints.join(','), '--lease-ttl', '5',
         '--cni-socket-dir', socketDir, '--external-pool', EXTERNAL_POOL.name,
+        '--api-socket', join(socketDir, `api-${h.name}.sock`),
       ],
       netns: { name: h.netns },
       logFile: log,
       detached: true,
-      env: { LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' },
+      env: { LOG_LEVEL: process.env.LOG_LEVEL ?? 'info', NETD_ADMIN_TOKEN: d.adminToken },
     });
     state.daemons.push({ component: 'netd', host: h.name, pid: handle.pid, startTime: handle.startTime });
     writeState(d.prefix, state);
     h.daemons.netd = `unix://${socketPathForNetns(statSync(h.netnsPath).ino, socketDir)}`;
+    h.daemons.netdApi = `unix://${join(socketDir, `api-${h.name}.sock`)}`;
   }
   for (const h of d.hosts) {
     const log = join(logDir, `netd-${h.name}.log`);

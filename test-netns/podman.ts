@@ -65,7 +65,8 @@ export class Podman {
       ...(opts.detach ? ['-d'] : []),
       ...(opts.rm ? ['--rm'] : []),
       ...(opts.name ? ['--name', opts.name] : []),
-      ...opts.networks.flatMap((n) => ['--network', n]),
+      // Interface names follow the order given (eth0, eth1, ...): podman's own order is not stable.
+      ...opts.networks.flatMap((n, i) => ['--network', `${n}:interface_name=eth${i}`]),
       '--ulimit', 'nofile=10000:10000', '--ulimit', 'nproc=1000:1000',
       this.image,
       ...command,

@@ -1,0 +1,229 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { Type, type Static } from '@sinclair/typebox';
+import { AppError, ErrorCodes, isAppError, type ErrorCode } from '../../core/errors.js';
+import { parseCidr, formatCidr } from '../../core/cidr.js';
+import type { Store } from '../../store/types.js';
+import { Ipam } from '../../ipam/allocator.js';
+import { checkQos } from '../qos.js';
+import { netdKeys } from '../keys.js';
+import type { EndpointRecord, VpcRecord } from '../model.js';
+
+/**
+ * netd's HTTP API (fastify, built separately from listen() so tests use inject()). An admin token
+ * from configuration creates tenants; each tenant gets its own bearer token, stored only as a
+ * SHA-256 hash. A tenant sees and changes only its own VPCs: another tenant's is a 404.
+ * Desired state goes to etcd; every host's netd converges the kernel from there.
+ */
+
+export interface ApiDeps {
+  store: Store;
+  adminToken: string;
+  logger?: boolean;
+}
+
+interface TenantRecord {
+  name: string;
+  /** 16-bit tenant tag (tagqueue). */
+  tag: number;
+  tokenHash: string;
+}
+
+const tenantKey = (name: string) => `/netd/v1/tenants/${name}`;
+const vniKey = (vni: number) => `/netd/v1/vnis/${vni}`;
+const NAME = Type.String({ pattern: '^[a-z][a-z0-9-]{0,30}$' });
+const QOS = Type.Object({ ingressBps: Type.Optional(Type.Integer()), egressBps: Type.Optional(Type.Integer()) }, { additionalProperties: false });
+const TenantBody = Type.Object({ name: NAME }, { additionalProperties: false });
+const VpcBody = Type.Object(
+  { name: NAME, cidr: Type.String({ maxLength: 49 }), mtu: Type.Optional(Type.Integer({ minimum: 1280, maximum: 9000 })), qos: Type.Optional(QOS) },
+  { additionalProperties: false },
+);
+const EndpointPatch = Type.Object({ qos: QOS }, { additionalProperties: false });
+
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  [ErrorCodes.INVALID_INPUT]: 400,
+  [ErrorCodes.NOT_FOUND]: 404,
+  [ErrorCodes.ALREADY_EXISTS]: 409,
+  [ErrorCodes.CONFLICT]: 409,
+  [ErrorCodes.POOL_OVERLAP]: 409,
+  [ErrorCodes.STORE_UNAVAILABLE]: 503,
+};
+
+const hash = (token: string) => createHash('sha256').update(token).digest('hex');
+
+function sameToken(a: string, b: string): boolean {
+  const x = Buffer.from(hash(a));
+  const y = Buffer.from(hash(b));
+  return timingSafeEqual(x, y);
+}
+
+export function buildApi(deps: ApiDeps): FastifyInstance {
+  // Unknown fields are an error, not silently dropped; types are not coerced.
+  const app = Fastify({ logger: deps.logger ?? false, bodyLimit: 64 * 1024, ajv: { customOptions: { removeAdditional: false, coerceTypes: false } } });
+  const { store } = deps;
+
+  app.setErrorHandler((err: unknown, _req, reply) => {
+    if (isAppError(err)) return reply.status(STATUS[err.code] ?? 500).send({ code: err.code, message: err.message });
+    const e = err as { validation?: unknown; statusCode?: number; message?: string };
+    if (e.validation) return reply.status(400).send({ code: ErrorCodes.INVALID_INPUT, message: e.message });
+    if (e.statusCode && e.statusCode < 500) return reply.status(e.statusCode).send({ code: ErrorCodes.INVALID_INPUT, message: e.message });
+    return reply.status(500).send({ code: ErrorCodes.INTERNAL, message: 'internal error' });
+  });
+
+  const bearer = (req: FastifyRequest): string => {
+    const h = req.headers.authorization ?? '';
+    if (!h.startsWith('Bearer ')) throw Object.assign(new Error('missing bearer token'), { statusCode: 401 });
+    return h.slice(7);
+  };
+  const requireAdmin = (req: FastifyRequest): void => {
+    if (!sameToken(bearer(req), deps.adminToken)) throw Object.assign(new Error('admin token required'), { statusCode: 401 });
+  };
+  /** The tenant the token belongs to (the token names it: "<tenant>.<secret>"). */
+  const requireTenant = async (req: FastifyRequest): Promise<TenantRecord> => {
+    const token = bearer(req);
+    const name = token.split('.')[0] ?? '';
+    const kv = /^[a-z][a-z0-9-]{0,30}$/.test(name) ? await store.get(tenantKey(name)) : undefined;
+    const tenant = kv ? (JSON.parse(kv.value) as TenantRecord) : undefined;
+    if (!tenant || !timingSafeEqual(Buffer.from(tenant.tokenHash), Buffer.from(hash(token)))) {
+      throw Object.assign(new Error('unknown or invalid tenant token'), { statusCode: 401 });
+    }
+    return tenant;
+  };
+  const vpcId = (tenant: string, name: string) => `${tenant}.${name}`;
+  const ownVpc = async (tenant: TenantRecord, name: string): Promise<VpcRecord> => {
+    const kv = await store.get(netdKeys.vpc(vpcId(tenant.name, name)));
+    if (!kv) throw new AppError(ErrorCodes.NOT_FOUND, `no VPC "${name}"`);
+    return JSON.parse(kv.value) as VpcRecord;
+  };
+
+  app.get('/healthz', async () => ({ ok: true }));
+  app.get('/readyz', async (_req, reply: FastifyReply) => {
+    try {
+      await store.currentRevision();
+      return { ready: true };
+    } catch {
+      return reply.status(503).send({ ready: false, code: ErrorCodes.STORE_UNAVAILABLE });
+    }
+  });
+
+  app.post('/v1/tenants', { schema: { body: TenantBody } }, async (req, reply) => {
+    requireAdmin(req);
+    const { name } = req.body as Static<typeof TenantBody>;
+    const token = `${name}.${randomBytes(24).toString('base64url')}`;
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const tag = 1 + Math.floor(Math.random() * 0xfffe);
+      const record: TenantRecord = { name, tag, tokenHash: hash(token) };
+      const { succeeded } = await store.txn({
+        compare: [
+          { key: tenantKey(name), target: 'modRevision', op: '=', value: 0n },
+          { key: `/netd/v1/tags/${tag}`, target: 'modRevision', op: '=', value: 0n },
+        ],
+        success: [
+          { type: 'put', key: tenantKey(name), value: JSON.stringify(record) },
+          { type: 'put', key: `/netd/v1/tags/${tag}`, value: name },
+        ],
+      });
+      if (succeeded) return reply.status(201).send({ name, tag, token });
+      if (await store.get(tenantKey(name))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `tenant ${name} exists`);
+    }
+    throw new AppError(ErrorCodes.CONFLICT, 'could not allocate a tenant tag; try again');
+  });
+
+  app.get('/v1/tenants', async (req) => {
+    requireAdmin(req);
+    const { kvs } = await store.list('/netd/v1/tenants/');
+    return kvs.map((kv) => {
+      const t = JSON.parse(kv.value) as TenantRecord;
+      return { name: t.name, tag: t.tag };
+    });
+  });
+
+  app.post('/v1/vpcs', { schema: { body: VpcBody } }, async (req, reply) => {
+    const tenant = await requireTenant(req);
+    const body = req.body as Static<typeof VpcBody>;
+    const cidr = formatCidr(parseCidr(body.cidr));
+    const qos = checkQos(body.qos);
+    const id = vpcId(tenant.name, body.name);
+    if (await store.get(netdKeys.vpc(id))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `VPC ${body.name} exists`);
+    await new Ipam({ store, host: 'api' }).createPool({ name: id, cidr, kind: 'vpc' });
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const vni = 1 + Math.floor(Math.random() * 0xfffffe);
+      const vpc: VpcRecord = { name: id, tenant: tenant.name, mode: 'vxlan', cidr, vni, ...(body.mtu && { mtu: body.mtu }), ...(qos && { qos }) };
+      const { succeeded } = await store.txn({
+        compare: [
+          { key: netdKeys.vpc(id), target: 'modRevision', op: '=', value: 0n },
+          { key: vniKey(vni), target: 'modRevision', op: '=', value: 0n },
+        ],
+        success: [
+          { type: 'put', key: netdKeys.vpc(id), value: JSON.stringify(vpc) },
+          { type: 'put', key: vniKey(vni), value: id },
+        ],
+      });
+      if (succeeded) return reply.status(201).send(publicVpc(vpc));
+      if (await store.get(netdKeys.vpc(id))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `VPC ${body.name} exists`);
+    }
+    throw new AppError(ErrorCodes.CONFLICT, 'could not allocate a VNI; try again');
+  });
+
+  app.get('/v1/vpcs', async (req) => {
+    const tenant = await requireTenant(req);
+    const { kvs } = await store.list(netdKeys.vpcs());
+    return kvs.map((kv) => JSON.parse(kv.value) as VpcRecord).filter((v) => v.tenant === tenant.name).map(publicVpc);
+  });
+
+  app.get('/v1/vpcs/:vpc', async (req) => publicVpc(await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc)));
+
+  app.delete('/v1/vpcs/:vpc', async (req, reply) => {
+    const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
+    const { kvs } = await store.list(`${netdKeys.endpoints()}${vpc.name}/`);
+    if (kvs.length > 0) throw new AppError(ErrorCodes.CONFLICT, `VPC has ${kvs.length} endpoints; delete them first`);
+    await new Ipam({ store, host: 'api' }).deletePool(vpc.name);
+    await store.txn({ compare: [], success: [{ type: 'delete', key: netdKeys.vpc(vpc.name) }, { type: 'delete', key: vniKey(vpc.vni) }] });
+    return reply.status(204).send();
+  });
+
+  app.get('/v1/vpcs/:vpc/endpoints', async (req) => {
+    const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
+    const { kvs } = await store.list(`${netdKeys.endpoints()}${vpc.name}/`);
+    return kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+  });
+
+  /** Changes an endpoint's rate limits; every host applies them to the running interface. */
+  app.patch('/v1/vpcs/:vpc/endpoints/:endpoint', { schema: { body: EndpointPatch } }, async (req) => {
+    const params = req.params as { vpc: string; endpoint: string };
+    const vpc = await ownVpc(await requireTenant(req), params.vpc);
+    const qos = checkQos((req.body as Static<typeof EndpointPatch>).qos);
+    const key = netdKeys.endpoint(vpc.name, params.endpoint);
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const kv = await store.get(key);
+      if (!kv) throw new AppError(ErrorCodes.NOT_FOUND, `no endpoint "${params.endpoint}"`);
+      const rec = JSON.parse(kv.value) as EndpointRecord;
+      const next: EndpointRecord = { ...rec };
+      if (qos) next.qos = qos;
+      else delete next.qos;
+      const { succeeded } = await store.txn({
+        compare: [{ key, target: 'modRevision', op: '=', value: kv.modRevision }],
+        success: [{ type: 'put', key, value: JSON.stringify(next) }],
+      });
+      if (succeeded) return next;
+    }
+    throw new AppError(ErrorCodes.CONFLICT, 'endpoint kept changing; try again');
+  });
+
+  app.get('/v1/vpcs/:vpc/cni-config', async (req) => {
+    const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
+    return { cniVersion: '1.0.0', name: `vpc-${vpc.name}`, plugins: [{ type: 'netd', vpc: vpc.name, capabilities: { bandwidth: true, ips: true, mac: true } }] };
+  });
+
+  app.get('/v1/external/cni-config', async (req) => {
+    await requireTenant(req);
+    return { cniVersion: '1.0.0', name: 'external', plugins: [{ type: 'netd', external: true, capabilities: { bandwidth: true, ips: true } }] };
+  });
+
+  return app;
+}
+
+function publicVpc(v: VpcRecord): Record<string, unknown> {
+  const short = v.name.slice(v.tenant.length + 1);
+  return { name: short, id: v.name, tenant: v.tenant, mode: v.mode, cidr: v.cidr, vni: v.vni, ...(v.mtu && { mtu: v.mtu }), ...(v.qos && { qos: v.qos }) };
+}

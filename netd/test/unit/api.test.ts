@@ -1,0 +1,82 @@
+import t from 'tap';
+import { MemoryStore } from '../../../store/memory.js';
+import { buildApi } from '../../api/app.js';
+import { netdKeys } from '../../keys.js';
+
+async function setup(t: { teardown(fn: () => unknown): void }) {
+  const store = new MemoryStore();
+  const app = buildApi({ store, adminToken: 'admin-secret' });
+  t.teardown(async () => {
+    await app.close();
+    await store.close();
+  });
+  const call = (method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, token?: string, payload?: unknown) =>
+    app.inject({ method, url, headers: token ? { authorization: `Bearer ${token}` } : {}, ...(payload !== undefined && { payload: payload as object }) });
+  return { store, app, call };
+}
+
+t.test('tenants: only the admin creates them; tokens are shown once and stored hashed', async (t) => {
+  const { store, call } = await setup(t);
+  t.equal((await call('POST', '/v1/tenants', undefined, { name: 'acme' })).statusCode, 401);
+  t.equal((await call('POST', '/v1/tenants', 'wrong', { name: 'acme' })).statusCode, 401);
+  const res = await call('POST', '/v1/tenants', 'admin-secret', { name: 'acme' });
+  t.equal(res.statusCode, 201);
+  const body = res.json() as { name: string; tag: number; token: string };
+  t.equal(body.name, 'acme');
+  t.ok(body.tag >= 1 && body.tag <= 0xffff, '16-bit tag');
+  const stored = (await store.get('/netd/v1/tenants/acme'))!.value;
+  t.notMatch(stored, body.token, 'the token itself is not stored');
+  t.equal((await call('POST', '/v1/tenants', 'admin-secret', { name: 'acme' })).json().code, 'E_ALREADY_EXISTS');
+  const bad = await call('POST', '/v1/tenants', 'admin-secret', { name: 'Bad Name!' });
+  t.equal(bad.statusCode, 400);
+  t.equal(bad.json().code, 'E_INVALID_INPUT');
+  t.same((await call('GET', '/v1/tenants', 'admin-secret')).json(), [{ name: 'acme', tag: body.tag }]);
+});
+
+t.test('VPCs are per tenant: another tenant gets 404; input is validated; delete is refused with endpoints', async (t) => {
+  const { store, call } = await setup(t);
+  const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
+  const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
+  const created = await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24', qos: { ingressBps: 10_000_000 } });
+  t.equal(created.statusCode, 201);
+  t.match(created.json(), { name: 'web', id: 'a.web', tenant: 'a', cidr: '10.0.0.0/24', mode: 'vxlan', qos: { ingressBps: 10_000_000 } });
+  t.equal((await call('POST', '/v1/vpcs', b, { name: 'web', cidr: '10.0.0.0/24' })).statusCode, 201, 'same name and CIDR for another tenant');
+  t.not(created.json().vni, (await call('GET', '/v1/vpcs/web', b)).json().vni, 'distinct VNIs');
+  t.same((await call('GET', '/v1/vpcs', a)).json().map((v: { id: string }) => v.id), ['a.web']);
+  t.equal((await call('GET', '/v1/vpcs/web', b)).json().id, 'b.web');
+  t.equal((await call('GET', '/v1/vpcs/nope', a)).statusCode, 404);
+  t.equal((await call('DELETE', '/v1/vpcs/web', 'b.forged-token')).statusCode, 401);
+  for (const body of [{ name: 'x', cidr: '10.0.0.1/24' }, { name: 'x', cidr: 'nonsense' }, { name: 'x', cidr: '10.0.0.0/24', extra: 1 }, { name: 'x', cidr: '10.0.0.0/24', qos: { ingressBps: -1 } }, { name: 'x', cidr: '10.0.0.0/24', mtu: 99999 }]) {
+    const r = await call('POST', '/v1/vpcs', a, body);
+    t.equal(r.statusCode, 400, JSON.stringify(body));
+    t.equal(r.json().code, 'E_INVALID_INPUT');
+  }
+  t.equal((await store.list('/netd/v1/vpcs/')).kvs.length, 2, 'bad input wrote nothing');
+
+  // An endpoint in a.web (as a host's netd would record it): delete refused; QoS patched.
+  const ep = { vpc: 'a.web', id: 'c1:eth1', host: 'h1', ip: '10.0.0.5', mac: '02:00:00:00:00:05', hostIf: 'ni0123456789' };
+  await store.put(netdKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
+  t.same((await call('GET', '/v1/vpcs/web/endpoints', a)).json(), [ep]);
+  t.same((await call('GET', '/v1/vpcs/web/endpoints', b)).json(), [], "b's web is another VPC");
+  const del = await call('DELETE', '/v1/vpcs/web', a);
+  t.equal(del.statusCode, 409);
+  t.equal(del.json().code, 'E_CONFLICT');
+  const patched = await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1', a, { qos: { ingressBps: 20_000_000, egressBps: 5_000_000 } });
+  t.equal(patched.statusCode, 200);
+  t.same(JSON.parse((await store.get(netdKeys.endpoint('a.web', 'c1:eth1')))!.value).qos, { ingressBps: 20_000_000, egressBps: 5_000_000 });
+  t.equal((await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1', b, { qos: {} })).statusCode, 404, 'not in b\'s VPC');
+  t.match((await call('GET', '/v1/vpcs/web/cni-config', a)).json(), { name: 'vpc-a.web', plugins: [{ type: 'netd', vpc: 'a.web' }] });
+  await store.delete(netdKeys.endpoint('a.web', 'c1:eth1'));
+  t.equal((await call('DELETE', '/v1/vpcs/web', a)).statusCode, 204);
+  t.equal((await call('GET', '/v1/vpcs/web', a)).statusCode, 404);
+  t.equal((await store.list('/netd/v1/ipam/pools/a.web')).kvs.length, 0, 'its address pool went too');
+});
+
+t.test('health and readiness', async (t) => {
+  const { store, call } = await setup(t);
+  t.equal((await call('GET', '/healthz')).statusCode, 200);
+  t.equal((await call('GET', '/readyz')).statusCode, 200);
+  store.setAvailable(false);
+  t.equal((await call('GET', '/readyz')).statusCode, 503, 'etcd unreachable: not ready');
+  store.setAvailable(true);
+});
