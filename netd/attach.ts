@@ -38,6 +38,15 @@ export interface AttachDeps {
   logger?: Logger;
   /** Called once the endpoint record exists and the veth is in place (e.g. a local reconcile). */
   converge?: (endpoint: EndpointRecord) => Promise<void>;
+  /**
+   * The daemon's view, to answer from memory what would otherwise be etcd round trips on the ADD
+   * path: the VPC record, and whether this VPC's bridge is already up on this host (then the new
+   * port joins it in the same batch that creates it).
+   */
+  view?: {
+    vpc(name: string): VpcRecord | undefined;
+    bridgeUp(vpc: VpcRecord): string | undefined;
+  };
 }
 
 export interface Attachment {
@@ -65,7 +74,7 @@ export async function loadVpc(store: Store, name: string): Promise<VpcRecord> {
 export async function attachInternal(req: AttachRequest, deps: AttachDeps): Promise<Attachment> {
   const id = endpointId(checkSegment('containerId', req.containerId), req.ifname);
   const log = (deps.logger ?? silentLogger()).child({ component: 'netd', vpc: req.vpc, container: req.containerId });
-  const vpc = await loadVpc(deps.store, req.vpc);
+  const vpc = deps.view?.vpc(checkSegment('vpc', req.vpc)) ?? (await loadVpc(deps.store, req.vpc));
   const mtu = vpc.mtu ?? deps.host.underlayMtu - VXLAN_OVERHEAD;
   const hostIf = linkNames.internalPort(id);
   const tmpIf = `nt${shortHash(id)}`;
@@ -88,7 +97,9 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
       }
     }
   }
-  const hadAddress = (await deps.ipam.getHandle(id)).some((h) => h.pool === vpc.name);
+  // Without a record there is no earlier allocation to keep: an ADD that died after allocating
+  // wrote its record first (recovery settles those), so only a retry needs to look.
+  const hadAddress = existing ? (await deps.ipam.getHandle(id)).some((h) => h.pool === vpc.name) : false;
   try {
     const allocation = await deps.ipam.allocate({
       pool: vpc.name,
@@ -112,7 +123,9 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
     await deps.store.put(recordKey, JSON.stringify(endpoint));
     if (!existing) undo.push(() => deps.store.delete(recordKey));
 
-    await plugVeth({ hostIp, inside, hostIf, tmpIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: endpoint.mac, mtu }, undo, (_onHost, inNs) => {
+    const bridge = req.qos ? undefined : deps.view?.bridgeUp(vpc);
+    await plugVeth({ hostIp, inside, hostIf, tmpIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: endpoint.mac, mtu, fresh: !existing }, undo, (onHost, inNs) => {
+      if (bridge) onHost.linkSet(hostIf, { master: bridge, up: true });
       inNs.addrAdd(allocation.cidr, req.ifname);
     });
     await deps.converge?.(endpoint);
@@ -142,6 +155,8 @@ export interface VethPlug {
   ifname: string;
   mac: string;
   mtu: number;
+  /** A first ADD: no leftovers of an earlier attempt can exist (those wrote a record first). */
+  fresh?: boolean;
 }
 
 /**
@@ -151,8 +166,10 @@ export interface VethPlug {
  * the host-side and container-side batches. Registers its own undo.
  */
 export async function plugVeth(p: VethPlug, undo: Array<() => Promise<unknown>>, extra: (onHost: IpBatch, inside: IpBatch) => void): Promise<void> {
-  await p.hostIp.deleteLinkIfExists(p.tmpIf);
-  await p.hostIp.deleteLinkIfExists(p.hostIf);
+  if (!p.fresh) {
+    await p.hostIp.deleteLinkIfExists(p.tmpIf);
+    await p.hostIp.deleteLinkIfExists(p.hostIf);
+  }
   const onHost = new IpBatch().linkAddVeth(p.hostIf, p.tmpIf, { mtu: p.mtu }).linkSet(p.tmpIf, { netns: p.netnsPath }).linkSet(p.hostIf, { up: true });
   const inside = new IpBatch().linkSet(p.tmpIf, { name: p.ifname }).linkSet(p.ifname, { address: p.mac, mtu: p.mtu, up: true });
   extra(onHost, inside);

@@ -67,6 +67,8 @@ export class NetdDaemon {
   private resyncTimer: NodeJS.Timeout | undefined;
   /** Rate limits as last applied per port (re-applied in full after a restart: replace is idempotent). */
   private readonly appliedQos = new Map<string, QosSpec>();
+  /** Bridges the last successful reconcile left in place. */
+  private bridgesUp = new Set<string>();
   /** Reconciles that ran (for tests and metrics). */
   reconciles = 0;
   lastError: string | undefined;
@@ -144,8 +146,20 @@ export class NetdDaemon {
       logger: this.deps.logger,
       converge: async (e: EndpointRecord) => {
         this.noteLocalEndpoint(e);
+        if (e.qos === undefined && this.bridgesUp.has(linkNames.bridge(this.vpcByName(e.vpc)?.vni ?? -1))) {
+          // The port joined its bridge in the ADD's own batch; FDB and the rest follow shortly.
+          this.schedule();
+          return;
+        }
         await this.reconcileNow();
         if (this.lastError) throw new Error(`data path not converged: ${this.lastError}`);
+      },
+      view: {
+        vpc: (name: string) => this.vpcByName(name),
+        bridgeUp: (vpc: VpcRecord) => {
+          const name = linkNames.bridge(vpc.vni);
+          return this.bridgesUp.has(name) ? name : undefined;
+        },
       },
       localEndpoints: () => [...this.endpoints.values()].filter((e) => e.host === this.opts.host.name),
       localExternalEndpoints: () => [...this.externals.values()],
@@ -206,6 +220,7 @@ export class NetdDaemon {
           const qos = this.desiredQos();
           for (const [port, q] of qos) if (q.egressBps !== undefined) desired.ifbs.add(linkNames.ifbFor(port));
           await reconcile(desired, { ip: new IpClient(this.deps.runner, ns), bridge: new BridgeClient(this.deps.runner, ns) }, this.log);
+          this.bridgesUp = new Set(desired.bridges.keys());
           await this.applyQos(qos);
           this.reconciles++;
           this.lastError = undefined;
