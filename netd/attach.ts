@@ -1,6 +1,6 @@
 import { AppError, ErrorCodes, describeError } from '../core/errors.js';
 import { IpBatch, IpClient } from '../sys/ip.js';
-import type { CommandRunner, NetnsTarget } from '../sys/runner.js';
+import { isCommandError, type CommandRunner, type NetnsTarget } from '../sys/runner.js';
 import type { Logger } from '../sys/log.js';
 import { silentLogger } from '../sys/log.js';
 import type { Store } from '../store/types.js';
@@ -37,12 +37,17 @@ export interface AttachDeps {
   hostNetns?: NetnsTarget;
   logger?: Logger;
   /** Called once the endpoint record exists and the veth is in place (e.g. a local reconcile). */
-  converge?: (endpoint: EndpointRecord) => Promise<void>;
+  converge?: (endpoint: EndpointRecord, opts?: { joinedBridge: boolean }) => Promise<void>;
   /**
    * The daemon's view, to answer from memory what would otherwise be etcd round trips on the ADD
    * path: the VPC record, and whether this VPC's bridge is already up on this host (then the new
    * port joins it in the same batch that creates it).
    */
+  /**
+   * Marks a host port as being wired by this ADD until the returned function is called, so a
+   * concurrent reconcile does not mistake it for an orphan.
+   */
+  claimPort?: (hostIf: string) => () => void;
   view?: {
     vpc(name: string): VpcRecord | undefined;
     bridgeUp(vpc: VpcRecord): string | undefined;
@@ -100,6 +105,7 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
   // Without a record there is no earlier allocation to keep: an ADD that died after allocating
   // wrote its record first (recovery settles those), so only a retry needs to look.
   const hadAddress = existing ? (await deps.ipam.getHandle(id)).some((h) => h.pool === vpc.name) : false;
+  const releasePort = deps.claimPort?.(hostIf);
   try {
     const allocation = await deps.ipam.allocate({
       pool: vpc.name,
@@ -124,17 +130,29 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
     if (!existing) undo.push(() => deps.store.delete(recordKey));
 
     const bridge = req.qos ? undefined : deps.view?.bridgeUp(vpc);
-    await plugVeth({ hostIp, inside, hostIf, tmpIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: endpoint.mac, mtu, fresh: !existing }, undo, (onHost, inNs) => {
-      if (bridge) onHost.linkSet(hostIf, { master: bridge, up: true });
-      inNs.addrAdd(allocation.cidr, req.ifname);
-    });
-    await deps.converge?.(endpoint);
+    const plug = { hostIp, inside, hostIf, tmpIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: endpoint.mac, mtu, fresh: !existing };
+    let joinedBridge = bridge !== undefined;
+    try {
+      await plugVeth(plug, undo, (onHost, inNs) => {
+        if (bridge) onHost.linkSet(hostIf, { master: bridge, up: true });
+        inNs.addrAdd(allocation.cidr, req.ifname);
+      });
+    } catch (err) {
+      // The bridge went away under the fast path (a reconcile removing an emptied VPC): plug the
+      // port on its own and let the full reconcile below recreate the bridge.
+      if (!bridge || !isCommandError(err)) throw err;
+      joinedBridge = false;
+      await plugVeth({ ...plug, fresh: false }, undo, (_onHost, inNs) => inNs.addrAdd(allocation.cidr, req.ifname));
+    }
+    await deps.converge?.(endpoint, { joinedBridge });
     log.info({ ip: allocation.ip, hostIf }, 'attached');
     return { endpoint, allocation, mtu };
   } catch (err) {
     log.warn({ err: describeError(err) }, 'attach failed; rolling back');
     for (const step of undo.reverse()) await step().catch((e: unknown) => log.error({ err: describeError(e) }, 'rollback step failed'));
     throw err;
+  } finally {
+    releasePort?.();
   }
 }
 

@@ -67,6 +67,8 @@ export class NetdDaemon {
   private resyncTimer: NodeJS.Timeout | undefined;
   /** Rate limits as last applied per port (re-applied in full after a restart: replace is idempotent). */
   private readonly appliedQos = new Map<string, QosSpec>();
+  /** Host ports ADDs are wiring right now (see plan()). */
+  private readonly portsInFlight = new Map<string, number>();
   /** Bridges the last successful reconcile left in place. */
   private bridgesUp = new Set<string>();
   /** Reconciles that ran (for tests and metrics). */
@@ -144,15 +146,23 @@ export class NetdDaemon {
       host: this.opts.host,
       hostNetns: this.opts.netns,
       logger: this.deps.logger,
-      converge: async (e: EndpointRecord) => {
+      converge: async (e: EndpointRecord, opts?: { joinedBridge: boolean }) => {
         this.noteLocalEndpoint(e);
-        if (e.qos === undefined && this.bridgesUp.has(linkNames.bridge(this.vpcByName(e.vpc)?.vni ?? -1))) {
+        if (opts?.joinedBridge && e.qos === undefined) {
           // The port joined its bridge in the ADD's own batch; FDB and the rest follow shortly.
           this.schedule();
           return;
         }
         await this.reconcileNow();
         if (this.lastError) throw new Error(`data path not converged: ${this.lastError}`);
+      },
+      claimPort: (hostIf: string) => {
+        this.portsInFlight.set(hostIf, (this.portsInFlight.get(hostIf) ?? 0) + 1);
+        return () => {
+          const n = (this.portsInFlight.get(hostIf) ?? 1) - 1;
+          if (n <= 0) this.portsInFlight.delete(hostIf);
+          else this.portsInFlight.set(hostIf, n);
+        };
       },
       view: {
         vpc: (name: string) => this.vpcByName(name),
@@ -219,7 +229,7 @@ export class NetdDaemon {
           for (const e of this.externals.values()) desired.ports.set(e.hostIf, '');
           const qos = this.desiredQos();
           for (const [port, q] of qos) if (q.egressBps !== undefined) desired.ifbs.add(linkNames.ifbFor(port));
-          await reconcile(desired, { ip: new IpClient(this.deps.runner, ns), bridge: new BridgeClient(this.deps.runner, ns) }, this.log);
+          await reconcile(desired, { ip: new IpClient(this.deps.runner, ns), bridge: new BridgeClient(this.deps.runner, ns) }, this.log, () => this.protectedPorts());
           this.bridgesUp = new Set(desired.bridges.keys());
           await this.applyQos(qos);
           this.reconciles++;
@@ -234,6 +244,17 @@ export class NetdDaemon {
       this.running = undefined;
     });
     return this.running;
+  }
+
+  /**
+   * Ports not to remove, as of now (not as of when `desired` was computed): those ADDs are wiring,
+   * and those of every local endpoint the view holds by now.
+   */
+  private protectedPorts(): Set<string> {
+    const out = new Set(this.portsInFlight.keys());
+    for (const e of this.endpoints.values()) if (e.host === this.opts.host.name) out.add(e.hostIf);
+    for (const e of this.externals.values()) out.add(e.hostIf);
+    return out;
   }
 
   /** Rate limits of this host's ports: the endpoint's own, else its VPC's defaults. */

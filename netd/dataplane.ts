@@ -53,7 +53,8 @@ export async function readActual(ip: IpClient, bridge: BridgeClient): Promise<{ 
   return { desired: actual, links };
 }
 
-export function plan(desired: DesiredL2, actual: DesiredL2): Plan {
+/** `protect`: ports an ADD is wiring right now; never removed as orphans (see reconcile()). */
+export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet<string> = new Set()): Plan {
   const create = new IpBatch();
   const fdb = new BridgeBatch();
   const remove = new IpBatch();
@@ -96,7 +97,7 @@ export function plan(desired: DesiredL2, actual: DesiredL2): Plan {
     if (!desired.fdb.has(key) && desired.vxlans.has(f.dev) && !recreated.has(f.dev)) fdb.fdbDel(f.mac, f.dev, { dst: f.dst });
   }
 
-  for (const port of actual.ports.keys()) if (!desired.ports.has(port)) remove.linkDel(port);
+  for (const port of actual.ports.keys()) if (!desired.ports.has(port) && !protect.has(port)) remove.linkDel(port);
   for (const ifb of actual.ifbs) if (!desired.ifbs.has(ifb)) remove.linkDel(ifb);
   for (const vx of actual.vxlans.keys()) if (!desired.vxlans.has(vx)) remove.linkDel(vx);
   for (const br of actual.bridges.keys()) if (!desired.bridges.has(br)) remove.linkDel(br);
@@ -104,9 +105,16 @@ export function plan(desired: DesiredL2, actual: DesiredL2): Plan {
 }
 
 /** Reads, diffs and applies; returns the plan that was applied (empty when already converged). */
-export async function reconcile(desired: DesiredL2, clients: { ip: IpClient; bridge: BridgeClient }, log?: Logger): Promise<Plan> {
+export async function reconcile(
+  desired: DesiredL2,
+  clients: { ip: IpClient; bridge: BridgeClient },
+  log?: Logger,
+  inFlight: () => ReadonlySet<string> = () => new Set(),
+): Promise<Plan> {
   const { desired: actual } = await readActual(clients.ip, clients.bridge);
-  const p = plan(desired, actual);
+  // Read after the kernel: a port created since `desired` was computed belongs to an ADD in
+  // flight, which registered it before creating it.
+  const p = plan(desired, actual, inFlight());
   if (isEmptyPlan(p)) return p;
   log?.debug({ create: p.create.lines, fdb: p.fdb.lines, remove: p.remove.lines }, 'reconcile');
   await clients.ip.apply(p.create);

@@ -59,6 +59,7 @@ export async function attachExternal(
   const existing = await deps.store.get(key);
   const hadAddress = (await deps.ipam.getHandle(id)).some((h) => h.pool === deps.externalPool);
   const undo: Array<() => Promise<unknown>> = [];
+  const releasePort = deps.claimPort?.(hostIf);
   try {
     const allocation = await deps.ipam.allocate({
       pool: deps.externalPool,
@@ -99,6 +100,8 @@ export async function attachExternal(
     log.warn({ err: describeError(err) }, 'external attach failed; rolling back');
     for (const step of undo.reverse()) await step().catch(() => undefined);
     throw err;
+  } finally {
+    releasePort?.();
   }
 }
 

@@ -34,11 +34,14 @@ export async function recoverLocalAttachments(opts: {
   const { deps } = opts;
   const hostIp = new IpClient(deps.runner, deps.hostNetns);
   const report: RecoveryReport = { kept: 0, removed: [], releasedAddresses: [] };
+  const why = new Map<string, string>();
   const complete = async (r: LocalRecord): Promise<boolean> => {
-    if (!r.netns || !existsSync(r.netns) || !r.ifname) return false;
-    if (!(await hostIp.link(r.hostIf))) return false;
+    if (!r.netns || !existsSync(r.netns) || !r.ifname) return why.set(r.id, 'netns gone'), false;
+    if (!(await hostIp.link(r.hostIf))) return why.set(r.id, 'no host port'), false;
     const addrs = await new IpClient(deps.runner, { path: r.netns }).addresses(r.ifname).catch(() => []);
-    return addrs.some((a) => a.addr_info.some((x) => x.local === r.ip));
+    const ok = addrs.some((a) => a.addr_info.some((x) => x.local === r.ip));
+    if (!ok) why.set(r.id, 'container interface incomplete');
+    return ok;
   };
   for (const r of opts.internal) {
     if (await complete(r)) {
@@ -64,6 +67,8 @@ export async function recoverLocalAttachments(opts: {
     await opts.ipam.releaseHandle(record.handle, record.pool);
     report.releasedAddresses.push(`${record.pool}/${record.ip}`);
   }
-  if (report.removed.length || report.releasedAddresses.length) opts.logger.warn(report, 'settled attachments left by an interrupted run');
+  if (report.removed.length || report.releasedAddresses.length) {
+    opts.logger.warn({ ...report, why: Object.fromEntries(why) }, 'settled attachments left by an interrupted run');
+  }
   return report;
 }
