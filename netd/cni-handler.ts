@@ -65,6 +65,14 @@ function requested(req: CniRequest): { ip?: string; mac?: string; qos?: QosSpec 
   return { ...(ip !== undefined && { ip }), ...(mac !== undefined && { mac }), ...(qos && { qos }) };
 }
 
+/** CHECK: the container's interface must still carry the address netd recorded for it. */
+async function checkCarries(req: CniRequest, ip: string, deps: CniHandlerDeps): Promise<void> {
+  const addrs = await new IpClient(deps.runner, { path: req.netns }).addresses(req.ifname).catch(() => []);
+  if (!addrs[0]?.addr_info.some((a) => a.local === ip)) {
+    throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `${req.ifname} in ${req.netns} does not carry ${ip}`);
+  }
+}
+
 function notReady(deps: CniHandlerDeps): void {
   if (!deps.ready()) throw new CniFailure(CniErrorCodes.PLUGIN_NOT_AVAILABLE, 'netd is not synced with etcd yet');
 }
@@ -100,11 +108,7 @@ async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown>
     case 'CHECK': {
       const kv = await deps.store.get(netdKeys.endpoint(vpc, endpointId(req.containerId, req.ifname)));
       if (!kv) throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no endpoint for ${req.containerId}/${req.ifname} in VPC ${vpc}`);
-      const e = JSON.parse(kv.value) as EndpointRecord;
-      const addrs = await new IpClient(deps.runner, { path: req.netns }).addresses(req.ifname).catch(() => []);
-      if (!addrs[0]?.addr_info.some((a) => a.local === e.ip)) {
-        throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `${req.ifname} in ${req.netns} does not carry ${e.ip}`);
-      }
+      await checkCarries(req, (JSON.parse(kv.value) as EndpointRecord).ip, deps);
       return undefined;
     }
     case 'STATUS':
@@ -147,6 +151,7 @@ async function dispatchExternal(req: CniRequest, deps: CniHandlerDeps): Promise<
     case 'CHECK': {
       const e = deps.localExternalEndpoints().find((x) => x.id === endpointId(req.containerId, req.ifname));
       if (!e) throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no external endpoint for ${req.containerId}/${req.ifname}`);
+      await checkCarries(req, e.ip, deps);
       return undefined;
     }
     case 'STATUS':
