@@ -17,13 +17,16 @@ import { SOCKET_DIR } from './cni-server.js';
  * `netd`: the per-host daemon. Runs in the host's network namespace.
  *   netd --host NAME --underlay-ip IP --uplink IF [--mtu 1500] --etcd URL[,URL] [--lease-ttl 10]
  *        [--api-socket PATH] [--api-listen ADDR:PORT] [--admin-token-file FILE | $NETD_ADMIN_TOKEN]
- *   netd install-cni [--cni-bin-dir /opt/cni/bin]
+ *   netd install-cni [--cni-bin-dir /opt/cni/bin] [--cni-socket-dir /run/netd]
  * SIGTERM/SIGINT stop it gracefully: the data path stays, the registration outlives a quick restart.
  */
 async function main(): Promise<void> {
   if (process.argv[2] === 'install-cni') {
-    const { values } = parseArgs({ args: process.argv.slice(3), options: { 'cni-bin-dir': { type: 'string', default: '/opt/cni/bin' } } });
-    process.stdout.write(`installed ${installNetdPlugin(values['cni-bin-dir']!)}\n`);
+    const { values } = parseArgs({
+      args: process.argv.slice(3),
+      options: { 'cni-bin-dir': { type: 'string', default: '/opt/cni/bin' }, 'cni-socket-dir': { type: 'string', default: SOCKET_DIR } },
+    });
+    process.stdout.write(`installed ${installNetdPlugin(values['cni-bin-dir']!, values['cni-socket-dir'])}\n`);
     return;
   }
   const { values } = parseArgs({

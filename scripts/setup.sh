@@ -19,7 +19,8 @@ PACKAGES=(
   busybox-static    # container root filesystems
   kmod              # modprobe, for kernel features loaded on demand
   containernetworking-plugins  # reference CNI plugins: peers in tests and benchmarks
-  socat             # the netd CNI plugin talks to its daemon through it
+  gcc               # builds the netd CNI plugin (a small static C program)
+  libc6-dev         # its static libc
   podman            # a real CNI client in the integration tests
   runc              # podman's runtime here (crun fails on hybrid cgroups)
 )
