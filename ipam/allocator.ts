@@ -32,6 +32,13 @@ export interface AllocateRequest {
   ip?: string;
   /** Keep this workload's address across restarts: the same name gets the same address. */
   sticky?: string;
+  /**
+   * A record that names the address, written in the same transaction as the allocation (e.g.
+   * netd's endpoint record): one etcd write instead of two on the ADD path. When the address
+   * was found rather than allocated (the same handle again), nothing is written and
+   * `Allocation.wroteAlso` is false: the caller writes it.
+   */
+  alsoWrite?: (allocation: Allocation) => { key: string; value: string };
 }
 
 export interface Allocation {
@@ -43,6 +50,8 @@ export interface Allocation {
   gateway: string;
   seq: number;
   block: string;
+  /** Whether the request's `alsoWrite` record went in with the allocation. */
+  wroteAlso?: boolean;
 }
 
 export interface IpamDeps {
@@ -52,7 +61,7 @@ export interface IpamDeps {
   now?: () => Date;
 }
 
-const MAX_BATCH = 48; // handle puts + block puts stay under etcd's 128 ops per transaction
+const MAX_BATCH = 40; // handle puts, callers' records and block puts stay under etcd's 128 ops per transaction
 const MAX_ATTEMPTS = 20;
 
 interface CachedBlock {
@@ -218,6 +227,7 @@ export class Ipam {
           const p = queue[i]!;
           const handle = this.handleRecord(pool, p.req, formatIp(g.ip), cached.record.cidr, g.seq);
           writes.push({ key: ipamKeys.handleInPool(p.req.handle, pool.spec.name), expectModRevision: 0n, value: JSON.stringify(handle) });
+          writes.push(...this.alsoWrites(pool, p.req, handle));
           results.push({ p, record: handle });
         }
         queue = queue.slice(granted.length);
@@ -225,7 +235,7 @@ export class Ipam {
       const { ok, revision } = await commitCas(this.store, writes);
       if (ok) {
         for (const u of updated) this.remember(pool.spec.name, u.record, revision);
-        for (const r of results) r.p.resolve(this.toAllocation(pool, r.record));
+        for (const r of results) r.p.resolve({ ...this.toAllocation(pool, r.record), ...(r.p.req.alsoWrite && { wroteAlso: true }) });
         pending = queue;
         continue;
       }
@@ -286,9 +296,10 @@ export class Ipam {
         { key: ipamKeys.handleInPool(req.handle, pool.spec.name), expectModRevision: 0n, value: JSON.stringify(handle) },
       ];
       if (!kv) writes.push({ key: ipamKeys.affinity(this.host, pool.spec.name, cidrKey(blockCidr)), expectModRevision: 0n, value: '' });
+      writes.push(...this.alsoWrites(pool, req, handle));
       if ((await commitCas(this.store, writes)).ok) {
         this.ownBlocks.get(pool.spec.name)?.delete(key); // re-read on next use
-        return this.toAllocation(pool, handle);
+        return { ...this.toAllocation(pool, handle), ...(req.alsoWrite && { wroteAlso: true }) };
       }
       const again = await this.store.get(ipamKeys.handleInPool(req.handle, pool.spec.name));
       if (again) return this.toAllocation(pool, JSON.parse(again.value) as HandleRecord);
@@ -599,6 +610,13 @@ export class Ipam {
       ...(req.sticky !== undefined && { sticky: req.sticky }),
       createdAt: this.now().toISOString(),
     };
+  }
+
+  /** The caller's record that goes with a fresh allocation (unguarded: it names the address). */
+  private alsoWrites(pool: Pool, req: AllocateRequest, handle: HandleRecord): CasWrite[] {
+    if (!req.alsoWrite) return [];
+    const { key, value } = req.alsoWrite(this.toAllocation(pool, handle));
+    return [{ key, value }];
   }
 
   private toAllocation(pool: Pool, rec: HandleRecord): Allocation {

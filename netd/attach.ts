@@ -1,5 +1,7 @@
 import { AppError, ErrorCodes, describeError } from '../core/errors.js';
 import { IpBatch, IpClient } from '../sys/ip.js';
+import { TcClient } from '../sys/tc.js';
+import { qosBatch } from './qos.js';
 import { isCommandError, type CommandRunner, type NetnsTarget } from '../sys/runner.js';
 import type { Logger } from '../sys/log.js';
 import { silentLogger } from '../sys/log.js';
@@ -28,6 +30,14 @@ export interface AttachRequest {
   qos?: QosSpec;
 }
 
+/** What an ADD did itself, so the daemon's reconcile need not redo it. */
+export interface ConvergeHints {
+  /** The port joined its VPC bridge as it was created. */
+  joinedBridge: boolean;
+  /** These rate limits are in place on the port (and its ifb). */
+  qos?: QosSpec;
+}
+
 export interface AttachDeps {
   store: Store;
   ipam: Ipam;
@@ -37,7 +47,7 @@ export interface AttachDeps {
   hostNetns?: NetnsTarget;
   logger?: Logger;
   /** Called once the endpoint record exists and the veth is in place (e.g. a local reconcile). */
-  converge?: (endpoint: EndpointRecord, opts?: { joinedBridge: boolean }) => Promise<void>;
+  converge?: (endpoint: EndpointRecord, opts?: ConvergeHints) => Promise<void>;
   /**
    * The daemon's view, to answer from memory what would otherwise be etcd round trips on the ADD
    * path: the VPC record, and whether this VPC's bridge is already up on this host (then the new
@@ -51,6 +61,8 @@ export interface AttachDeps {
   view?: {
     vpc(name: string): VpcRecord | undefined;
     bridgeUp(vpc: VpcRecord): string | undefined;
+    /** A record's value when the view is in sync with etcd (null: none); undefined: ask etcd. */
+    record(key: string): string | null | undefined;
   };
 }
 
@@ -82,17 +94,16 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
   const vpc = deps.view?.vpc(checkSegment('vpc', req.vpc)) ?? (await loadVpc(deps.store, req.vpc));
   const mtu = vpc.mtu ?? deps.host.underlayMtu - VXLAN_OVERHEAD;
   const hostIf = linkNames.internalPort(id);
-  const tmpIf = `nt${shortHash(id)}`;
   const hostIp = new IpClient(deps.runner, deps.hostNetns);
   const inside = new IpClient(deps.runner, { path: req.netnsPath });
   const undo: Array<() => Promise<unknown>> = [];
   const recordKey = netdKeys.endpoint(vpc.name, id);
-  const existing = await deps.store.get(recordKey);
+  const existing = await knownRecord(recordKey, deps);
   if (existing) {
     // ADD again (a runtime retry): a complete attachment is returned as it is; a half-done one
     // (a daemon that died mid-ADD) is finished below, reusing its address. Either way, nothing that
     // an earlier ADD created is undone by a failure now.
-    const prior = JSON.parse(existing.value) as EndpointRecord;
+    const prior = JSON.parse(existing) as EndpointRecord;
     const wired = (await hostIp.link(hostIf)) !== undefined && (await inside.addresses(req.ifname).catch(() => [])).some((a) => a.addr_info.some((x) => x.local === prior.ip));
     if (wired) {
       const [held] = (await deps.ipam.getHandle(id)).filter((h) => h.pool === vpc.name);
@@ -103,95 +114,179 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
     }
   }
   // Without a record there is no earlier allocation to keep: an ADD that died after allocating
-  // wrote its record first (recovery settles those), so only a retry needs to look.
+  // without writing its record left a handle that recovery releases, so only a retry needs to look.
   const hadAddress = existing ? (await deps.ipam.getHandle(id)).some((h) => h.pool === vpc.name) : false;
+  // The endpoint's own limits, else its VPC's defaults: applied by this ADD, not a later reconcile.
+  const qos = req.qos ?? vpc.qos;
   const releasePort = deps.claimPort?.(hostIf);
+  const releaseIfb = qos?.egressBps !== undefined ? deps.claimPort?.(linkNames.ifbFor(hostIf)) : undefined;
   try {
-    const allocation = await deps.ipam.allocate({
-      pool: vpc.name,
-      handle: id,
-      owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
-      ...(req.ip !== undefined && { ip: req.ip }),
-    });
-    if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, vpc.name));
-    const endpoint: EndpointRecord & { containerId: string; ifname: string; netns: string } = {
+    const mac = (req.mac ?? endpointMac(id)).toLowerCase();
+    let endpoint: EndpointRecord | undefined;
+    const recordFor = (allocation: Allocation): EndpointRecord & { containerId: string; ifname: string; netns: string } => ({
       vpc: vpc.name,
       id,
       host: deps.host.name,
       ip: allocation.ip,
-      mac: (req.mac ?? endpointMac(id)).toLowerCase(),
+      mac,
       hostIf,
       containerId: req.containerId,
       ifname: req.ifname,
       netns: req.netnsPath,
       ...(req.qos && { qos: req.qos }),
-    };
-    await deps.store.put(recordKey, JSON.stringify(endpoint));
-    if (!existing) undo.push(() => deps.store.delete(recordKey));
-
-    const bridge = req.qos ? undefined : deps.view?.bridgeUp(vpc);
-    const plug = { hostIp, inside, hostIf, tmpIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: endpoint.mac, mtu, fresh: !existing };
-    let joinedBridge = bridge !== undefined;
-    try {
-      await plugVeth(plug, undo, (onHost, inNs) => {
-        if (bridge) onHost.linkSet(hostIf, { master: bridge, up: true });
-        inNs.addrAdd(allocation.cidr, req.ifname);
-      });
-    } catch (err) {
-      // The bridge went away under the fast path (a reconcile removing an emptied VPC): plug the
-      // port on its own and let the full reconcile below recreate the bridge.
-      if (!bridge || !isCommandError(err)) throw err;
-      joinedBridge = false;
-      await plugVeth({ ...plug, fresh: false }, undo, (_onHost, inNs) => inNs.addrAdd(allocation.cidr, req.ifname));
-    }
-    await deps.converge?.(endpoint, { joinedBridge });
-    log.info({ ip: allocation.ip, hostIf }, 'attached');
-    return { endpoint, allocation, mtu };
+    });
+    const bridge = deps.view?.bridgeUp(vpc);
+    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac, mtu, fresh: !existing, ...(bridge && { master: bridge }) };
+    const wired = await wireVeth({ ...plug, ...(qos && { qos: { spec: qos, tc: new TcClient(deps.runner, deps.hostNetns) } }) }, undo, {
+      allocate: async () => {
+        const allocation = await deps.ipam.allocate({
+          pool: vpc.name,
+          handle: id,
+          owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
+          ...(req.ip !== undefined && { ip: req.ip }),
+          // The endpoint record goes into the allocation's transaction: one etcd write per ADD.
+          alsoWrite: (a) => ({ key: recordKey, value: JSON.stringify(recordFor(a)) }),
+        });
+        if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, vpc.name));
+        if (!existing) undo.push(() => deps.store.delete(recordKey));
+        return allocation;
+      },
+      persist: async (allocation) => {
+        endpoint = recordFor(allocation);
+        if (!allocation.wroteAlso) await deps.store.put(recordKey, JSON.stringify(endpoint));
+      },
+      inside: (inNs, allocation) => inNs.addrAdd(allocation.cidr, req.ifname),
+    });
+    await deps.converge?.(endpoint!, { joinedBridge: wired.joinedBridge, ...(qos && { qos }) });
+    log.info({ ip: wired.allocation.ip, hostIf }, 'attached');
+    return { endpoint: endpoint!, allocation: wired.allocation, mtu };
   } catch (err) {
     log.warn({ err: describeError(err) }, 'attach failed; rolling back');
     for (const step of undo.reverse()) await step().catch((e: unknown) => log.error({ err: describeError(e) }, 'rollback step failed'));
     throw err;
   } finally {
     releasePort?.();
+    releaseIfb?.();
   }
+}
+
+/**
+ * The record under `key` as this daemon knows it: from its view when that is in sync with etcd
+ * (every record this host writes enters the view at once), else from etcd. Saves a round trip on
+ * every first ADD.
+ */
+async function knownRecord(key: string, deps: AttachDeps): Promise<string | undefined> {
+  const local = deps.view?.record(key);
+  if (local !== undefined) return local ?? undefined;
+  return (await deps.store.get(key))?.value;
 }
 
 /** Idempotent: whatever is already gone is success (the netns may be gone too). */
 export async function detachInternal(req: { containerId: string; ifname: string; vpc: string }, deps: AttachDeps): Promise<void> {
   const id = endpointId(req.containerId, req.ifname);
-  await new IpClient(deps.runner, deps.hostNetns).deleteLinkIfExists(linkNames.internalPort(id));
-  await deps.store.delete(netdKeys.endpoint(req.vpc, id));
+  // The record goes while the kernel deletes the pair (~20 ms of RCU waits); the address is
+  // released only once no interface carries it any more.
+  await Promise.all([removePort(deps, linkNames.internalPort(id)), deps.store.delete(netdKeys.endpoint(req.vpc, id))]);
   await deps.ipam.releaseHandle(id, req.vpc);
+}
+
+/** A host port and its ifb (if it had egress limits), side by side. */
+export async function removePort(deps: Pick<AttachDeps, 'runner' | 'hostNetns'>, hostIf: string): Promise<void> {
+  const ip = new IpClient(deps.runner, deps.hostNetns);
+  await Promise.all([ip.deleteLinkIfExists(hostIf), ip.deleteLinkIfExists(linkNames.ifbFor(hostIf))]);
 }
 
 export interface VethPlug {
   hostIp: IpClient;
   inside: IpClient;
   hostIf: string;
-  tmpIf: string;
   netnsPath: string;
   ifname: string;
   mac: string;
   mtu: number;
-  /** A first ADD: no leftovers of an earlier attempt can exist (those wrote a record first). */
+  /** A first ADD: no leftovers of an earlier attempt can exist. */
   fresh?: boolean;
+  /** The bridge the host end joins as it is created (it must exist). */
+  master?: string;
+  /** Rate limits applied by this ADD itself (the ifb created with the pair, tc beside round 2). */
+  qos?: { spec: QosSpec; tc: TcClient };
+}
+
+/** What one container interface needs beyond the veth pair. Each step registers its own undo. */
+export interface WireSteps<T> {
+  /** The address (and with it, normally, the intent record): runs while the pair is created. */
+  allocate(): Promise<T & { ip: string }>;
+  /** The intent record when the allocation did not write it: runs beside the container side. */
+  persist(allocation: T): Promise<void>;
+  /** Host-side lines for the batch that creates the pair. */
+  onHost?(b: IpBatch): void;
+  /** Host-side lines that need the address (their own batch, beside the container side). */
+  onHostWithAddress?(b: IpBatch, allocation: T): void;
+  /** Container-side lines: addresses, routes. */
+  inside(b: IpBatch, allocation: T): void;
 }
 
 /**
- * The veth pair of one container interface: created in the host namespace (clearing leftovers of
- * an ADD that died half-way), the container end moved into the container's netns under a
- * temporary name, then renamed and configured there. `extra` adds what the interface kind needs to
- * the host-side and container-side batches. Registers its own undo.
+ * Wires one container interface in two rounds of independent work run side by side:
+ *   1. allocate the address and write the record (one etcd transaction)  ‖  create the veth pair,
+ *      its container end created directly in the container's netns under its final name and MAC,
+ *      the host end up and on its bridge;
+ *   2. configure the container side  ‖  host lines that need the address.
+ * A crash in between leaves a port without a record (the reconciler removes orphan ports) or a
+ * record whose wiring is incomplete (recovery removes it, its address with it).
  */
-export async function plugVeth(p: VethPlug, undo: Array<() => Promise<unknown>>, extra: (onHost: IpBatch, inside: IpBatch) => void): Promise<void> {
-  if (!p.fresh) {
-    await p.hostIp.deleteLinkIfExists(p.tmpIf);
+export async function wireVeth<T>(p: VethPlug, undo: Array<() => Promise<unknown>>, steps: WireSteps<T>): Promise<{ allocation: T; joinedBridge: boolean }> {
+  const ifb = p.qos?.spec.egressBps !== undefined ? linkNames.ifbFor(p.hostIf) : undefined;
+  const clearLeftovers = async () => {
     await p.hostIp.deleteLinkIfExists(p.hostIf);
-  }
-  const onHost = new IpBatch().linkAddVeth(p.hostIf, p.tmpIf, { mtu: p.mtu }).linkSet(p.tmpIf, { netns: p.netnsPath }).linkSet(p.hostIf, { up: true });
-  const inside = new IpBatch().linkSet(p.tmpIf, { name: p.ifname }).linkSet(p.ifname, { address: p.mac, mtu: p.mtu, up: true });
-  extra(onHost, inside);
-  await p.hostIp.apply(onHost);
+    if (ifb) await p.hostIp.deleteLinkIfExists(ifb);
+  };
+  if (!p.fresh) await clearLeftovers();
+  let joinedBridge = p.master !== undefined;
+  const create = async (master: string | undefined) => {
+    const b = new IpBatch().linkAddVeth(p.hostIf, p.ifname, { mtu: p.mtu, up: true, peerNetns: p.netnsPath, peerAddress: p.mac, ...(master !== undefined && { master }) });
+    if (ifb) b.linkAddIfb(ifb).linkSet(ifb, { up: true });
+    steps.onHost?.(b);
+    await p.hostIp.apply(b);
+  };
   undo.push(() => p.hostIp.deleteLinkIfExists(p.hostIf));
-  await p.inside.apply(inside);
+  if (ifb) undo.push(() => p.hostIp.deleteLinkIfExists(ifb));
+  const [allocation] = await settleAll([
+    steps.allocate(),
+    create(p.master).catch(async (err: unknown) => {
+      if (!isCommandError(err)) throw err;
+      if (isCommandError(err, 'exists')) {
+        // Leftovers of an interrupted run that nothing recorded (the reconciler would remove them
+        // at its next pass): clear them now rather than fail the ADD.
+        await clearLeftovers();
+        return create(p.master);
+      }
+      // The bridge went away under the fast path (a reconcile removing an emptied VPC): create the
+      // port on its own and let the full reconcile recreate the bridge. `link add` is atomic.
+      if (p.master === undefined) throw err;
+      joinedBridge = false;
+      await clearLeftovers();
+      await create(undefined);
+    }),
+  ] as const);
+  // (The peer cannot be brought up as it is created in another namespace: the kernel refuses.)
+  const inNs = new IpBatch().linkSet(p.ifname, { up: true });
+  steps.inside(inNs, allocation);
+  const onHost = new IpBatch();
+  steps.onHostWithAddress?.(onHost, allocation);
+  await settleAll([
+    steps.persist(allocation),
+    p.inside.apply(inNs),
+    onHost.empty ? undefined : p.hostIp.apply(onHost),
+    p.qos ? p.qos.tc.apply(qosBatch(p.hostIf, linkNames.ifbFor(p.hostIf), p.qos.spec, undefined)) : undefined,
+  ]);
+  return { allocation, joinedBridge };
+}
+
+/** Promise.all that lets every promise finish before it throws (so every undo is registered). */
+async function settleAll<T extends readonly unknown[]>(work: T): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const settled = await Promise.allSettled(work);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };
 }

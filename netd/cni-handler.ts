@@ -1,7 +1,7 @@
 import { AppError, ErrorCodes } from '../core/errors.js';
 import { CniFailure, CniErrorCodes, commandSupported, parseCniRequest, toCniError, versionResult, type CniRequest, type CniResult } from '../core/cni.js';
 import { IpClient } from '../sys/ip.js';
-import { attachInternal, detachInternal, endpointId, type AttachDeps } from './attach.js';
+import { attachInternal, detachInternal, endpointId, type AttachDeps, type ConvergeHints } from './attach.js';
 import { netdKeys } from './keys.js';
 import type { EndpointRecord, QosSpec } from './model.js';
 import { fromBandwidthCapability } from './qos.js';
@@ -25,14 +25,14 @@ export interface CniReply {
 
 export interface CniHandlerDeps extends AttachDeps {
   /** Resolves once the host's data path includes the endpoint (the daemon's local reconcile). */
-  converge: (endpoint: EndpointRecord) => Promise<void>;
+  converge: (endpoint: EndpointRecord, hints?: ConvergeHints) => Promise<void>;
   /** Endpoints of this host, from the daemon's view. */
   localEndpoints: () => EndpointRecord[];
   ready: () => boolean;
   /** The external (eth0) pool; networks with "external": true need it. */
   externalPool?: string;
   localExternalEndpoints: () => ExternalEndpointRecord[];
-  convergeExternal: (e: ExternalEndpointRecord) => Promise<void>;
+  convergeExternal: (e: ExternalEndpointRecord, qosApplied?: QosSpec) => Promise<void>;
 }
 
 export async function handleCni(env: Record<string, string | undefined>, stdin: string, deps: CniHandlerDeps): Promise<CniReply> {

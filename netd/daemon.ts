@@ -14,6 +14,7 @@ import { TcClient } from '../sys/tc.js';
 import { isCommandError } from '../sys/runner.js';
 import { qosBatch } from './qos.js';
 import { recoverLocalAttachments } from './recovery.js';
+import type { ConvergeHints } from './attach.js';
 import { linkNames } from './names.js';
 import { vxlanMode } from './modes/vxlan.js';
 import { Ipam } from '../ipam/allocator.js';
@@ -146,10 +147,12 @@ export class NetdDaemon {
       host: this.opts.host,
       hostNetns: this.opts.netns,
       logger: this.deps.logger,
-      converge: async (e: EndpointRecord, opts?: { joinedBridge: boolean }) => {
+      converge: async (e: EndpointRecord, hints?: ConvergeHints) => {
         this.noteLocalEndpoint(e);
-        if (opts?.joinedBridge && e.qos === undefined) {
-          // The port joined its bridge in the ADD's own batch; FDB and the rest follow shortly.
+        if (hints?.qos) this.appliedQos.set(e.hostIf, hints.qos);
+        if (hints?.joinedBridge) {
+          // The port joined its bridge (and got its limits) in the ADD itself; FDB and the rest
+          // follow shortly.
           this.schedule();
           return;
         }
@@ -170,13 +173,20 @@ export class NetdDaemon {
           const name = linkNames.bridge(vpc.vni);
           return this.bridgesUp.has(name) ? name : undefined;
         },
+        record: (key: string) => {
+          if (!this.consumers.every((c) => c.status === 'synced')) return undefined;
+          const known = this.endpoints.get(key) ?? this.externals.get(key);
+          return known ? JSON.stringify(known) : null;
+        },
       },
       localEndpoints: () => [...this.endpoints.values()].filter((e) => e.host === this.opts.host.name),
       localExternalEndpoints: () => [...this.externals.values()],
       externalPool: this.opts.externalPool,
-      convergeExternal: async (e: ExternalEndpointRecord) => {
+      convergeExternal: async (e: ExternalEndpointRecord, qosApplied?: QosSpec) => {
+        // eth0 is on no bridge and the ADD routed it and applied its limits: nothing to wait for.
         this.externals.set(externalKeys.endpoint(e.host, e.id), e);
-        await this.reconcileNow();
+        if (qosApplied) this.appliedQos.set(e.hostIf, qosApplied);
+        this.schedule();
       },
       ready: () => this.consumers.every((c) => c.status === 'synced'),
     };
@@ -277,6 +287,8 @@ export class NetdDaemon {
   private async applyQos(desired: Map<string, QosSpec>): Promise<void> {
     const tc = new TcClient(this.deps.runner, this.opts.netns);
     for (const port of new Set([...desired.keys(), ...this.appliedQos.keys()])) {
+      // An ADD wiring this port applies its limits itself and reports them when done.
+      if (this.portsInFlight.has(port)) continue;
       const want = desired.get(port);
       const had = this.appliedQos.get(port);
       if (JSON.stringify(want) === JSON.stringify(had)) continue;

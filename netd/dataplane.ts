@@ -98,7 +98,7 @@ export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet
   }
 
   for (const port of actual.ports.keys()) if (!desired.ports.has(port) && !protect.has(port)) remove.linkDel(port);
-  for (const ifb of actual.ifbs) if (!desired.ifbs.has(ifb)) remove.linkDel(ifb);
+  for (const ifb of actual.ifbs) if (!desired.ifbs.has(ifb) && !protect.has(ifb)) remove.linkDel(ifb);
   for (const vx of actual.vxlans.keys()) if (!desired.vxlans.has(vx)) remove.linkDel(vx);
   for (const br of actual.bridges.keys()) if (!desired.bridges.has(br)) remove.linkDel(br);
   return { create, fdb, remove };

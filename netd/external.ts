@@ -1,14 +1,15 @@
 import { describeError } from '../core/errors.js';
 import { parseCidr, formatCidr } from '../core/cidr.js';
 import { IpClient } from '../sys/ip.js';
+import { TcClient } from '../sys/tc.js';
 import { NftClient, NftTransaction } from '../sys/nft.js';
 import type { CommandRunner, NetnsTarget } from '../sys/runner.js';
 import { silentLogger } from '../sys/log.js';
 import { checkSegment } from '../ipam/keys.js';
 import type { Allocation } from '../ipam/allocator.js';
-import { endpointId, endpointMac, plugVeth, type AttachDeps } from './attach.js';
+import { endpointId, endpointMac, removePort, wireVeth, type AttachDeps } from './attach.js';
 import { externalKeys } from './keys.js';
-import { linkNames, shortHash } from './names.js';
+import { linkNames } from './names.js';
 import type { QosSpec } from './model.js';
 
 /**
@@ -36,8 +37,8 @@ export interface ExternalEndpointRecord {
 
 export type ExternalDeps = Omit<AttachDeps, 'converge'> & {
   externalPool: string;
-  /** Called once the record exists and the interface is in place (e.g. a local reconcile). */
-  convergeExternal?: (e: ExternalEndpointRecord) => Promise<void>;
+  /** Called once the record exists and the interface is in place, with the limits it applied. */
+  convergeExternal?: (e: ExternalEndpointRecord, qosApplied?: QosSpec) => Promise<void>;
 };
 
 export interface ExternalAttachment {
@@ -52,63 +53,76 @@ export async function attachExternal(
   const id = endpointId(checkSegment('containerId', req.containerId), req.ifname);
   const log = (deps.logger ?? silentLogger()).child({ component: 'netd', container: req.containerId, ifname: req.ifname });
   const hostIf = linkNames.externalPort(id);
-  const tmpIf = `nu${shortHash(id)}`;
   const hostIp = new IpClient(deps.runner, deps.hostNetns);
   const inside = new IpClient(deps.runner, { path: req.netnsPath });
   const key = externalKeys.endpoint(deps.host.name, id);
-  const existing = await deps.store.get(key);
-  const hadAddress = (await deps.ipam.getHandle(id)).some((h) => h.pool === deps.externalPool);
+  const known = deps.view?.record(key);
+  const existing = known !== undefined ? known !== null : (await deps.store.get(key)) !== undefined;
+  // Only a retry can hold an address already (a first ADD that died before its record was written
+  // left a handle that recovery releases).
+  const hadAddress = existing && (await deps.ipam.getHandle(id)).some((h) => h.pool === deps.externalPool);
   const undo: Array<() => Promise<unknown>> = [];
   const releasePort = deps.claimPort?.(hostIf);
+  const releaseIfb = req.qos?.egressBps !== undefined ? deps.claimPort?.(linkNames.ifbFor(hostIf)) : undefined;
+  const mac = (req.mac ?? endpointMac(id)).toLowerCase();
+  let endpoint: ExternalEndpointRecord | undefined;
+  const recordFor = (a: Allocation): ExternalEndpointRecord => ({
+    id,
+    host: deps.host.name,
+    pool: deps.externalPool,
+    ip: a.ip,
+    mac,
+    hostIf,
+    containerId: req.containerId,
+    ifname: req.ifname,
+    netns: req.netnsPath,
+    ...(req.qos && { qos: req.qos }),
+  });
   try {
-    const allocation = await deps.ipam.allocate({
-      pool: deps.externalPool,
-      handle: id,
-      owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
-      ...(req.ip !== undefined && { ip: req.ip }),
+    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac, mtu: deps.host.underlayMtu, fresh: !existing };
+    const { allocation } = await wireVeth({ ...plug, ...(req.qos && { qos: { spec: req.qos, tc: new TcClient(deps.runner, deps.hostNetns) } }) }, undo, {
+      allocate: async () => {
+        const a = await deps.ipam.allocate({
+          pool: deps.externalPool,
+          handle: id,
+          owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
+          ...(req.ip !== undefined && { ip: req.ip }),
+          alsoWrite: (x) => ({ key, value: JSON.stringify(recordFor(x)) }),
+        });
+        if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, deps.externalPool));
+        if (!existing) undo.push(() => deps.store.delete(key));
+        return a;
+      },
+      persist: async (a) => {
+        endpoint = recordFor(a);
+        if (!a.wroteAlso) await deps.store.put(key, JSON.stringify(endpoint));
+      },
+      // The host answers ARP for the link-local gateway on this port (an explicit proxy entry).
+      onHost: (b) => b.add('neigh', 'replace', 'proxy', LINK_LOCAL_GATEWAY, 'dev', hostIf),
+      onHostWithAddress: (b, a) => b.routeReplace(`${a.ip}/32`, { dev: hostIf, scope: 'link' }),
+      inside: (b, a) =>
+        b
+          .addrAdd(`${a.ip}/32`, req.ifname)
+          .routeReplace(`${LINK_LOCAL_GATEWAY}/32`, { dev: req.ifname, scope: 'link' })
+          .routeReplace('default', { via: LINK_LOCAL_GATEWAY, dev: req.ifname, onlink: true }),
     });
-    if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, deps.externalPool));
-    const endpoint: ExternalEndpointRecord = {
-      id,
-      host: deps.host.name,
-      pool: deps.externalPool,
-      ip: allocation.ip,
-      mac: (req.mac ?? endpointMac(id)).toLowerCase(),
-      hostIf,
-      containerId: req.containerId,
-      ifname: req.ifname,
-      netns: req.netnsPath,
-      ...(req.qos && { qos: req.qos }),
-    };
-    await deps.store.put(key, JSON.stringify(endpoint));
-    if (!existing) undo.push(() => deps.store.delete(key));
-    const gateway = `${LINK_LOCAL_GATEWAY}/32`;
-    await plugVeth({ hostIp, inside, hostIf, tmpIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: endpoint.mac, mtu: deps.host.underlayMtu }, undo, (onHost, inNs) => {
-      onHost
-        .routeReplace(`${allocation.ip}/32`, { dev: hostIf, scope: 'link' })
-        // The host answers ARP for the link-local gateway on this port (an explicit proxy entry).
-        .add('neigh', 'replace', 'proxy', LINK_LOCAL_GATEWAY, 'dev', hostIf);
-      inNs
-        .addrAdd(`${allocation.ip}/32`, req.ifname)
-        .routeReplace(gateway, { dev: req.ifname, scope: 'link' })
-        .routeReplace('default', { via: LINK_LOCAL_GATEWAY, dev: req.ifname, onlink: true });
-    });
-    await deps.convergeExternal?.(endpoint);
+    await deps.convergeExternal?.(endpoint!, req.qos);
     log.info({ ip: allocation.ip }, 'external interface attached');
-    return { endpoint, allocation };
+    return { endpoint: endpoint!, allocation };
   } catch (err) {
     log.warn({ err: describeError(err) }, 'external attach failed; rolling back');
     for (const step of undo.reverse()) await step().catch(() => undefined);
     throw err;
   } finally {
     releasePort?.();
+    releaseIfb?.();
   }
 }
 
 export async function detachExternal(req: { containerId: string; ifname: string }, deps: ExternalDeps): Promise<void> {
   const id = endpointId(req.containerId, req.ifname);
-  await new IpClient(deps.runner, deps.hostNetns).deleteLinkIfExists(linkNames.externalPort(id));
-  await deps.store.delete(externalKeys.endpoint(deps.host.name, id));
+  // As for eth1: the record goes while the kernel deletes the pair, the address after.
+  await Promise.all([removePort(deps, linkNames.externalPort(id)), deps.store.delete(externalKeys.endpoint(deps.host.name, id))]);
   await deps.ipam.releaseHandle(id, deps.externalPool);
 }
 

@@ -111,11 +111,16 @@ const NETNS_AWARE_TOOLS = new Set(['ip', 'tc', 'bridge']);
  * Rewrites a command to run inside its network namespace. Exported so the fake runner and the real
  * one agree on the exact argv.
  */
+const NAMED_NETNS_PATH = /^\/(?:var\/)?run\/netns\/([A-Za-z0-9_][A-Za-z0-9_.-]{0,199})$/;
+
 export function resolveArgv(cmd: Command): string[] {
   const [program, ...rest] = cmd.argv;
   if (program === undefined) throw new AppError(ErrorCodes.INTERNAL, 'empty argv');
   if (!cmd.netns) return [program, ...rest];
   if ('name' in cmd.netns && NETNS_AWARE_TOOLS.has(program)) return [program, '-n', cmd.netns.name, ...rest];
+  // A path under the named-netns directory is a name to ip/tc/bridge: one exec instead of two.
+  const named = 'path' in cmd.netns ? NAMED_NETNS_PATH.exec(cmd.netns.path) : null;
+  if (named && NETNS_AWARE_TOOLS.has(program)) return [program, '-n', named[1]!, ...rest];
   const path = 'name' in cmd.netns ? `/run/netns/${cmd.netns.name}` : cmd.netns.path;
   return ['nsenter', `--net=${path}`, '--', program, ...rest];
 }

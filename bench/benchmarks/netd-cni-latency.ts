@@ -49,8 +49,8 @@ export function netdCniLatencyBenchmark(runner: CommandRunner): Benchmark {
     title: `netd: CNI ADD/DEL latency of one VPC interface vs bridge + host-local (${CONTAINERS} containers, sequential)`,
     description:
       `${CONTAINERS} containers get one VPC interface each, one ADD after another, then are deleted one after another, on one ` +
-      'virtual host. Subject: the netd plugin (POSIX sh + socat to the host daemon, which allocates from the cluster IPAM on ' +
-      'etcd, wires the veth and converges bridge + vxlan). Peer: the reference `bridge` plugin with `host-local` IPAM ' +
+      'virtual host. Subject: the netd plugin (a static C shim to the host daemon, which allocates from the cluster IPAM on ' +
+      'etcd, fsync included, wires the veth and converges bridge + vxlan). Peer: the reference `bridge` plugin with `host-local` IPAM ' +
       '(node-local files, no cluster state). Latency per call, lower is better.',
     subjectLabel: 'netd',
     peerLabel: 'bridge + host-local',

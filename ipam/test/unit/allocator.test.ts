@@ -130,3 +130,30 @@ t.test('GC releases attachments the runtime no longer lists; the sweeper release
   t.same(pass.released.map((r) => r.handle), ['c:eth0'], 'after grace');
   t.equal((await h1!.getHandle('a:eth0')).length, 1, 'live owners keep theirs');
 });
+
+t.test("alsoWrite: the caller's record is written in the allocation's own transaction", async (t) => {
+  const { store, ipams: [ipam] } = setup(t);
+  await ipam!.createPool({ name: 'vpc1', cidr: '10.1.0.0/24', kind: 'vpc' });
+  const before = await store.currentRevision();
+  const record = (key: string) => (a: { ip: string }) => ({ key, value: JSON.stringify({ ip: a.ip }) });
+  // Concurrent requests coalesce: every record rides in the same transaction as its address.
+  const many = await Promise.all(Array.from({ length: 30 }, (_, i) => ipam!.allocate({ pool: 'vpc1', handle: `c${i}:eth1`, alsoWrite: record(`/test/ep/c${i}`) })));
+  for (const [i, a] of many.entries()) {
+    t.equal(a.wroteAlso, true);
+    const kv = await store.get(`/test/ep/c${i}`);
+    t.same(JSON.parse(kv!.value), { ip: a.ip }, `record ${i} names its address`);
+    const handle = await store.get(ipamKeys.handleInPool(`c${i}:eth1`, 'vpc1'));
+    t.equal(kv!.modRevision, handle!.modRevision, 'same transaction as the handle');
+  }
+  t.ok((await store.currentRevision()) - before <= 5n, 'a handful of transactions for 30 allocations');
+  // The same handle again finds its address: nothing is written, and the caller is told so.
+  await store.delete('/test/ep/c0');
+  const again = await ipam!.allocate({ pool: 'vpc1', handle: 'c0:eth1', alsoWrite: record('/test/ep/c0') });
+  t.equal(again.ip, many[0]!.ip);
+  t.notOk(again.wroteAlso);
+  t.equal(await store.get('/test/ep/c0'), undefined);
+  // A static address takes the record along too.
+  const fixed = await ipam!.allocate({ pool: 'vpc1', handle: 'static:eth1', ip: '10.1.0.200', alsoWrite: record('/test/ep/static') });
+  t.equal(fixed.wroteAlso, true);
+  t.same(JSON.parse((await store.get('/test/ep/static'))!.value), { ip: '10.1.0.200' });
+});

@@ -14,6 +14,8 @@ import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
 import { installNetdPlugin } from '../../install-cni.js';
 import { netdKeys } from '../../keys.js';
+import { linkNames } from '../../names.js';
+import { TcClient } from '../../../sys/tc.js';
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'main.js');
 
@@ -95,6 +97,25 @@ t.test('the netd CNI plugin wires eth1 through the host daemon: ADD, CHECK, DEL 
     t.ok((await plugin(env, 'h1', 'CHECK', conf, env1)).ok, 'CHECK');
     const again = await plugin(env, 'h1', 'ADD', conf, env1);
     t.match(again.out, { ips: [{ address: `${made[0]!.ip}/24` }] }, 'ADD twice: same address');
+
+    // The bandwidth capability: both limits are in place when ADD answers (no reconcile to wait
+    // for), and DEL takes the ifb away with the port.
+    {
+      const c = await s.containers.add({ host: 'h1', name: 'bw' });
+      const e = { CNI_CONTAINERID: 'bw', CNI_NETNS: c.netnsPath, CNI_IFNAME: 'eth1' };
+      const bwConf = { ...conf, capabilities: { bandwidth: true }, runtimeConfig: { bandwidth: { ingressRate: 20_000_000, ingressBurst: 1_000_000, egressRate: 30_000_000, egressBurst: 1_000_000 } } };
+      t.ok((await plugin(env, 'h1', 'ADD', bwConf, e)).ok, 'ADD with the bandwidth capability');
+      const port = linkNames.internalPort('bw:eth1');
+      const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });
+      const rateOf = async (dev: string) => (await tc.qdiscs(dev)).find((q) => q.kind === 'tbf')?.options?.rate;
+      t.equal(await rateOf(port), 2_500_000, 'into the container: tbf at 20 Mbit/s (bytes/s) on the host port, at once');
+      t.equal(await rateOf(linkNames.ifbFor(port)), 3_750_000, 'out of the container: tbf at 30 Mbit/s on its ifb, at once');
+      t.ok((await tc.qdiscs(port)).some((q) => q.kind === 'ingress'), 'the port redirects its ingress');
+      t.ok((await plugin(env, 'h1', 'DEL', bwConf, e)).ok, 'DEL');
+      const hostIp = new IpClient(s.runner, { name: s.cluster.host('h1').netns });
+      t.equal(await hostIp.link(linkNames.ifbFor(port)), undefined, 'the ifb went with the port');
+      await s.containers.remove(c);
+    }
 
     // Bad input never reaches the kernel or etcd, and never takes the daemon down.
     const bad: Array<[string, object | string, Record<string, string>, number]> = [

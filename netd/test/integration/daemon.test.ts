@@ -55,13 +55,9 @@ t.test('netd daemons converge the vxlan data path from etcd; a dead host is drop
       await store.put(netdKeys.vpc(v.name), JSON.stringify(v));
       await ipam.createPool({ name: v.name, cidr: v.cidr, kind: 'vpc' });
     }
-    const daemons = new Map([['h1', runNetd(s, 'h1', dir)], ['h2', runNetd(s, 'h2', dir)]]);
-    t.teardown(async () => {
-      for (const r of daemons.values()) await stopDaemon(r.handle);
-    });
-    for (const [h, r] of daemons) t.ok(await ready(r), `netd on ${h} is ready`);
-
-    // The CNI side of ADD (the daemon's watch does the rest): one container per VPC per host.
+    // The CNI side of ADD, done before the daemons run (outside a daemon nothing claims a port
+    // while it is wired, so a running reconcile could take it for an orphan): one container per
+    // VPC per host. Starting, the daemons find records and ports and converge the rest from etcd.
     const depsFor = (host: string): AttachDeps => {
       const h = s.cluster.host(host);
       const record: HostRecord = { name: h.name, underlayIp: h.underlayIp, uplink: h.uplink, underlayMtu: d.underlay.mtu };
@@ -74,6 +70,11 @@ t.test('netd daemons converge the vxlan data path from etcd; a dead host is drop
       containers.push({ name, host, vpc, netns: c.netns, ip: att.allocation.ip, container: c });
     }
     const by = (n: string) => containers.find((c) => c.name === n)!;
+    const daemons = new Map([['h1', runNetd(s, 'h1', dir)], ['h2', runNetd(s, 'h2', dir)]]);
+    t.teardown(async () => {
+      for (const r of daemons.values()) await stopDaemon(r.handle);
+    });
+    for (const [h, r] of daemons) t.ok(await ready(r), `netd on ${h} is ready`);
     t.ok(await eventually(() => s.probe.ping(by('a1').netns, by('a2').ip, 500), 15_000), 'a1 reaches a2 across hosts once the daemons converged');
     t.ok(await eventually(() => s.probe.ping(by('b1').netns, by('b2').ip, 500), 15_000), 'b1 reaches b2 (icmp)');
     t.ok(await s.probe.delivered({ from: by('b1').netns, to: by('b2').netns, address: by('b2').ip, protocol: 'tcp', port: 7000 }), 'b1 reaches b2 (tcp)');

@@ -58,8 +58,6 @@ t.test('QoS: 10, 100 and 500 Mbit/s in each direction within 5%, and a change th
     t.teardown(() => store.close());
     await store.put(netdKeys.vpc('a'), JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.90.0.0/24', vni: 900 }));
     await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.90.0.0/24', kind: 'vpc' });
-    const daemons = await startNetdEverywhere(s, { dir, socketDir: join(dir, 'sock') });
-    t.teardown(() => stopNetd(daemons));
     const h = s.cluster.host('h1');
     const host: HostRecord = { name: 'h1', underlayIp: h.underlayIp, uplink: h.uplink, underlayMtu: d.underlay.mtu };
     const deps = { store, ipam: new Ipam({ store, host: 'h1' }), runner: s.runner, host, hostNetns: { name: h.netns } };
@@ -67,6 +65,9 @@ t.test('QoS: 10, 100 and 500 Mbit/s in each direction within 5%, and a change th
     const peer = await s.containers.add({ host: 'h1', name: 'peer' });
     const a = await attachInternal({ containerId: 'lim', ifname: 'eth1', netnsPath: limited.netnsPath, vpc: 'a' }, deps);
     const b = await attachInternal({ containerId: 'peer', ifname: 'eth1', netnsPath: peer.netnsPath, vpc: 'a' }, deps);
+    // netd starts after the CNI side (outside a daemon nothing claims a port while it is wired).
+    const daemons = await startNetdEverywhere(s, { dir, socketDir: join(dir, 'sock') });
+    t.teardown(() => stopNetd(daemons));
     t.ok(await eventually(() => s.probe.ping(limited.netns, b.allocation.ip, 500), 20_000), 'the two containers talk');
 
     const setQos = async (mbit: number) => {

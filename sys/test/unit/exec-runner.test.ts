@@ -15,6 +15,10 @@ t.test('netns targeting rewrites argv the same way for real and fake runners', a
   t.same(resolveArgv({ argv: ['tc', 'qdisc'], netns: { name: 'h1' } }), ['tc', '-n', 'h1', 'qdisc']);
   t.same(resolveArgv({ argv: ['nft', 'list', 'tables'], netns: { name: 'h1' } }), ['nsenter', '--net=/run/netns/h1', '--', 'nft', 'list', 'tables']);
   t.same(resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/proc/42/ns/net' } }), ['nsenter', '--net=/proc/42/ns/net', '--', 'ip', 'addr']);
+  t.same(resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/run/netns/netns-1a2b' } }), ['ip', '-n', 'netns-1a2b', 'addr'], 'a named netns path is a name');
+  t.same(resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/var/run/netns/c1' } }), ['ip', '-n', 'c1', 'addr']);
+  t.same(resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/run/netns/..' } }), ['nsenter', '--net=/run/netns/..', '--', 'ip', 'addr'], 'no dot names');
+  t.same(resolveArgv({ argv: ['nft', 'list'], netns: { path: '/run/netns/c1' } }), ['nsenter', '--net=/run/netns/c1', '--', 'nft', 'list']);
   t.throws(() => resolveArgv({ argv: [] }), { code: ErrorCodes.INTERNAL });
   const fake = new FakeRunner();
   await fake.run({ argv: ['bridge', 'fdb', 'show'], netns: { name: 'x' } });
