@@ -1,5 +1,5 @@
 import { AppError, ErrorCodes, describeError } from '../core/errors.js';
-import { IpBatch, IpClient } from '../sys/ip.js';
+import { IpBatch, IpBatchLane, IpClient } from '../sys/ip.js';
 import { TcClient } from '../sys/tc.js';
 import { qosBatch } from './qos.js';
 import { isCommandError, type CommandRunner, type NetnsTarget } from '../sys/runner.js';
@@ -58,6 +58,8 @@ export interface AttachDeps {
    * concurrent reconcile does not mistake it for an orphan.
    */
   claimPort?: (hostIf: string) => () => void;
+  /** Shared by the daemon's concurrent ADDs: their host-side batches go out together. */
+  hostLane?: IpBatchLane;
   view?: {
     vpc(name: string): VpcRecord | undefined;
     bridgeUp(vpc: VpcRecord): string | undefined;
@@ -136,7 +138,7 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
       ...(req.qos && { qos: req.qos }),
     });
     const bridge = deps.view?.bridgeUp(vpc);
-    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac, mtu, fresh: !existing, ...(bridge && { master: bridge }) };
+    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac, mtu, fresh: !existing, ...(bridge && { master: bridge }), ...(deps.hostLane && { hostLane: deps.hostLane }) };
     const wired = await wireVeth({ ...plug, ...(qos && { qos: { spec: qos, tc: new TcClient(deps.runner, deps.hostNetns) } }) }, undo, {
       allocate: async () => {
         const allocation = await deps.ipam.allocate({
@@ -190,10 +192,9 @@ export async function detachInternal(req: { containerId: string; ifname: string;
   await deps.ipam.releaseHandle(id, req.vpc);
 }
 
-/** A host port and its ifb (if it had egress limits), side by side. */
+/** A host port and its ifb (if it had egress limits), in one `ip` process. */
 export async function removePort(deps: Pick<AttachDeps, 'runner' | 'hostNetns'>, hostIf: string): Promise<void> {
-  const ip = new IpClient(deps.runner, deps.hostNetns);
-  await Promise.all([ip.deleteLinkIfExists(hostIf), ip.deleteLinkIfExists(linkNames.ifbFor(hostIf))]);
+  await new IpClient(deps.runner, deps.hostNetns).deleteLinksIfExist([hostIf, linkNames.ifbFor(hostIf)]);
 }
 
 export interface VethPlug {
@@ -208,6 +209,8 @@ export interface VethPlug {
   fresh?: boolean;
   /** The bridge the host end joins as it is created (it must exist). */
   master?: string;
+  /** Coalesces host-side batches of concurrent ADDs into one `ip` process (else one each). */
+  hostLane?: IpBatchLane;
   /** Rate limits applied by this ADD itself (the ifb created with the pair, tc beside round 2). */
   qos?: { spec: QosSpec; tc: TcClient };
 }
@@ -247,7 +250,7 @@ export async function wireVeth<T>(p: VethPlug, undo: Array<() => Promise<unknown
     const b = new IpBatch().linkAddVeth(p.hostIf, p.ifname, { mtu: p.mtu, up: true, peerNetns: p.netnsPath, peerAddress: p.mac, ...(master !== undefined && { master }) });
     if (ifb) b.linkAddIfb(ifb).linkSet(ifb, { up: true });
     steps.onHost?.(b);
-    await p.hostIp.apply(b);
+    await (p.hostLane ? p.hostLane.submit(b) : p.hostIp.apply(b));
   };
   undo.push(() => p.hostIp.deleteLinkIfExists(p.hostIf));
   if (ifb) undo.push(() => p.hostIp.deleteLinkIfExists(ifb));

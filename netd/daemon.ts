@@ -1,5 +1,5 @@
 import { describeError } from '../core/errors.js';
-import { IpClient } from '../sys/ip.js';
+import { IpBatchLane, IpClient } from '../sys/ip.js';
 import { BridgeClient } from '../sys/bridge.js';
 import type { CommandRunner, NetnsTarget } from '../sys/runner.js';
 import type { Logger } from '../sys/log.js';
@@ -92,11 +92,18 @@ export class NetdDaemon {
         logger: this.deps.logger,
         handler: {
           onEvents: (events: WatchEvent[]) => {
+            let changed = false;
             for (const e of events) {
-              if (e.type === 'delete') into.delete(e.kv.key);
-              else into.set(e.kv.key, JSON.parse(e.kv.value) as T);
+              const known = into.get(e.kv.key);
+              if (e.type === 'delete') changed = into.delete(e.kv.key) || changed;
+              // A record this daemon wrote and noted already (an ADD) changes nothing: at 16 ADDs
+              // in flight, a reconcile per ADD would keep a core busy listing every link.
+              else if (known === undefined || JSON.stringify(known) !== e.kv.value) {
+                into.set(e.kv.key, JSON.parse(e.kv.value) as T);
+                changed = true;
+              }
             }
-            this.schedule();
+            if (changed) this.schedule();
           },
         },
       });
@@ -147,15 +154,13 @@ export class NetdDaemon {
       host: this.opts.host,
       hostNetns: this.opts.netns,
       logger: this.deps.logger,
+      hostLane: new IpBatchLane(this.deps.runner, this.opts.netns),
       converge: async (e: EndpointRecord, hints?: ConvergeHints) => {
         this.noteLocalEndpoint(e);
         if (hints?.qos) this.appliedQos.set(e.hostIf, hints.qos);
-        if (hints?.joinedBridge) {
-          // The port joined its bridge (and got its limits) in the ADD itself; FDB and the rest
-          // follow shortly.
-          this.schedule();
-          return;
-        }
+        // The port joined its bridge and got its limits in the ADD itself: nothing is left to do
+        // on this host (other hosts add its FDB entry from the record).
+        if (hints?.joinedBridge) return;
         await this.reconcileNow();
         if (this.lastError) throw new Error(`data path not converged: ${this.lastError}`);
       },
@@ -186,7 +191,6 @@ export class NetdDaemon {
         // eth0 is on no bridge and the ADD routed it and applied its limits: nothing to wait for.
         this.externals.set(externalKeys.endpoint(e.host, e.id), e);
         if (qosApplied) this.appliedQos.set(e.hostIf, qosApplied);
-        this.schedule();
       },
       ready: () => this.consumers.every((c) => c.status === 'synced'),
     };

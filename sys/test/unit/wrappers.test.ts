@@ -1,13 +1,13 @@
 import t from 'tap';
 import { FakeRunner } from '../../fake-runner.js';
-import { IpBatch, IpClient } from '../../ip.js';
+import { IpBatch, IpBatchLane, IpClient } from '../../ip.js';
 import { TcBatch, TcClient } from '../../tc.js';
 import { BridgeBatch, BridgeClient } from '../../bridge.js';
 import { NftTransaction, NftClient, parseNftJson } from '../../nft.js';
 import { OvsClient } from '../../ovs.js';
 import { GlusterClient, parseCliOutput } from '../../gluster.js';
 import { ErrorCodes } from '../../../core/errors.js';
-import { CommandError } from '../../runner.js';
+import { CommandError, isCommandError } from '../../runner.js';
 
 t.test('ip: batches render exactly what is sent, reads parse JSON', async (t) => {
   const fake = new FakeRunner().on(['ip', '-n', 'h1', '-j', '-d', 'link', 'show', 'dev', 'br0'], { stdout: '[{"ifindex":3,"ifname":"br0","flags":["UP"],"mtu":1450,"operstate":"UP","linkinfo":{"info_kind":"bridge"}}]', stderr: '' });
@@ -59,6 +59,39 @@ t.test('ip: a missing link is undefined; deleting it is success', async (t) => {
   t.equal(await ip.deleteLinkIfExists('nope'), false);
   const other = new FakeRunner().failOn(['ip', 'link', 'del'], 'RTNETLINK answers: Operation not permitted', 2);
   await t.rejects(new IpClient(other).deleteLinkIfExists('x'), { code: ErrorCodes.COMMAND_FAILED });
+});
+
+t.test('ip: deleting several links in one process; only missing links are forgiven', async (t) => {
+  const fake = new FakeRunner().failOn(['ip', '-force', '-batch'], 'Cannot find device "nq1"\nCommand failed -:2\n', 1);
+  await new IpClient(fake).deleteLinksIfExist(['ni1', 'nq1']);
+  t.same(fake.commandLines(), ['ip -force -batch -']);
+  t.equal(fake.calls[0]!.stdin, 'link del ni1\nlink del nq1\n');
+  const other = new FakeRunner().failOn(['ip', '-force', '-batch'], 'Cannot find device "nq1"\nCommand failed -:2\nRTNETLINK answers: Operation not permitted\nCommand failed -:1\n', 1);
+  await t.rejects(new IpClient(other).deleteLinksIfExist(['ni1', 'nq1']), { code: ErrorCodes.COMMAND_FAILED });
+});
+
+t.test('ip lane: batches that arrive while ip runs share the next process; failures go to their own batch', async (t) => {
+  let release: () => void = () => undefined;
+  const gate = new Promise<void>((r) => (release = r));
+  const fake = new FakeRunner()
+    .on(['ip', '-n', 'h1', '-force', '-batch'], async () => {
+      await gate; // the first process is still running while three more batches arrive
+      return { stdout: '', stderr: '' };
+    }, 1)
+    .failOn(['ip', '-n', 'h1', '-force', '-batch'], 'RTNETLINK answers: File exists\nCommand failed -:2\n', 1);
+  const lane = new IpBatchLane(fake, { name: 'h1' });
+  const first = lane.submit(new IpBatch().linkAddIfb('nq0'));
+  const a = lane.submit(new IpBatch().linkAddIfb('nq1'));
+  const b = lane.submit(new IpBatch().linkAddIfb('nq2').linkSet('nq2', { up: true }));
+  const c = lane.submit(new IpBatch().linkAddIfb('nq3'));
+  release();
+  await first;
+  await a;
+  const err = await b.catch((e: unknown) => e);
+  await c;
+  t.ok(isCommandError(err, 'exists'), 'line 2 (the first line of b) failed: only b is rejected, with its own stderr');
+  t.same(fake.commandLines(), ['ip -n h1 -force -batch -', 'ip -n h1 -force -batch -'], 'four batches, two processes');
+  t.equal(fake.calls[1]!.stdin, 'link add nq1 type ifb\nlink add nq2 type ifb\nlink set dev nq2 up\nlink add nq3 type ifb\n');
 });
 
 t.test('tc: shaping both directions renders one batch', async (t) => {
