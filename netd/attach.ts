@@ -192,9 +192,11 @@ export async function detachInternal(req: { containerId: string; ifname: string;
   await deps.ipam.releaseHandle(id, req.vpc);
 }
 
-/** A host port and its ifb (if it had egress limits), in one `ip` process. */
-export async function removePort(deps: Pick<AttachDeps, 'runner' | 'hostNetns'>, hostIf: string): Promise<void> {
-  await new IpClient(deps.runner, deps.hostNetns).deleteLinksIfExist([hostIf, linkNames.ifbFor(hostIf)]);
+/** A host port and its ifb (if it had egress limits), and `extra` removals, in one `ip` process. */
+export async function removePort(deps: Pick<AttachDeps, 'runner' | 'hostNetns'>, hostIf: string, extra?: (b: IpBatch) => void): Promise<void> {
+  const b = new IpBatch().linkDel(hostIf).linkDel(linkNames.ifbFor(hostIf));
+  extra?.(b);
+  await new IpClient(deps.runner, deps.hostNetns).applyForgivingMissing(b);
 }
 
 export interface VethPlug {

@@ -8,7 +8,7 @@ import type { Lease, Store, WatchEvent } from '../store/types.js';
 import { WatchConsumer } from '../store/watch-consumer.js';
 import { reconcile } from './dataplane.js';
 import { netdKeys, externalKeys } from './keys.js';
-import { ensureExternalNat, type ExternalEndpointRecord } from './external.js';
+import { ensureExternalEgress, reconcileExternalProxies, type ExternalEndpointRecord, type ExternalMode } from './external.js';
 import type { EndpointRecord, HostRecord, HostView, QosSpec, VpcRecord } from './model.js';
 import { TcClient } from '../sys/tc.js';
 import { isCommandError } from '../sys/runner.js';
@@ -44,6 +44,8 @@ export interface NetdDaemonOptions {
   cniSocketDir?: string;
   /** The ipam pool of eth0 addresses (external network); no external network when undefined. */
   externalPool?: string;
+  /** eth0 traffic NAT'd to the host's address (default) or routed with the container's own. */
+  externalMode?: ExternalMode;
 }
 
 export interface NetdDaemonDeps {
@@ -72,6 +74,8 @@ export class NetdDaemon {
   private readonly portsInFlight = new Map<string, number>();
   /** Bridges the last successful reconcile left in place. */
   private bridgesUp = new Set<string>();
+  /** The external pool's CIDR, once read at start. */
+  private externalCidr: string | undefined;
   /** Reconciles that ran (for tests and metrics). */
   reconciles = 0;
   lastError: string | undefined;
@@ -115,7 +119,8 @@ export class NetdDaemon {
     );
     if (this.opts.externalPool !== undefined) {
       const pool = await new Ipam({ store: this.deps.store, host: this.opts.host.name }).getPool(this.opts.externalPool);
-      await ensureExternalNat(this.deps.runner, this.opts.netns, pool.spec.cidr, this.opts.host.uplink);
+      this.externalCidr = pool.spec.cidr;
+      await ensureExternalEgress(this.deps.runner, this.opts.netns, pool.spec.cidr, this.opts.host.uplink, this.externalMode);
     }
     await Promise.all(this.consumers.map((c) => c.start()));
     await this.recover();
@@ -130,7 +135,7 @@ export class NetdDaemon {
   private async recover(): Promise<void> {
     const self = this.opts.host.name;
     const ipam = new Ipam({ store: this.deps.store, host: self, logger: this.deps.logger });
-    const deps = { store: this.deps.store, ipam, runner: this.deps.runner, host: this.opts.host, hostNetns: this.opts.netns, logger: this.deps.logger };
+    const deps = { store: this.deps.store, ipam, runner: this.deps.runner, host: this.opts.host, hostNetns: this.opts.netns, logger: this.deps.logger, externalMode: this.externalMode };
     const report = await recoverLocalAttachments({
       internal: [...this.endpoints.values()].filter((e) => e.host === self),
       external: [...this.externals.values()],
@@ -187,6 +192,7 @@ export class NetdDaemon {
       localEndpoints: () => [...this.endpoints.values()].filter((e) => e.host === this.opts.host.name),
       localExternalEndpoints: () => [...this.externals.values()],
       externalPool: this.opts.externalPool,
+      externalMode: this.externalMode,
       convergeExternal: async (e: ExternalEndpointRecord, qosApplied?: QosSpec) => {
         // eth0 is on no bridge and the ADD routed it and applied its limits: nothing to wait for.
         this.externals.set(externalKeys.endpoint(e.host, e.id), e);
@@ -243,7 +249,18 @@ export class NetdDaemon {
           for (const e of this.externals.values()) desired.ports.set(e.hostIf, '');
           const qos = this.desiredQos();
           for (const [port, q] of qos) if (q.egressBps !== undefined) desired.ifbs.add(linkNames.ifbFor(port));
-          await reconcile(desired, { ip: new IpClient(this.deps.runner, ns), bridge: new BridgeClient(this.deps.runner, ns) }, this.log, () => this.protectedPorts());
+          const ip = new IpClient(this.deps.runner, ns);
+          await reconcile(desired, { ip, bridge: new BridgeClient(this.deps.runner, ns) }, this.log, () => this.protectedPorts());
+          if (this.externalCidr !== undefined) {
+            await reconcileExternalProxies(
+              ip,
+              this.opts.host.uplink,
+              this.externalCidr,
+              this.externalMode,
+              () => ({ wanted: [...this.externals.values()].map((e) => e.ip), inFlight: new Set(this.portsInFlight.keys()) }),
+              this.log,
+            );
+          }
           this.bridgesUp = new Set(desired.bridges.keys());
           await this.applyQos(qos);
           this.reconciles++;
@@ -281,6 +298,10 @@ export class NetdDaemon {
     }
     for (const e of this.externals.values()) if (e.qos) out.set(e.hostIf, e.qos);
     return out;
+  }
+
+  private get externalMode(): ExternalMode {
+    return this.opts.externalMode ?? 'nat';
   }
 
   private vpcByName(name: string): VpcRecord | undefined {

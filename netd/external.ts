@@ -1,10 +1,10 @@
 import { describeError } from '../core/errors.js';
-import { parseCidr, formatCidr } from '../core/cidr.js';
-import { IpClient } from '../sys/ip.js';
+import { parseCidr, formatCidr, contains, parseIp } from '../core/cidr.js';
+import { IpBatch, IpClient } from '../sys/ip.js';
 import { TcClient } from '../sys/tc.js';
 import { NftClient, NftTransaction } from '../sys/nft.js';
 import type { CommandRunner, NetnsTarget } from '../sys/runner.js';
-import { silentLogger } from '../sys/log.js';
+import { silentLogger, type Logger } from '../sys/log.js';
 import { checkSegment } from '../ipam/keys.js';
 import type { Allocation } from '../ipam/allocator.js';
 import { endpointId, endpointMac, removePort, wireVeth, type AttachDeps } from './attach.js';
@@ -15,9 +15,15 @@ import type { QosSpec } from './model.js';
 /**
  * eth0, the external interface: an address from the external pool as a /32, a default route via a
  * link-local gateway that the host answers by proxy ARP (Calico's trick: no per-container gateway
- * address, no bridge), a /32 host route to the container, and source NAT out of the host's uplink.
- * Nothing of a VPC is reachable this way: VPC bridges carry no address on the host.
+ * address, no bridge), and a /32 host route to the container. Out of the host's uplink it is
+ * either NAT'd to the host's address (`nat`) or routed as it is (`routed`: the host answers ARP
+ * for the container's address on the uplink, so the upstream router needs only an on-link route
+ * to the pool, or the pool is part of the uplink's subnet). Nothing of a VPC is reachable this
+ * way: VPC bridges carry no address on the host.
  */
+
+export type ExternalMode = 'nat' | 'routed';
+export const EXTERNAL_MODES: readonly ExternalMode[] = ['nat', 'routed'];
 
 export const LINK_LOCAL_GATEWAY = '169.254.1.1';
 const NAT_TABLE = 'netd_nat';
@@ -37,6 +43,8 @@ export interface ExternalEndpointRecord {
 
 export type ExternalDeps = Omit<AttachDeps, 'converge'> & {
   externalPool: string;
+  /** Default `nat`. */
+  externalMode?: ExternalMode;
   /** Called once the record exists and the interface is in place, with the limits it applied. */
   convergeExternal?: (e: ExternalEndpointRecord, qosApplied?: QosSpec) => Promise<void>;
 };
@@ -65,6 +73,8 @@ export async function attachExternal(
   const releasePort = deps.claimPort?.(hostIf);
   const releaseIfb = req.qos?.egressBps !== undefined ? deps.claimPort?.(linkNames.ifbFor(hostIf)) : undefined;
   const mac = (req.mac ?? endpointMac(id)).toLowerCase();
+  const routed = deps.externalMode === 'routed';
+  let releaseProxy: (() => void) | undefined;
   let endpoint: ExternalEndpointRecord | undefined;
   const recordFor = (a: Allocation): ExternalEndpointRecord => ({
     id,
@@ -91,6 +101,10 @@ export async function attachExternal(
         });
         if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, deps.externalPool));
         if (!existing) undo.push(() => deps.store.delete(key));
+        if (routed) {
+          releaseProxy = deps.claimPort?.(proxyClaim(a.ip));
+          undo.push(() => hostIp.applyForgivingMissing(new IpBatch().proxyNeighDel(a.ip, deps.host.uplink)));
+        }
         return a;
       },
       persist: async (a) => {
@@ -99,7 +113,10 @@ export async function attachExternal(
       },
       // The host answers ARP for the link-local gateway on this port (an explicit proxy entry).
       onHost: (b) => b.add('neigh', 'replace', 'proxy', LINK_LOCAL_GATEWAY, 'dev', hostIf),
-      onHostWithAddress: (b, a) => b.routeReplace(`${a.ip}/32`, { dev: hostIf, scope: 'link' }),
+      onHostWithAddress: (b, a) => {
+        b.routeReplace(`${a.ip}/32`, { dev: hostIf, scope: 'link' });
+        if (routed) b.proxyNeighReplace(a.ip, deps.host.uplink);
+      },
       inside: (b, a) =>
         b
           .addrAdd(`${a.ip}/32`, req.ifname)
@@ -116,24 +133,67 @@ export async function attachExternal(
   } finally {
     releasePort?.();
     releaseIfb?.();
+    releaseProxy?.();
   }
 }
 
 export async function detachExternal(req: { containerId: string; ifname: string }, deps: ExternalDeps): Promise<void> {
   const id = endpointId(req.containerId, req.ifname);
+  const key = externalKeys.endpoint(deps.host.name, id);
+  let address: string | undefined;
+  if (deps.externalMode === 'routed') {
+    // The uplink stops answering for the address before the address can go to someone else.
+    const known = deps.view?.record(key);
+    const text = known !== undefined ? known : (await deps.store.get(key))?.value;
+    if (text) address = (JSON.parse(text) as ExternalEndpointRecord).ip;
+  }
   // As for eth1: the record goes while the kernel deletes the pair, the address after.
-  await Promise.all([removePort(deps, linkNames.externalPort(id)), deps.store.delete(externalKeys.endpoint(deps.host.name, id))]);
+  const extra = address !== undefined ? (b: IpBatch) => b.proxyNeighDel(address, deps.host.uplink) : undefined;
+  await Promise.all([removePort(deps, linkNames.externalPort(id), extra), deps.store.delete(key)]);
   await deps.ipam.releaseHandle(id, deps.externalPool);
 }
 
-/** Source NAT for the external pool out of the uplink: one owned table, rewritten atomically. */
-export async function ensureExternalNat(runner: CommandRunner, hostNetns: NetnsTarget | undefined, cidr: string, uplink: string): Promise<void> {
+/** The claim (AttachDeps.claimPort) an ADD holds on its address's proxy entry while it wires it. */
+export const proxyClaim = (ip: string) => `proxy:${ip}`;
+
+/**
+ * Converges the proxy entries on the uplink for the external pool: one per local eth0 address
+ * in `routed` mode, none in `nat` mode. Entries outside the pool are not netd's and stay.
+ * `addresses` is asked after the kernel is read, so an ADD that finished meanwhile is counted.
+ */
+export async function reconcileExternalProxies(
+  ip: IpClient,
+  uplink: string,
+  poolCidr: string,
+  mode: ExternalMode,
+  addresses: () => { wanted: Iterable<string>; inFlight: ReadonlySet<string> },
+  log: Logger,
+): Promise<void> {
+  const pool = parseCidr(poolCidr);
+  const have = (await ip.proxyNeighbours(uplink)).filter((a) => a.includes(':') === (pool.family === 6) && contains(pool, parseIp(a)));
+  const { wanted, inFlight } = addresses();
+  const want = new Set(mode === 'routed' ? wanted : []);
+  const b = new IpBatch();
+  for (const a of want) if (!have.includes(a)) b.proxyNeighReplace(a, uplink);
+  for (const a of have) if (!want.has(a) && !inFlight.has(proxyClaim(a))) b.proxyNeighDel(a, uplink);
+  if (b.empty) return;
+  log.info({ uplink, mode }, 'external proxy entries converged');
+  await ip.applyForgivingMissing(b);
+}
+
+/**
+ * How the external pool leaves through the uplink: `nat` keeps one owned table with a masquerade
+ * rule (rewritten atomically); `routed` removes that table.
+ */
+export async function ensureExternalEgress(runner: CommandRunner, hostNetns: NetnsTarget | undefined, cidr: string, uplink: string, mode: ExternalMode): Promise<void> {
   const net = formatCidr(parseCidr(cidr));
-  await new NftClient(runner, hostNetns).apply(
-    new NftTransaction()
-      .addTable('ip', NAT_TABLE)
+  const tx = new NftTransaction();
+  if (mode === 'routed') tx.deleteTable('ip', NAT_TABLE);
+  else {
+    tx.addTable('ip', NAT_TABLE)
       .addChain('ip', NAT_TABLE, 'outbound', { type: 'nat', hook: 'postrouting', priority: 100 })
       .flushChain('ip', NAT_TABLE, 'outbound')
-      .addRule('ip', NAT_TABLE, 'outbound', `ip saddr ${net} oifname "${uplink}" masquerade`),
-  );
+      .addRule('ip', NAT_TABLE, 'outbound', `ip saddr ${net} oifname "${uplink}" masquerade`);
+  }
+  await new NftClient(runner, hostNetns).apply(tx);
 }

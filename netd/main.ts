@@ -12,11 +12,12 @@ import { buildApi } from './api/app.js';
 import { readFileSync, rmSync, chmodSync } from 'node:fs';
 import { installNetdPlugin } from './install-cni.js';
 import { SOCKET_DIR } from './cni-server.js';
+import { EXTERNAL_MODES, type ExternalMode } from './external.js';
 
 /**
  * `netd`: the per-host daemon. Runs in the host's network namespace.
  *   netd --host NAME --underlay-ip IP --uplink IF [--mtu 1500] --etcd URL[,URL] [--lease-ttl 10]
- *        [--api-socket PATH] [--api-listen ADDR:PORT] [--admin-token-file FILE | $NETD_ADMIN_TOKEN]
+ *        [--external-pool NAME [--external-mode nat|routed]] [--api-socket PATH] [--api-listen ADDR:PORT] [--admin-token-file FILE | $NETD_ADMIN_TOKEN]
  *   netd install-cni [--cni-bin-dir /opt/cni/bin] [--cni-socket-dir /run/netd]
  * SIGTERM/SIGINT stop it gracefully: the data path stays, the registration outlives a quick restart.
  */
@@ -39,6 +40,7 @@ async function main(): Promise<void> {
       'lease-ttl': { type: 'string', default: '10' },
       'cni-socket-dir': { type: 'string', default: SOCKET_DIR },
       'external-pool': { type: 'string' },
+      'external-mode': { type: 'string', default: 'nat' },
       'api-socket': { type: 'string' },
       'api-listen': { type: 'string' },
       'admin-token-file': { type: 'string' },
@@ -52,12 +54,14 @@ async function main(): Promise<void> {
   const leaseTtl = Number(values['lease-ttl']);
   if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 9216) throw invalidInput('--mtu must be 1280..9216');
   if (!Number.isInteger(leaseTtl) || leaseTtl < 2 || leaseTtl > 3600) throw invalidInput('--lease-ttl must be 2..3600 seconds');
+  const externalMode = values['external-mode'] as ExternalMode;
+  if (!EXTERNAL_MODES.includes(externalMode)) throw invalidInput(`--external-mode must be one of ${EXTERNAL_MODES.join(', ')}`);
   const endpoints = (values.etcd ?? '').split(',').filter(Boolean);
   if (endpoints.length === 0) throw invalidInput('--etcd (or $NETD_ETCD_ENDPOINTS) is required');
 
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'info' }).child({ host });
   const store = new EtcdStore({ endpoints, logger });
-  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], ...(values['external-pool'] && { externalPool: values['external-pool'] }) }, { store, runner: new ExecRunner({ logger }), logger });
+  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }) }, { store, runner: new ExecRunner({ logger }), logger });
   const shutdown = (sig: string) => {
     logger.info({ sig }, 'stopping');
     void daemon

@@ -1,6 +1,7 @@
 import type { CommandRunner, NetnsTarget } from './runner.js';
 import { classifyFailure, CommandError, isCommandError } from './runner.js';
 import { ifname, token, LineBatch } from './tokens.js';
+import { formatIp, parseIp } from '../core/cidr.js';
 
 /**
  * `ip` from iproute2: reads with `-j` (JSON), writes as one `ip -batch -` per change set. Batches
@@ -160,6 +161,15 @@ export class IpBatch extends LineBatch {
     return this.add('neigh', 'del', ip, 'dev', ifname(dev));
   }
 
+  /** The host answers ARP (or NDP) for `ip` on `dev`: a proxy entry, no sysctl needed. */
+  proxyNeighReplace(ip: string, dev: string): this {
+    return this.add('neigh', 'replace', 'proxy', formatIp(parseIp(ip)), 'dev', ifname(dev));
+  }
+
+  proxyNeighDel(ip: string, dev: string): this {
+    return this.add('neigh', 'del', 'proxy', formatIp(parseIp(ip)), 'dev', ifname(dev));
+  }
+
 }
 
 export class IpClient {
@@ -205,6 +215,11 @@ export class IpClient {
     return this.json<Neighbour[]>(['neigh', 'show', ...(dev ? ['dev', ifname(dev)] : [])]);
   }
 
+  /** Addresses this namespace answers ARP/NDP for on `dev` (proxy entries). */
+  async proxyNeighbours(dev: string): Promise<string[]> {
+    return (await this.json<Neighbour[]>(['neigh', 'show', 'proxy', 'dev', ifname(dev)])).map((n) => n.dst);
+  }
+
   async apply(batch: IpBatch, opts: { force?: boolean } = {}): Promise<void> {
     if (batch.empty) return;
     await this.runner.run({ argv: ['ip', ...(opts.force ? ['-force'] : []), '-batch', '-'], stdin: batch.render(), netns: this.netns });
@@ -215,9 +230,16 @@ export class IpClient {
    * any failure other than a missing link is an error.
    */
   async deleteLinksIfExist(names: readonly string[]): Promise<void> {
-    if (names.length === 0) return;
     const batch = new IpBatch();
     for (const n of names) batch.linkDel(n);
+    await this.applyForgivingMissing(batch);
+  }
+
+  /**
+   * Applies a batch of removals in one process, going on past lines whose object is already gone;
+   * any other failure is an error.
+   */
+  async applyForgivingMissing(batch: IpBatch): Promise<void> {
     try {
       await this.apply(batch, { force: true });
     } catch (err) {

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ClusterSession } from '../../test-netns/harness.js';
 import { startDaemon, stopDaemon, type DaemonHandle } from '../../sys/process.js';
+import { isCommandError } from '../../sys/runner.js';
 
 /** Starts netd on every host of a virtual cluster, as separate processes in the hosts' namespaces. */
 
@@ -29,6 +30,7 @@ export interface NetdOptions {
   socketDir: string;
   leaseTtl?: number;
   externalPool?: string;
+  externalMode?: 'nat' | 'routed';
 }
 
 export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): NetdHost {
@@ -42,6 +44,7 @@ export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): N
       '--lease-ttl', String(opts.leaseTtl ?? 2),
       '--cni-socket-dir', opts.socketDir,
       ...(opts.externalPool ? ['--external-pool', opts.externalPool] : []),
+      ...(opts.externalMode ? ['--external-mode', opts.externalMode] : []),
     ],
     netns: { name: h.netns },
     logFile: log,
@@ -64,4 +67,29 @@ export async function startNetdEverywhere(s: ClusterSession, opts: NetdOptions):
 
 export async function stopNetd(all: readonly NetdHost[]): Promise<void> {
   for (const n of all) await stopDaemon(n.handle);
+}
+
+/** Invokes an installed `netd` plugin in a host's netns, as a runtime on that host would. */
+export async function invokePlugin(
+  s: ClusterSession,
+  binDir: string,
+  host: string,
+  command: string,
+  config: object | string,
+  cniEnv: Record<string, string>,
+): Promise<{ ok: boolean; out: Record<string, unknown>; ms: number }> {
+  const started = performance.now();
+  try {
+    const { stdout } = await s.runner.run({
+      argv: [join(binDir, 'netd')],
+      stdin: typeof config === 'string' ? config : JSON.stringify(config),
+      netns: { name: s.cluster.host(host).netns },
+      env: { CNI_COMMAND: command, CNI_PATH: binDir, ...cniEnv },
+      timeoutMs: 60_000,
+    });
+    return { ok: true, out: stdout.trim() ? (JSON.parse(stdout) as Record<string, unknown>) : {}, ms: performance.now() - started };
+  } catch (err) {
+    if (isCommandError(err)) return { ok: false, out: JSON.parse(err.stdout || '{}') as Record<string, unknown>, ms: performance.now() - started };
+    throw err;
+  }
 }

@@ -6,9 +6,8 @@ import { fileURLToPath } from 'node:url';
 import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
 import type { TestContainer } from '../../../test-netns/containers.js';
 import { requireRoot } from '../../../test-netns/testing.js';
-import { eventually } from '../netd-hosts.js';
+import { eventually, invokePlugin } from '../netd-hosts.js';
 import { startDaemon, stopDaemon, isRunning, type DaemonHandle } from '../../../sys/process.js';
-import { isCommandError } from '../../../sys/runner.js';
 import { IpClient } from '../../../sys/ip.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
@@ -26,22 +25,7 @@ interface Env {
 }
 
 /** Invokes the installed `netd` plugin in a host's netns, as a runtime on that host would. */
-async function plugin(env: Env, host: string, command: string, config: object | string, cniEnv: Record<string, string>): Promise<{ ok: boolean; out: Record<string, unknown>; ms: number }> {
-  const started = performance.now();
-  try {
-    const { stdout } = await env.s.runner.run({
-      argv: [join(env.bin, 'netd')],
-      stdin: typeof config === 'string' ? config : JSON.stringify(config),
-      netns: { name: env.s.cluster.host(host).netns },
-      env: { CNI_COMMAND: command, CNI_PATH: env.bin, ...cniEnv },
-      timeoutMs: 60_000,
-    });
-    return { ok: true, out: stdout.trim() ? (JSON.parse(stdout) as Record<string, unknown>) : {}, ms: performance.now() - started };
-  } catch (err) {
-    if (isCommandError(err)) return { ok: false, out: JSON.parse(err.stdout || '{}') as Record<string, unknown>, ms: performance.now() - started };
-    throw err;
-  }
-}
+const plugin = (env: Env, host: string, command: string, config: object | string, cniEnv: Record<string, string>) => invokePlugin(env.s, env.bin, host, command, config, cniEnv);
 
 t.test('the netd CNI plugin wires eth1 through the host daemon: ADD, CHECK, DEL (twice, and after the netns is gone), VERSION, STATUS, bad input', async (t) => {
   if (!requireRoot(t)) return;

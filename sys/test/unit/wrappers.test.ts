@@ -70,6 +70,16 @@ t.test('ip: deleting several links in one process; only missing links are forgiv
   await t.rejects(new IpClient(other).deleteLinksIfExist(['ni1', 'nq1']), { code: ErrorCodes.COMMAND_FAILED });
 });
 
+t.test('ip: proxy neighbour entries (answering ARP for an address on a link)', async (t) => {
+  t.equal(new IpBatch().proxyNeighReplace('100.64.0.5', 'uplink').proxyNeighDel('fd00::5', 'uplink').render(), 'neigh replace proxy 100.64.0.5 dev uplink\nneigh del proxy fd00::5 dev uplink\n');
+  t.throws(() => new IpBatch().proxyNeighReplace('100.64.0.5\nlink del x', 'uplink'), { code: ErrorCodes.INVALID_INPUT });
+  const fake = new FakeRunner().on(['ip', '-j', '-d', 'neigh', 'show', 'proxy'], { stdout: '[{"dst":"100.64.0.5","dev":"uplink","proxy":null}]', stderr: '' });
+  t.same(await new IpClient(fake).proxyNeighbours('uplink'), ['100.64.0.5']);
+  // "No such file or directory" is what the kernel says for a missing proxy entry.
+  const missing = new FakeRunner().failOn(['ip', '-force', '-batch'], 'RTNETLINK answers: No such file or directory\nCommand failed -:1\n', 2);
+  await new IpClient(missing).applyForgivingMissing(new IpBatch().proxyNeighDel('100.64.0.5', 'uplink'));
+});
+
 t.test('ip lane: batches that arrive while ip runs share the next process; failures go to their own batch', async (t) => {
   let release: () => void = () => undefined;
   const gate = new Promise<void>((r) => (release = r));
