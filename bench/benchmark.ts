@@ -22,8 +22,9 @@ export interface Benchmark {
   subjectLabel: string;
   peerLabel: string;
   metrics: MetricSpec[];
-  /** Trials per side (after one warm-up each). */
+  /** Trials per side (after one warm-up each, unless `warmup` is false). */
   runs: number;
+  warmup?: boolean;
   needsRoot?: boolean;
   setup?(): Promise<void>;
   trial(side: Side): Promise<Record<string, number>>;
@@ -43,8 +44,10 @@ export async function runBenchmark(b: Benchmark, opts: RunOptions): Promise<Benc
   const samples: Record<Side, Record<string, number[]>> = { subject: {}, peer: {} };
   await b.setup?.();
   try {
-    await b.trial('subject');
-    await b.trial('peer');
+    if (b.warmup !== false) {
+      await b.trial('subject');
+      await b.trial('peer');
+    }
     for (let i = 0; i < runs; i++) {
       const order: Side[] = i % 2 === 0 ? ['subject', 'peer'] : ['peer', 'subject'];
       for (const side of order) {

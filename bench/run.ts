@@ -9,12 +9,14 @@ import { ratio, upsertSection } from './report.js';
 import { linkBatchBenchmark } from './benchmarks/link-batch.js';
 import { ipamVsSharedRecordBenchmark, ipamVsHostLocalBenchmark } from './benchmarks/ipam-throughput.js';
 import { netdCniLatencyBenchmark } from './benchmarks/netd-cni-latency.js';
+import { netdFullAddBenchmark } from './benchmarks/netd-full-add.js';
+import { netdScaleBenchmark } from './benchmarks/netd-scale.js';
 
 /** `npm run bench [-- NAME... --runs N --out FILE]`: runs benchmarks, updates docs/benchmarks.md. */
 
 function registry(): Benchmark[] {
   const runner = new ExecRunner();
-  return [linkBatchBenchmark(runner), ipamVsSharedRecordBenchmark(runner), ipamVsHostLocalBenchmark(runner), netdCniLatencyBenchmark(runner)];
+  return [linkBatchBenchmark(runner), ipamVsSharedRecordBenchmark(runner), ipamVsHostLocalBenchmark(runner), netdCniLatencyBenchmark(runner), netdFullAddBenchmark(runner), netdScaleBenchmark(runner)];
 }
 
 async function main(): Promise<void> {

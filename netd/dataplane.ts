@@ -62,7 +62,7 @@ export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet
 
   for (const b of desired.bridges.values()) {
     const have = actual.bridges.get(b.name);
-    if (!have) create.linkAddBridge(b.name, { mtu: b.mtu }).linkSet(b.name, { up: true });
+    if (!have) create.linkAddBridge(b.name, { mtu: b.mtu, mcastSnooping: false }).linkSet(b.name, { up: true });
     else if (have.mtu !== b.mtu) create.linkSet(b.name, { mtu: b.mtu });
   }
   for (const v of desired.vxlans.values()) {

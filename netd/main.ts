@@ -2,7 +2,7 @@
 import { parseArgs } from 'node:util';
 import { describeError, invalidInput } from '../core/errors.js';
 import { parseIp } from '../core/cidr.js';
-import { ExecRunner } from '../sys/runner.js';
+import { ExecRunner, SpawnerRunner, type CommandRunner } from '../sys/runner.js';
 import { createLogger } from '../sys/log.js';
 import { ifname } from '../sys/tokens.js';
 import { EtcdStore } from '../store/etcd.js';
@@ -61,7 +61,14 @@ async function main(): Promise<void> {
 
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'info' }).child({ host });
   const store = new EtcdStore({ endpoints, logger });
-  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }) }, { store, runner: new ExecRunner({ logger }), logger });
+  // ip/tc/nft through the posix_spawn helper: Node's own spawn forks the whole daemon each time.
+  let runner: CommandRunner;
+  if (SpawnerRunner.available()) runner = new SpawnerRunner({ logger });
+  else {
+    logger.warn('netd-spawner not built (npm run build); spawning from Node, which is slower');
+    runner = new ExecRunner({ logger });
+  }
+  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }) }, { store, runner, logger });
   const shutdown = (sig: string) => {
     logger.info({ sig }, 'stopping');
     void daemon

@@ -87,8 +87,16 @@ export class IpBatch extends LineBatch {
     );
   }
 
-  linkAddBridge(name: string, opts: { mtu?: number } = {}): this {
-    return this.add('link', 'add', ifname(name), ...(opts.mtu ? ['mtu', opts.mtu] : []), 'type', 'bridge');
+  /**
+   * `mcastSnooping: false` floods multicast like a plain switch. With snooping on, each port
+   * added costs the kernel time in proportion to the ports already there (measured: the 1,000th
+   * port of a bridge takes 11.5 ms instead of 8.6 ms, under the RTNL lock every ADD needs).
+   */
+  linkAddBridge(name: string, opts: { mtu?: number; mcastSnooping?: boolean } = {}): this {
+    return this.add(
+      'link', 'add', ifname(name), ...(opts.mtu ? ['mtu', opts.mtu] : []), 'type', 'bridge',
+      ...(opts.mcastSnooping === false ? ['mcast_snooping', 0] : []),
+    );
   }
 
   linkAddVxlan(s: VxlanSpec): this {

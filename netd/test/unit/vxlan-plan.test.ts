@@ -45,7 +45,7 @@ t.test('plan: create in order, nothing when converged, remove orphans', async (t
   actual.bridges.set('nb99', { name: 'nb99', mtu: 1450 }); // an orphan
   const p = plan(desired, actual);
   t.same(p.create.lines, [
-    'link add nb64 mtu 1450 type bridge',
+    'link add nb64 mtu 1450 type bridge mcast_snooping 0',
     'link set dev nb64 up',
     'link add nx64 mtu 1450 type vxlan id 100 local 10.77.0.11 dev uplink dstport 4789 gbp nolearning',
     'link set dev nx64 master nb64 up',
