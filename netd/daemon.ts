@@ -21,6 +21,7 @@ import { Ipam } from '../ipam/allocator.js';
 import { handleCni } from './cni-handler.js';
 import { ownSocketPath, startCniServer } from './cni-server.js';
 import type { Server } from 'node:net';
+import type { NetdMetrics } from './metrics.js';
 
 /**
  * The per-host daemon's control loop: registers the host with a lease, follows VPCs, hosts and
@@ -52,7 +53,10 @@ export interface NetdDaemonDeps {
   store: Store;
   runner: CommandRunner;
   logger?: Logger;
+  metrics?: NetdMetrics;
 }
+
+const CNI_VERBS = new Set(['ADD', 'DEL', 'CHECK', 'STATUS', 'GC', 'VERSION']);
 
 export class NetdDaemon {
   private readonly log: Logger;
@@ -200,7 +204,18 @@ export class NetdDaemon {
       },
       ready: () => this.consumers.every((c) => c.status === 'synced'),
     };
-    this.cniServer = await startCniServer({ path: ownSocketPath(dir), handle: (env, stdin) => handleCni(env, stdin, deps), logger: this.log });
+    const metrics = this.deps.metrics;
+    const handle = metrics
+      ? async (env: Record<string, string | undefined>, stdin: string) => {
+          const started = performance.now();
+          const reply = await handleCni(env, stdin, deps);
+          const verb = CNI_VERBS.has(env.CNI_COMMAND ?? '') ? env.CNI_COMMAND! : 'invalid';
+          const code = reply.exitCode === 0 ? undefined : (JSON.parse(reply.stdout) as { code?: number }).code;
+          metrics.observeCni(verb, reply.exitCode === 0 ? 'ok' : 'error', (performance.now() - started) / 1000, code);
+          return reply;
+        }
+      : (env: Record<string, string | undefined>, stdin: string) => handleCni(env, stdin, deps);
+    this.cniServer = await startCniServer({ path: ownSocketPath(dir), handle, logger: this.log });
   }
 
   /** Registers (or re-registers) this host under a fresh lease. */
@@ -242,6 +257,7 @@ export class NetdDaemon {
     this.running = (async () => {
       do {
         this.again = false;
+        const started = performance.now();
         try {
           const ns = this.opts.netns;
           const desired = vxlanMode.render(this.view());
@@ -265,8 +281,11 @@ export class NetdDaemon {
           await this.applyQos(qos);
           this.reconciles++;
           this.lastError = undefined;
+          this.deps.metrics?.observeReconcile('ok', (performance.now() - started) / 1000);
+          this.reportEndpoints();
         } catch (err) {
           this.lastError = describeError(err);
+          this.deps.metrics?.observeReconcile('error', (performance.now() - started) / 1000);
           this.log.error({ err: this.lastError }, 'reconcile failed; will retry');
           setTimeout(() => this.schedule(), 500).unref();
         }
@@ -302,6 +321,15 @@ export class NetdDaemon {
 
   private get externalMode(): ExternalMode {
     return this.opts.externalMode ?? 'nat';
+  }
+
+  private reportEndpoints(): void {
+    const m = this.deps.metrics;
+    if (!m) return;
+    let local = 0;
+    for (const e of this.endpoints.values()) if (e.host === this.opts.host.name) local++;
+    m.setEndpoints('vpc', local);
+    m.setEndpoints('external', this.externals.size);
   }
 
   private vpcByName(name: string): VpcRecord | undefined {

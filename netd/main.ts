@@ -9,6 +9,7 @@ import { EtcdStore } from '../store/etcd.js';
 import { checkSegment } from '../ipam/keys.js';
 import { NetdDaemon } from './daemon.js';
 import { buildApi } from './api/app.js';
+import { NetdMetrics } from './metrics.js';
 import { readFileSync, rmSync, chmodSync } from 'node:fs';
 import { installNetdPlugin } from './install-cni.js';
 import { SOCKET_DIR } from './cni-server.js';
@@ -61,6 +62,7 @@ async function main(): Promise<void> {
 
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'info' }).child({ host });
   const store = new EtcdStore({ endpoints, logger });
+  const metrics = new NetdMetrics();
   // ip/tc/nft through the posix_spawn helper: Node's own spawn forks the whole daemon each time.
   let runner: CommandRunner;
   if (SpawnerRunner.available()) runner = new SpawnerRunner({ logger });
@@ -68,7 +70,7 @@ async function main(): Promise<void> {
     logger.warn('netd-spawner not built (npm run build); spawning from Node, which is slower');
     runner = new ExecRunner({ logger });
   }
-  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }) }, { store, runner, logger });
+  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }) }, { store, runner, logger, metrics });
   const shutdown = (sig: string) => {
     logger.info({ sig }, 'stopping');
     void daemon
@@ -79,17 +81,17 @@ async function main(): Promise<void> {
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
   await daemon.start();
-  const api = await startApi(values, store);
+  const api = await startApi(values, store, metrics);
   process.stdout.write(`netd ${host} ready\n`);
   process.once('exit', () => void api?.close());
 }
 
 /** The HTTP API, when asked for: on a Unix socket (root-only) and/or a TCP address. */
-async function startApi(values: { 'api-socket'?: string; 'api-listen'?: string; 'admin-token-file'?: string }, store: EtcdStore) {
+async function startApi(values: { 'api-socket'?: string; 'api-listen'?: string; 'admin-token-file'?: string }, store: EtcdStore, metrics: NetdMetrics) {
   if (!values['api-socket'] && !values['api-listen']) return undefined;
   const adminToken = (values['admin-token-file'] ? readFileSync(values['admin-token-file'], 'utf8') : (process.env.NETD_ADMIN_TOKEN ?? '')).trim();
   if (adminToken.length < 16) throw invalidInput('the API needs an admin token of at least 16 characters (--admin-token-file or $NETD_ADMIN_TOKEN)');
-  const app = buildApi({ store, adminToken });
+  const app = buildApi({ store, adminToken, metrics });
   if (values['api-socket']) {
     rmSync(values['api-socket'], { force: true });
     await app.listen({ path: values['api-socket'] });
@@ -98,7 +100,7 @@ async function startApi(values: { 'api-socket'?: string; 'api-listen'?: string; 
   if (values['api-listen']) {
     const [hostPart, portPart] = values['api-listen'].split(/:(?=\d+$)/);
     // A second listener: fastify listens once, so TCP gets its own server on the same routes.
-    const tcp = buildApi({ store, adminToken });
+    const tcp = buildApi({ store, adminToken, metrics });
     await tcp.listen({ host: hostPart, port: Number(portPart) });
   }
   return app;

@@ -8,6 +8,9 @@ import { Ipam } from '../../ipam/allocator.js';
 import { checkQos } from '../qos.js';
 import { netdKeys } from '../keys.js';
 import type { EndpointRecord, VpcRecord } from '../model.js';
+import type { NetdMetrics } from '../metrics.js';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
 
 /**
  * netd's HTTP API (fastify, built separately from listen() so tests use inject()). An admin token
@@ -20,6 +23,8 @@ export interface ApiDeps {
   store: Store;
   adminToken: string;
   logger?: boolean;
+  /** Rendered at /metrics (Prometheus text); 404 without it. */
+  metrics?: NetdMetrics;
 }
 
 interface TenantRecord {
@@ -39,6 +44,18 @@ const VpcBody = Type.Object(
   { additionalProperties: false },
 );
 const EndpointPatch = Type.Object({ qos: QOS }, { additionalProperties: false });
+const ERROR = Type.Object({ code: Type.String(), message: Type.String() });
+const TENANT = Type.Object({ name: Type.String(), tag: Type.Integer() });
+const VPC = Type.Object(
+  { name: Type.String(), id: Type.String(), tenant: Type.String(), mode: Type.String(), cidr: Type.String(), vni: Type.Integer(), mtu: Type.Optional(Type.Integer()), qos: Type.Optional(QOS) },
+);
+const ENDPOINT = Type.Object({ vpc: Type.String(), id: Type.String(), host: Type.String(), ip: Type.String(), mac: Type.String(), hostIf: Type.String(), qos: Type.Optional(QOS) }, { additionalProperties: true });
+const CONFLIST = Type.Object({ cniVersion: Type.String(), name: Type.String(), plugins: Type.Array(Type.Object({}, { additionalProperties: true })) });
+const errors = { 400: ERROR, 401: ERROR, 404: ERROR, 409: ERROR, 503: ERROR };
+const tenantRoute = (summary: string, extra: Record<string, unknown> = {}) => ({ schema: { tags: ['tenant'], summary, security: [{ bearer: [] }], ...extra } });
+const adminRoute = (summary: string, extra: Record<string, unknown> = {}) => ({ schema: { tags: ['admin'], summary, security: [{ bearer: [] }], ...extra } });
+const VPC_PARAMS = Type.Object({ vpc: NAME });
+const TENANT_PARAMS = Type.Object({ name: NAME });
 
 const STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.INVALID_INPUT]: 400,
@@ -61,6 +78,15 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   // Unknown fields are an error, not silently dropped; types are not coerced.
   const app = Fastify({ logger: deps.logger ?? false, bodyLimit: 64 * 1024, ajv: { customOptions: { removeAdditional: false, coerceTypes: false } } });
   const { store } = deps;
+  // The OpenAPI document is generated from the route schemas below; the UI is served at /docs.
+  void app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'netd API', version: '1', description: 'Tenants, VPCs, endpoints and CNI configs of the netd container network.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'The admin token, or a tenant token ("<tenant>.<secret>")' } } },
+    },
+  });
+  void app.register(swaggerUi, { routePrefix: '/docs' });
 
   app.setErrorHandler((err: unknown, _req, reply) => {
     if (isAppError(err)) return reply.status(STATUS[err.code] ?? 500).send({ code: err.code, message: err.message });
@@ -69,6 +95,8 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     if (e.statusCode && e.statusCode < 500) return reply.status(e.statusCode).send({ code: ErrorCodes.INVALID_INPUT, message: e.message });
     return reply.status(500).send({ code: ErrorCodes.INTERNAL, message: 'internal error' });
   });
+
+  app.setNotFoundHandler((req, reply) => reply.status(404).send({ code: ErrorCodes.NOT_FOUND, message: `no route ${req.method} ${req.url}` }));
 
   const bearer = (req: FastifyRequest): string => {
     const h = req.headers.authorization ?? '';
@@ -96,128 +124,172 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     return JSON.parse(kv.value) as VpcRecord;
   };
 
-  app.get('/healthz', async () => ({ ok: true }));
-  app.get('/readyz', async (_req, reply: FastifyReply) => {
-    try {
-      await store.currentRevision();
-      return { ready: true };
-    } catch {
-      return reply.status(503).send({ ready: false, code: ErrorCodes.STORE_UNAVAILABLE });
-    }
-  });
+  // Routes go in a plugin registered after swagger, so its onRoute hook sees every one of them.
+  void app.register(async (app) => {
+    app.get('/healthz', { schema: { tags: ['health'], summary: 'Liveness' } }, async () => ({ ok: true }));
+    app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus metrics (text format)' } }, async (_req, reply) => {
+      if (!deps.metrics) throw new AppError(ErrorCodes.NOT_FOUND, 'metrics are not enabled');
+      const { contentType, body } = await deps.metrics.render();
+      return reply.type(contentType).send(body);
+    });
+    app.get('/readyz', { schema: { tags: ['health'], summary: 'Readiness: etcd reachable' } }, async (_req, reply: FastifyReply) => {
+      try {
+        await store.currentRevision();
+        return { ready: true };
+      } catch {
+        return reply.status(503).send({ ready: false, code: ErrorCodes.STORE_UNAVAILABLE });
+      }
+    });
 
-  app.post('/v1/tenants', { schema: { body: TenantBody } }, async (req, reply) => {
-    requireAdmin(req);
-    const { name } = req.body as Static<typeof TenantBody>;
-    const token = `${name}.${randomBytes(24).toString('base64url')}`;
-    for (let attempt = 0; attempt < 50; attempt++) {
-      const tag = 1 + Math.floor(Math.random() * 0xfffe);
-      const record: TenantRecord = { name, tag, tokenHash: hash(token) };
-      const { succeeded } = await store.txn({
-        compare: [
-          { key: tenantKey(name), target: 'modRevision', op: '=', value: 0n },
-          { key: `/netd/v1/tags/${tag}`, target: 'modRevision', op: '=', value: 0n },
-        ],
-        success: [
-          { type: 'put', key: tenantKey(name), value: JSON.stringify(record) },
-          { type: 'put', key: `/netd/v1/tags/${tag}`, value: name },
-        ],
+    app.post('/v1/tenants', adminRoute('Create a tenant; its token is in the answer, once', { body: TenantBody, response: { 201: Type.Object({ name: Type.String(), tag: Type.Integer(), token: Type.String() }), ...errors } }), async (req, reply) => {
+      requireAdmin(req);
+      const { name } = req.body as Static<typeof TenantBody>;
+      const token = `${name}.${randomBytes(24).toString('base64url')}`;
+      for (let attempt = 0; attempt < 50; attempt++) {
+        const tag = 1 + Math.floor(Math.random() * 0xfffe);
+        const record: TenantRecord = { name, tag, tokenHash: hash(token) };
+        const { succeeded } = await store.txn({
+          compare: [
+            { key: tenantKey(name), target: 'modRevision', op: '=', value: 0n },
+            { key: `/netd/v1/tags/${tag}`, target: 'modRevision', op: '=', value: 0n },
+          ],
+          success: [
+            { type: 'put', key: tenantKey(name), value: JSON.stringify(record) },
+            { type: 'put', key: `/netd/v1/tags/${tag}`, value: name },
+          ],
+        });
+        if (succeeded) return reply.status(201).send({ name, tag, token });
+        if (await store.get(tenantKey(name))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `tenant ${name} exists`);
+      }
+      throw new AppError(ErrorCodes.CONFLICT, 'could not allocate a tenant tag; try again');
+    });
+
+    app.get('/v1/tenants', adminRoute('List tenants', { response: { 200: Type.Array(TENANT), ...errors } }), async (req) => {
+      requireAdmin(req);
+      const { kvs } = await store.list('/netd/v1/tenants/');
+      return kvs.map((kv) => {
+        const t = JSON.parse(kv.value) as TenantRecord;
+        return { name: t.name, tag: t.tag };
       });
-      if (succeeded) return reply.status(201).send({ name, tag, token });
-      if (await store.get(tenantKey(name))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `tenant ${name} exists`);
-    }
-    throw new AppError(ErrorCodes.CONFLICT, 'could not allocate a tenant tag; try again');
-  });
+    });
 
-  app.get('/v1/tenants', async (req) => {
-    requireAdmin(req);
-    const { kvs } = await store.list('/netd/v1/tenants/');
-    return kvs.map((kv) => {
-      const t = JSON.parse(kv.value) as TenantRecord;
+    const getTenant = async (name: string) => {
+      const kv = await store.get(tenantKey(name));
+      if (!kv) throw new AppError(ErrorCodes.NOT_FOUND, `no tenant "${name}"`);
+      return { record: JSON.parse(kv.value) as TenantRecord, modRevision: kv.modRevision };
+    };
+
+    app.get('/v1/tenants/:name', adminRoute('Show a tenant', { params: TENANT_PARAMS, response: { 200: TENANT, ...errors } }), async (req) => {
+      requireAdmin(req);
+      const { record } = await getTenant((req.params as { name: string }).name);
+      return { name: record.name, tag: record.tag };
+    });
+
+    /** Refused while the tenant has VPCs; the tenant and its tag go in one transaction. */
+    app.delete('/v1/tenants/:name', adminRoute('Delete a tenant (refused while it has VPCs)', { params: TENANT_PARAMS, response: { 204: Type.Null(), ...errors } }), async (req, reply) => {
+      requireAdmin(req);
+      const { record, modRevision } = await getTenant((req.params as { name: string }).name);
+      const { kvs } = await store.list(netdKeys.vpcs());
+      const owned = kvs.filter((kv) => (JSON.parse(kv.value) as VpcRecord).tenant === record.name).length;
+      if (owned > 0) throw new AppError(ErrorCodes.CONFLICT, `tenant has ${owned} VPCs; delete them first`);
+      const { succeeded } = await store.txn({
+        compare: [{ key: tenantKey(record.name), target: 'modRevision', op: '=', value: modRevision }],
+        success: [{ type: 'delete', key: tenantKey(record.name) }, { type: 'delete', key: `/netd/v1/tags/${record.tag}` }],
+      });
+      if (!succeeded) throw new AppError(ErrorCodes.CONFLICT, 'tenant changed meanwhile; try again');
+      return reply.status(204).send();
+    });
+
+    app.get('/v1/tenant', tenantRoute('The tenant this token belongs to', { response: { 200: TENANT, ...errors } }), async (req) => {
+      const t = await requireTenant(req);
       return { name: t.name, tag: t.tag };
     });
-  });
 
-  app.post('/v1/vpcs', { schema: { body: VpcBody } }, async (req, reply) => {
-    const tenant = await requireTenant(req);
-    const body = req.body as Static<typeof VpcBody>;
-    const cidr = formatCidr(parseCidr(body.cidr));
-    const qos = checkQos(body.qos);
-    const id = vpcId(tenant.name, body.name);
-    if (await store.get(netdKeys.vpc(id))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `VPC ${body.name} exists`);
-    await new Ipam({ store, host: 'api' }).createPool({ name: id, cidr, kind: 'vpc' });
-    for (let attempt = 0; attempt < 50; attempt++) {
-      const vni = 1 + Math.floor(Math.random() * 0xfffffe);
-      const vpc: VpcRecord = { name: id, tenant: tenant.name, mode: 'vxlan', cidr, vni, ...(body.mtu && { mtu: body.mtu }), ...(qos && { qos }) };
-      const { succeeded } = await store.txn({
-        compare: [
-          { key: netdKeys.vpc(id), target: 'modRevision', op: '=', value: 0n },
-          { key: vniKey(vni), target: 'modRevision', op: '=', value: 0n },
-        ],
-        success: [
-          { type: 'put', key: netdKeys.vpc(id), value: JSON.stringify(vpc) },
-          { type: 'put', key: vniKey(vni), value: id },
-        ],
-      });
-      if (succeeded) return reply.status(201).send(publicVpc(vpc));
+    app.post('/v1/vpcs', tenantRoute('Create a VPC (a VNI and an address pool come with it)', { body: VpcBody, response: { 201: VPC, ...errors } }), async (req, reply) => {
+      const tenant = await requireTenant(req);
+      const body = req.body as Static<typeof VpcBody>;
+      const cidr = formatCidr(parseCidr(body.cidr));
+      const qos = checkQos(body.qos);
+      const id = vpcId(tenant.name, body.name);
       if (await store.get(netdKeys.vpc(id))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `VPC ${body.name} exists`);
-    }
-    throw new AppError(ErrorCodes.CONFLICT, 'could not allocate a VNI; try again');
-  });
+      await new Ipam({ store, host: 'api' }).createPool({ name: id, cidr, kind: 'vpc' });
+      for (let attempt = 0; attempt < 50; attempt++) {
+        const vni = 1 + Math.floor(Math.random() * 0xfffffe);
+        const vpc: VpcRecord = { name: id, tenant: tenant.name, mode: 'vxlan', cidr, vni, ...(body.mtu && { mtu: body.mtu }), ...(qos && { qos }) };
+        const { succeeded } = await store.txn({
+          compare: [
+            { key: netdKeys.vpc(id), target: 'modRevision', op: '=', value: 0n },
+            { key: vniKey(vni), target: 'modRevision', op: '=', value: 0n },
+          ],
+          success: [
+            { type: 'put', key: netdKeys.vpc(id), value: JSON.stringify(vpc) },
+            { type: 'put', key: vniKey(vni), value: id },
+          ],
+        });
+        if (succeeded) return reply.status(201).send(publicVpc(vpc));
+        if (await store.get(netdKeys.vpc(id))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `VPC ${body.name} exists`);
+      }
+      throw new AppError(ErrorCodes.CONFLICT, 'could not allocate a VNI; try again');
+    });
 
-  app.get('/v1/vpcs', async (req) => {
-    const tenant = await requireTenant(req);
-    const { kvs } = await store.list(netdKeys.vpcs());
-    return kvs.map((kv) => JSON.parse(kv.value) as VpcRecord).filter((v) => v.tenant === tenant.name).map(publicVpc);
-  });
+    app.get('/v1/vpcs', tenantRoute("List the tenant's VPCs", { response: { 200: Type.Array(VPC), ...errors } }), async (req) => {
+      const tenant = await requireTenant(req);
+      const { kvs } = await store.list(netdKeys.vpcs());
+      return kvs.map((kv) => JSON.parse(kv.value) as VpcRecord).filter((v) => v.tenant === tenant.name).map(publicVpc);
+    });
 
-  app.get('/v1/vpcs/:vpc', async (req) => publicVpc(await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc)));
+    app.get('/v1/vpcs/:vpc', tenantRoute('Show a VPC', { params: VPC_PARAMS, response: { 200: VPC, ...errors } }), async (req) => publicVpc(await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc)));
 
-  app.delete('/v1/vpcs/:vpc', async (req, reply) => {
-    const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
-    const { kvs } = await store.list(`${netdKeys.endpoints()}${vpc.name}/`);
-    if (kvs.length > 0) throw new AppError(ErrorCodes.CONFLICT, `VPC has ${kvs.length} endpoints; delete them first`);
-    await new Ipam({ store, host: 'api' }).deletePool(vpc.name);
-    await store.txn({ compare: [], success: [{ type: 'delete', key: netdKeys.vpc(vpc.name) }, { type: 'delete', key: vniKey(vpc.vni) }] });
-    return reply.status(204).send();
-  });
+    app.delete('/v1/vpcs/:vpc', tenantRoute('Delete a VPC (refused while endpoints exist)', { params: VPC_PARAMS, response: { 204: Type.Null(), ...errors } }), async (req, reply) => {
+      const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
+      const { kvs } = await store.list(`${netdKeys.endpoints()}${vpc.name}/`);
+      if (kvs.length > 0) throw new AppError(ErrorCodes.CONFLICT, `VPC has ${kvs.length} endpoints; delete them first`);
+      await new Ipam({ store, host: 'api' }).deletePool(vpc.name);
+      await store.txn({ compare: [], success: [{ type: 'delete', key: netdKeys.vpc(vpc.name) }, { type: 'delete', key: vniKey(vpc.vni) }] });
+      return reply.status(204).send();
+    });
 
-  app.get('/v1/vpcs/:vpc/endpoints', async (req) => {
-    const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
-    const { kvs } = await store.list(`${netdKeys.endpoints()}${vpc.name}/`);
-    return kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
-  });
+    app.get('/v1/vpcs/:vpc/endpoints', tenantRoute('Container interfaces attached to the VPC', { params: VPC_PARAMS, response: { 200: Type.Array(ENDPOINT), ...errors } }), async (req) => {
+      const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
+      const { kvs } = await store.list(`${netdKeys.endpoints()}${vpc.name}/`);
+      return kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+    });
 
-  /** Changes an endpoint's rate limits; every host applies them to the running interface. */
-  app.patch('/v1/vpcs/:vpc/endpoints/:endpoint', { schema: { body: EndpointPatch } }, async (req) => {
-    const params = req.params as { vpc: string; endpoint: string };
-    const vpc = await ownVpc(await requireTenant(req), params.vpc);
-    const qos = checkQos((req.body as Static<typeof EndpointPatch>).qos);
-    const key = netdKeys.endpoint(vpc.name, params.endpoint);
-    for (let attempt = 0; attempt < 10; attempt++) {
-      const kv = await store.get(key);
-      if (!kv) throw new AppError(ErrorCodes.NOT_FOUND, `no endpoint "${params.endpoint}"`);
-      const rec = JSON.parse(kv.value) as EndpointRecord;
-      const next: EndpointRecord = { ...rec };
-      if (qos) next.qos = qos;
-      else delete next.qos;
-      const { succeeded } = await store.txn({
-        compare: [{ key, target: 'modRevision', op: '=', value: kv.modRevision }],
-        success: [{ type: 'put', key, value: JSON.stringify(next) }],
-      });
-      if (succeeded) return next;
-    }
-    throw new AppError(ErrorCodes.CONFLICT, 'endpoint kept changing; try again');
-  });
+    /** Changes an endpoint's rate limits; every host applies them to the running interface. */
+    app.patch(
+      '/v1/vpcs/:vpc/endpoints/:endpoint',
+      tenantRoute('Change an endpoint\'s rate limits (applied to the running interface)', { params: Type.Object({ vpc: NAME, endpoint: Type.String({ maxLength: 200 }) }), body: EndpointPatch, response: { 200: ENDPOINT, ...errors } }),
+      async (req) => {
+      const params = req.params as { vpc: string; endpoint: string };
+      const vpc = await ownVpc(await requireTenant(req), params.vpc);
+      const qos = checkQos((req.body as Static<typeof EndpointPatch>).qos);
+      const key = netdKeys.endpoint(vpc.name, params.endpoint);
+      for (let attempt = 0; attempt < 10; attempt++) {
+        const kv = await store.get(key);
+        if (!kv) throw new AppError(ErrorCodes.NOT_FOUND, `no endpoint "${params.endpoint}"`);
+        const rec = JSON.parse(kv.value) as EndpointRecord;
+        const next: EndpointRecord = { ...rec };
+        if (qos) next.qos = qos;
+        else delete next.qos;
+        const { succeeded } = await store.txn({
+          compare: [{ key, target: 'modRevision', op: '=', value: kv.modRevision }],
+          success: [{ type: 'put', key, value: JSON.stringify(next) }],
+        });
+        if (succeeded) return next;
+      }
+      throw new AppError(ErrorCodes.CONFLICT, 'endpoint kept changing; try again');
+      },
+    );
 
-  app.get('/v1/vpcs/:vpc/cni-config', async (req) => {
-    const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
-    return { cniVersion: '1.0.0', name: `vpc-${vpc.name}`, plugins: [{ type: 'netd', vpc: vpc.name, capabilities: { bandwidth: true, ips: true, mac: true } }] };
-  });
+    app.get('/v1/vpcs/:vpc/cni-config', tenantRoute('A CNI conflist for the VPC (eth1)', { params: VPC_PARAMS, response: { 200: CONFLIST, ...errors } }), async (req) => {
+      const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
+      return { cniVersion: '1.0.0', name: `vpc-${vpc.name}`, plugins: [{ type: 'netd', vpc: vpc.name, capabilities: { bandwidth: true, ips: true, mac: true } }] };
+    });
 
-  app.get('/v1/external/cni-config', async (req) => {
-    await requireTenant(req);
-    return { cniVersion: '1.0.0', name: 'external', plugins: [{ type: 'netd', external: true, capabilities: { bandwidth: true, ips: true } }] };
+    app.get('/v1/external/cni-config', tenantRoute('The CNI conflist of the external network (eth0)', { response: { 200: CONFLIST, ...errors } }), async (req) => {
+      await requireTenant(req);
+      return { cniVersion: '1.0.0', name: 'external', plugins: [{ type: 'netd', external: true, capabilities: { bandwidth: true, ips: true } }] };
+    });
   });
 
   return app;

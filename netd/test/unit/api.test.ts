@@ -2,6 +2,7 @@ import t from 'tap';
 import { MemoryStore } from '../../../store/memory.js';
 import { buildApi } from '../../api/app.js';
 import { netdKeys } from '../../keys.js';
+import { NetdMetrics } from '../../metrics.js';
 
 async function setup(t: { teardown(fn: () => unknown): void }) {
   const store = new MemoryStore();
@@ -79,4 +80,54 @@ t.test('health and readiness', async (t) => {
   store.setAvailable(false);
   t.equal((await call('GET', '/readyz')).statusCode, 503, 'etcd unreachable: not ready');
   store.setAvailable(true);
+});
+
+t.test('tenant show, delete (refused while it has VPCs), and who-am-I', async (t) => {
+  const { store, call } = await setup(t);
+  const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json() as { token: string; tag: number };
+  t.same((await call('GET', '/v1/tenants/a', 'admin-secret')).json(), { name: 'a', tag: a.tag });
+  t.equal((await call('GET', '/v1/tenants/a', a.token)).statusCode, 401, 'a tenant token is not an admin token');
+  t.equal((await call('GET', '/v1/tenants/nobody', 'admin-secret')).json().code, 'E_NOT_FOUND');
+  t.same((await call('GET', '/v1/tenant', a.token)).json(), { name: 'a', tag: a.tag });
+  t.equal((await call('POST', '/v1/vpcs', a.token, { name: 'web', cidr: '10.0.0.0/24' })).statusCode, 201);
+  const refused = await call('DELETE', '/v1/tenants/a', 'admin-secret');
+  t.equal(refused.statusCode, 409);
+  t.equal(refused.json().code, 'E_CONFLICT');
+  t.equal((await call('DELETE', '/v1/vpcs/web', a.token)).statusCode, 204);
+  t.equal((await call('DELETE', '/v1/tenants/a', 'admin-secret')).statusCode, 204);
+  t.equal(await store.get('/netd/v1/tenants/a'), undefined, 'the tenant record is gone');
+  t.equal(await store.get(`/netd/v1/tags/${a.tag}`), undefined, 'its tag is free again');
+  t.equal((await call('GET', '/v1/tenant', a.token)).statusCode, 401, 'its token no longer works');
+});
+
+t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document and its UI', async (t) => {
+  const store = new MemoryStore();
+  const metrics = new NetdMetrics({ processMetrics: false });
+  metrics.observeCni('ADD', 'ok', 0.004);
+  metrics.observeCni('ADD', 'error', 0.002, 7);
+  metrics.observeReconcile('ok', 0.03);
+  metrics.setEndpoints('vpc', 12);
+  const app = buildApi({ store, adminToken: 'admin-secret', metrics });
+  t.teardown(async () => {
+    await app.close();
+    await store.close();
+  });
+  const res = await app.inject({ method: 'GET', url: '/metrics' });
+  t.equal(res.statusCode, 200);
+  t.match(res.headers['content-type'], /^text\/plain; version=0\.0\.4/);
+  t.match(res.body, /netd_cni_request_duration_seconds_bucket\{le="0\.005",verb="ADD",result="ok"\} 1/);
+  t.match(res.body, /netd_cni_errors_total\{verb="ADD",code="7"\} 1/);
+  t.match(res.body, /netd_reconciles_total\{result="ok"\} 1/);
+  t.match(res.body, /netd_endpoints\{kind="vpc"\} 12/);
+  const doc = (await app.inject({ method: 'GET', url: '/docs/json' })).json() as { openapi: string; paths: Record<string, Record<string, { security?: unknown }>>; components: { securitySchemes: Record<string, { scheme: string }> } };
+  t.match(doc.openapi, /^3\./);
+  t.ok(doc.paths['/v1/vpcs']?.post, 'POST /v1/vpcs is documented');
+  t.ok(doc.paths['/v1/vpcs/{vpc}/endpoints/{endpoint}']?.patch, 'PATCH endpoint is documented');
+  t.equal(doc.components.securitySchemes.bearer?.scheme, 'bearer');
+  const ui = await app.inject({ method: 'GET', url: '/docs' });
+  t.equal(ui.statusCode, 200);
+  t.match(ui.body, /swagger/i);
+  const none = buildApi({ store, adminToken: 'admin-secret' });
+  t.equal((await none.inject({ method: 'GET', url: '/metrics' })).statusCode, 404, 'no metrics without a registry');
+  await none.close();
 });
