@@ -1,0 +1,275 @@
+import { AppError, ErrorCodes, describeError, invalidInput, isAppError } from '../core/errors.js';
+import { NetdApiClient } from './api/client.js';
+
+/**
+ * `netdctl`: netd's API for people. Tables by default, `--json` for scripts.
+ *
+ *   netdctl [--api URL] [--token T] [--json] COMMAND
+ *     health
+ *     tenant create NAME | list | show NAME | delete NAME          (admin token)
+ *     whoami                                                      (tenant token)
+ *     vpc create NAME --cidr CIDR [--mtu N] [--ingress RATE] [--egress RATE] | list | show NAME | delete NAME
+ *     endpoint list VPC | endpoint qos VPC ENDPOINT [--ingress RATE] [--egress RATE]
+ *     cni-config VPC | cni-config --external                      (always JSON)
+ *
+ * RATE: bits per second, with an optional k/m/g suffix and "bit" or "bps" (10mbit, 1g, 500kbit).
+ * --api defaults to $NETD_API or unix:///run/netd/api.sock; --token to $NETD_TOKEN.
+ * Exit status: 0 ok, 1 the API refused or failed, 2 bad usage (nothing was sent).
+ */
+
+export type Command =
+  | { kind: 'health' }
+  | { kind: 'whoami' }
+  | { kind: 'tenant-create' | 'tenant-show' | 'tenant-delete'; name: string }
+  | { kind: 'tenant-list' }
+  | { kind: 'vpc-create'; name: string; cidr: string; mtu?: number; qos?: Qos }
+  | { kind: 'vpc-list' }
+  | { kind: 'vpc-show' | 'vpc-delete'; name: string }
+  | { kind: 'endpoint-list'; vpc: string }
+  | { kind: 'endpoint-qos'; vpc: string; endpoint: string; qos: Qos }
+  | { kind: 'cni-config'; vpc?: string };
+
+export interface Qos {
+  ingressBps?: number;
+  egressBps?: number;
+}
+
+export interface Invocation {
+  api: string;
+  token: string | undefined;
+  json: boolean;
+  command: Command;
+}
+
+const DEFAULT_API = 'unix:///run/netd/api.sock';
+const VALUE_FLAGS = new Set(['--api', '--token', '--cidr', '--mtu', '--ingress', '--egress']);
+const BOOL_FLAGS = new Set(['--json', '--external', '--help']);
+
+export const USAGE = `usage: netdctl [--api URL] [--token T] [--json] COMMAND
+  health
+  tenant create NAME | tenant list | tenant show NAME | tenant delete NAME
+  whoami
+  vpc create NAME --cidr CIDR [--mtu N] [--ingress RATE] [--egress RATE]
+  vpc list | vpc show NAME | vpc delete NAME
+  endpoint list VPC
+  endpoint qos VPC ENDPOINT [--ingress RATE] [--egress RATE]
+  cni-config VPC | cni-config --external
+RATE: bits/s, e.g. 10mbit, 1gbit, 500kbit, 2500000`;
+
+/** "10mbit" → 10_000_000 bits/s. */
+export function parseRate(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmg]?)(?:bit|bps|b)?(?:\/s)?$/i.exec(text.trim());
+  if (!m) throw invalidInput(`"${text}" is not a rate (e.g. 10mbit, 1gbit, 500kbit, 2500000)`);
+  const scale = { '': 1, k: 1e3, m: 1e6, g: 1e9 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g'];
+  const bps = Math.round(Number(m[1]) * scale);
+  if (bps < 1 || bps > 100e9) throw invalidInput(`rate ${text} is out of range (1 bit/s .. 100 Gbit/s)`);
+  return bps;
+}
+
+/** argv (without node and script) and environment → what to do. Pure; throws E_INVALID_INPUT. */
+export function parseCommand(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Invocation {
+  const flags = new Map<string, string>();
+  const words: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (VALUE_FLAGS.has(a)) {
+      const v = argv[++i];
+      if (v === undefined) throw invalidInput(`${a} needs a value`);
+      flags.set(a, v);
+    } else if (BOOL_FLAGS.has(a)) flags.set(a, 'true');
+    else if (a.startsWith('--')) throw invalidInput(`unknown option ${a}`);
+    else words.push(a);
+  }
+  const allowed = (cmd: string, ...names: string[]) => {
+    for (const f of flags.keys()) if (!['--api', '--token', '--json', ...names].includes(f)) throw invalidInput(`${f} does not apply to "${cmd}"`);
+  };
+  const arity = (cmd: string, n: number) => {
+    if (words.length !== n) throw invalidInput(`"${cmd}" takes ${n - (cmd.includes(' ') ? 2 : 1)} argument(s)`);
+  };
+  const qos = (): Qos | undefined => {
+    const q: Qos = {};
+    if (flags.has('--ingress')) q.ingressBps = parseRate(flags.get('--ingress')!);
+    if (flags.has('--egress')) q.egressBps = parseRate(flags.get('--egress')!);
+    return Object.keys(q).length ? q : undefined;
+  };
+  const [noun, verb] = words;
+  let command: Command;
+  switch (`${noun ?? ''} ${verb ?? ''}`.trim()) {
+    case 'health':
+      arity('health', 1);
+      allowed('health');
+      command = { kind: 'health' };
+      break;
+    case 'whoami':
+      arity('whoami', 1);
+      allowed('whoami');
+      command = { kind: 'whoami' };
+      break;
+    case 'tenant list':
+    case 'vpc list':
+      arity(`${noun} list`, 2);
+      allowed(`${noun} list`);
+      command = { kind: noun === 'tenant' ? 'tenant-list' : 'vpc-list' };
+      break;
+    case 'tenant create':
+    case 'tenant show':
+    case 'tenant delete':
+      arity(`tenant ${verb}`, 3);
+      allowed(`tenant ${verb}`);
+      command = { kind: `tenant-${verb}` as 'tenant-create', name: words[2]! };
+      break;
+    case 'vpc show':
+    case 'vpc delete':
+      arity(`vpc ${verb}`, 3);
+      allowed(`vpc ${verb}`);
+      command = { kind: `vpc-${verb}` as 'vpc-show', name: words[2]! };
+      break;
+    case 'vpc create': {
+      arity('vpc create', 3);
+      allowed('vpc create', '--cidr', '--mtu', '--ingress', '--egress');
+      const cidr = flags.get('--cidr');
+      if (!cidr) throw invalidInput('vpc create needs --cidr');
+      const mtu = flags.has('--mtu') ? Number(flags.get('--mtu')) : undefined;
+      if (mtu !== undefined && !Number.isInteger(mtu)) throw invalidInput('--mtu must be an integer');
+      const q = qos();
+      command = { kind: 'vpc-create', name: words[2]!, cidr, ...(mtu !== undefined && { mtu }), ...(q && { qos: q }) };
+      break;
+    }
+    case 'endpoint list':
+      arity('endpoint list', 3);
+      allowed('endpoint list');
+      command = { kind: 'endpoint-list', vpc: words[2]! };
+      break;
+    case 'endpoint qos': {
+      arity('endpoint qos', 4);
+      allowed('endpoint qos', '--ingress', '--egress');
+      command = { kind: 'endpoint-qos', vpc: words[2]!, endpoint: words[3]!, qos: qos() ?? {} };
+      break;
+    }
+    default:
+      if (noun === 'cni-config') {
+        allowed('cni-config', '--external');
+        const external = flags.has('--external');
+        if (external ? words.length !== 1 : words.length !== 2) throw invalidInput('cni-config takes a VPC name, or --external');
+        command = external ? { kind: 'cni-config' } : { kind: 'cni-config', vpc: words[1]! };
+        break;
+      }
+      throw invalidInput(words.length ? `unknown command "${words.join(' ')}"` : 'no command given');
+  }
+  return { api: flags.get('--api') ?? env.NETD_API ?? DEFAULT_API, token: flags.get('--token') ?? env.NETD_TOKEN, json: flags.has('--json'), command };
+}
+
+/** Rows as an aligned text table; missing cells print as "-". */
+export function formatTable(rows: ReadonlyArray<Record<string, unknown>>, columns: ReadonlyArray<{ key: string; title: string }>): string {
+  const cell = (v: unknown) => (v === undefined || v === null || v === '' ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v));
+  const body = rows.map((r) => columns.map((c) => cell(r[c.key])));
+  const widths = columns.map((c, i) => Math.max(c.title.length, ...body.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((x, i) => (i === cells.length - 1 ? x : x.padEnd(widths[i]!))).join('  ');
+  return [line(columns.map((c) => c.title)), ...body.map(line)].join('\n') + '\n';
+}
+
+const rate = (bps: unknown) => {
+  if (typeof bps !== 'number') return undefined;
+  if (bps >= 1e9 && bps % 1e7 === 0) return `${bps / 1e9}gbit`;
+  if (bps >= 1e6 && bps % 1e4 === 0) return `${bps / 1e6}mbit`;
+  if (bps >= 1e3) return `${bps / 1e3}kbit`;
+  return `${bps}bit`;
+};
+const withRates = (r: Record<string, unknown>) => {
+  const q = (r.qos ?? {}) as Qos;
+  return { ...r, ingress: rate(q.ingressBps), egress: rate(q.egressBps) };
+};
+
+const VPC_COLUMNS = [
+  { key: 'name', title: 'NAME' }, { key: 'cidr', title: 'CIDR' }, { key: 'mode', title: 'MODE' }, { key: 'vni', title: 'VNI' },
+  { key: 'mtu', title: 'MTU' }, { key: 'ingress', title: 'INGRESS' }, { key: 'egress', title: 'EGRESS' },
+];
+const ENDPOINT_COLUMNS = [
+  { key: 'id', title: 'ENDPOINT' }, { key: 'host', title: 'HOST' }, { key: 'ip', title: 'IP' }, { key: 'mac', title: 'MAC' },
+  { key: 'ingress', title: 'INGRESS' }, { key: 'egress', title: 'EGRESS' },
+];
+const TENANT_COLUMNS = [{ key: 'name', title: 'NAME' }, { key: 'tag', title: 'TAG' }];
+
+/** Carries out one command; writes what people (or `--json` scripts) read to `out`. */
+export async function run(inv: Invocation, client: NetdApiClient, out: (text: string) => void): Promise<void> {
+  const c = inv.command;
+  const show = (data: unknown, table: () => string) => out(inv.json ? JSON.stringify(data, null, 2) + '\n' : table());
+  const enc = encodeURIComponent;
+  switch (c.kind) {
+    case 'health': {
+      const ready = await client.call<{ ready: boolean }>('GET', '/readyz');
+      return show(ready, () => `netd API at ${inv.api}: ${ready.ready ? 'ready' : 'not ready'}\n`);
+    }
+    case 'whoami': {
+      const me = await client.call<Record<string, unknown>>('GET', '/v1/tenant');
+      return show(me, () => formatTable([me], TENANT_COLUMNS));
+    }
+    case 'tenant-create': {
+      const t = await client.call<{ name: string; tag: number; token: string }>('POST', '/v1/tenants', { name: c.name });
+      return show(t, () => `tenant ${t.name} created (tag ${t.tag})\ntoken (shown once, store it now): ${t.token}\n`);
+    }
+    case 'tenant-list': {
+      const list = await client.call<Array<Record<string, unknown>>>('GET', '/v1/tenants');
+      return show(list, () => formatTable(list, TENANT_COLUMNS));
+    }
+    case 'tenant-show': {
+      const t = await client.call<Record<string, unknown>>('GET', `/v1/tenants/${enc(c.name)}`);
+      return show(t, () => formatTable([t], TENANT_COLUMNS));
+    }
+    case 'tenant-delete':
+      await client.call('DELETE', `/v1/tenants/${enc(c.name)}`);
+      return show({ deleted: c.name }, () => `tenant ${c.name} deleted\n`);
+    case 'vpc-create': {
+      const v = await client.call<Record<string, unknown>>('POST', '/v1/vpcs', { name: c.name, cidr: c.cidr, ...(c.mtu !== undefined && { mtu: c.mtu }), ...(c.qos && { qos: c.qos }) });
+      return show(v, () => formatTable([withRates(v)], VPC_COLUMNS));
+    }
+    case 'vpc-list': {
+      const list = await client.call<Array<Record<string, unknown>>>('GET', '/v1/vpcs');
+      return show(list, () => formatTable(list.map(withRates), VPC_COLUMNS));
+    }
+    case 'vpc-show': {
+      const v = await client.call<Record<string, unknown>>('GET', `/v1/vpcs/${enc(c.name)}`);
+      return show(v, () => formatTable([withRates(v)], VPC_COLUMNS));
+    }
+    case 'vpc-delete':
+      await client.call('DELETE', `/v1/vpcs/${enc(c.name)}`);
+      return show({ deleted: c.name }, () => `VPC ${c.name} deleted\n`);
+    case 'endpoint-list': {
+      const list = await client.call<Array<Record<string, unknown>>>('GET', `/v1/vpcs/${enc(c.vpc)}/endpoints`);
+      return show(list, () => formatTable(list.map(withRates), ENDPOINT_COLUMNS));
+    }
+    case 'endpoint-qos': {
+      const e = await client.call<Record<string, unknown>>('PATCH', `/v1/vpcs/${enc(c.vpc)}/endpoints/${enc(c.endpoint)}`, { qos: c.qos });
+      return show(e, () => formatTable([withRates(e)], ENDPOINT_COLUMNS));
+    }
+    case 'cni-config': {
+      const conf = await client.call<unknown>('GET', c.vpc === undefined ? '/v1/external/cni-config' : `/v1/vpcs/${enc(c.vpc)}/cni-config`);
+      return out(JSON.stringify(conf, null, 2) + '\n');
+    }
+  }
+}
+
+/** The whole CLI; resolves to the exit status. */
+export async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.length === 0) {
+    process.stdout.write(`${USAGE}\n`);
+    return argv.length === 0 ? 2 : 0;
+  }
+  let inv: Invocation;
+  try {
+    inv = parseCommand(argv, process.env);
+  } catch (err) {
+    process.stderr.write(`netdctl: ${describeError(err)}\n${USAGE}\n`);
+    return 2;
+  }
+  try {
+    await run(inv, new NetdApiClient(inv.api, inv.token), (text) => process.stdout.write(text));
+    return 0;
+  } catch (err) {
+    const code = isAppError(err) ? err.code : ErrorCodes.INTERNAL;
+    const message = err instanceof AppError ? err.message : describeError(err);
+    process.stderr.write(`netdctl: ${code}: ${message}\n`);
+    return 1;
+  }
+}
