@@ -22,6 +22,7 @@ import { handleCni } from './cni-handler.js';
 import { ownSocketPath, startCniServer } from './cni-server.js';
 import type { Server } from 'node:net';
 import type { NetdMetrics } from './metrics.js';
+import { DeadHostSweeper } from './sweeper.js';
 
 /**
  * The per-host daemon's control loop: registers the host with a lease, follows VPCs, hosts and
@@ -47,6 +48,13 @@ export interface NetdDaemonOptions {
   externalPool?: string;
   /** eth0 traffic NAT'd to the host's address (default) or routed with the container's own. */
   externalMode?: ExternalMode;
+  /**
+   * How long a host may stay unregistered before its endpoint records and addresses are removed
+   * (default 15 min; see sweeper.ts). Its FDB entries go at once, whatever this says.
+   */
+  deadHostGraceMs?: number;
+  /** How often the sweeper looks (default 30 s). */
+  sweepIntervalMs?: number;
 }
 
 export interface NetdDaemonDeps {
@@ -72,6 +80,7 @@ export class NetdDaemon {
   private stopped = false;
   private cniServer: Server | undefined;
   private resyncTimer: NodeJS.Timeout | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
   /** Rate limits as last applied per port (re-applied in full after a restart: replace is idempotent). */
   private readonly appliedQos = new Map<string, QosSpec>();
   /** Host ports ADDs are wiring right now (see plan()). */
@@ -132,6 +141,20 @@ export class NetdDaemon {
     if (this.opts.cniSocketDir !== undefined) await this.serveCni(this.opts.cniSocketDir);
     this.resyncTimer = setInterval(() => this.schedule(), this.opts.resyncIntervalMs ?? 5_000);
     this.resyncTimer.unref();
+    const sweeper = new DeadHostSweeper(
+      { store: this.deps.store, ipam: new Ipam({ store: this.deps.store, host: this.opts.host.name, logger: this.deps.logger }), host: this.opts.host.name, logger: this.log },
+      this.opts.deadHostGraceMs ?? 15 * 60_000,
+    );
+    let sweeping = false;
+    this.sweepTimer = setInterval(() => {
+      if (sweeping || this.stopped) return;
+      sweeping = true;
+      void sweeper
+        .pass(this.lease)
+        .catch((err: unknown) => this.log.warn({ err: describeError(err) }, 'sweep failed; will retry'))
+        .finally(() => (sweeping = false));
+    }, this.opts.sweepIntervalMs ?? 30_000);
+    this.sweepTimer.unref();
     this.log.info('netd started');
   }
 
@@ -365,6 +388,7 @@ export class NetdDaemon {
     this.stopped = true;
     clearTimeout(this.timer);
     clearInterval(this.resyncTimer);
+    clearInterval(this.sweepTimer);
     await new Promise<void>((resolve) => (this.cniServer ? this.cniServer.close(() => resolve()) : resolve()));
     await Promise.all(this.consumers.map((c) => c.stop()));
     await this.running;

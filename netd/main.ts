@@ -18,7 +18,8 @@ import { EXTERNAL_MODES, type ExternalMode } from './external.js';
 /**
  * `netd`: the per-host daemon. Runs in the host's network namespace.
  *   netd --host NAME --underlay-ip IP --uplink IF [--mtu 1500] --etcd URL[,URL] [--lease-ttl 10]
- *        [--external-pool NAME [--external-mode nat|routed]] [--api-socket PATH] [--api-listen ADDR:PORT] [--admin-token-file FILE | $NETD_ADMIN_TOKEN]
+ *        [--external-pool NAME [--external-mode nat|routed]] [--dead-host-grace 900] [--sweep-interval 30]
+ *        [--api-socket PATH] [--api-listen ADDR:PORT] [--admin-token-file FILE | $NETD_ADMIN_TOKEN]
  *   netd install-cni [--cni-bin-dir /opt/cni/bin] [--cni-socket-dir /run/netd]
  * SIGTERM/SIGINT stop it gracefully: the data path stays, the registration outlives a quick restart.
  */
@@ -42,6 +43,8 @@ async function main(): Promise<void> {
       'cni-socket-dir': { type: 'string', default: SOCKET_DIR },
       'external-pool': { type: 'string' },
       'external-mode': { type: 'string', default: 'nat' },
+      'dead-host-grace': { type: 'string', default: '900' },
+      'sweep-interval': { type: 'string', default: '30' },
       'api-socket': { type: 'string' },
       'api-listen': { type: 'string' },
       'admin-token-file': { type: 'string' },
@@ -55,6 +58,10 @@ async function main(): Promise<void> {
   const leaseTtl = Number(values['lease-ttl']);
   if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 9216) throw invalidInput('--mtu must be 1280..9216');
   if (!Number.isInteger(leaseTtl) || leaseTtl < 2 || leaseTtl > 3600) throw invalidInput('--lease-ttl must be 2..3600 seconds');
+  const graceSeconds = Number(values['dead-host-grace']);
+  const sweepSeconds = Number(values['sweep-interval']);
+  if (!Number.isFinite(graceSeconds) || graceSeconds < 1 || graceSeconds > 30 * 86_400) throw invalidInput('--dead-host-grace must be 1..2592000 seconds');
+  if (!Number.isFinite(sweepSeconds) || sweepSeconds < 0.1 || sweepSeconds > 3600) throw invalidInput('--sweep-interval must be 0.1..3600 seconds');
   const externalMode = values['external-mode'] as ExternalMode;
   if (!EXTERNAL_MODES.includes(externalMode)) throw invalidInput(`--external-mode must be one of ${EXTERNAL_MODES.join(', ')}`);
   const endpoints = (values.etcd ?? '').split(',').filter(Boolean);
@@ -70,7 +77,7 @@ async function main(): Promise<void> {
     logger.warn('netd-spawner not built (npm run build); spawning from Node, which is slower');
     runner = new ExecRunner({ logger });
   }
-  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }) }, { store, runner, logger, metrics });
+  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], deadHostGraceMs: graceSeconds * 1000, sweepIntervalMs: sweepSeconds * 1000, ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }) }, { store, runner, logger, metrics });
   const shutdown = (sig: string) => {
     logger.info({ sig }, 'stopping');
     void daemon

@@ -31,6 +31,7 @@ export interface NetdOptions {
   leaseTtl?: number;
   externalPool?: string;
   externalMode?: 'nat' | 'routed';
+  extraArgs?: string[];
 }
 
 export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): NetdHost {
@@ -45,6 +46,7 @@ export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): N
       '--cni-socket-dir', opts.socketDir,
       ...(opts.externalPool ? ['--external-pool', opts.externalPool] : []),
       ...(opts.externalMode ? ['--external-mode', opts.externalMode] : []),
+      ...(opts.extraArgs ?? []),
     ],
     netns: { name: h.netns },
     logFile: log,
