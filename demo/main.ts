@@ -16,6 +16,7 @@ import { EtcdStore } from '../store/etcd.js';
 import { Ipam } from '../ipam/allocator.js';
 import { Podman } from '../test-netns/podman.js';
 import { netdKeys } from '../netd/keys.js';
+import { run as runCli } from '../netd/cli.js';
 import { NetdApiClient } from '../netd/api/client.js';
 import type { EndpointRecord } from '../netd/model.js';
 import { startDaemon, stopDaemon } from '../sys/process.js';
@@ -153,6 +154,10 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     await podman.run(h2, { name: server, networks: ['external', 'vpc-a'], detach: true }, ['sleep', '600']);
     const target = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord)[0]!;
     say(`  podman run on h2 (tenant-1, vpc-a): eth1 ${target.ip}, eth0 from ${cni.externalCidr}, ${Date.now() - started} ms`);
+    // What tenant-1 sees with the CLI (netdctl endpoint list app).
+    let table = '';
+    await runCli({ api: 'demo', token: undefined, json: false, command: { kind: 'endpoint-list', vpc: 'app' } }, tenants.a!, (text) => (table += text));
+    say(table.trimEnd().split('\n').map((l) => `    ${l}`).join('\n'));
     const attempt = (networks: string[], cmd: string[]) =>
       podman.run(h1, { networks, rm: true }, cmd).then(() => true, () => false);
     let ok = true;
@@ -180,6 +185,10 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     const mbit = (JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e6;
     say(`  QoS 20 Mbit/s set on the running container: iperf3 into it measures ${mbit.toFixed(1)} Mbit/s`);
     ok &&= Math.abs(mbit - 20) / 20 < 0.1;
+    // h2's daemon counted its CNI work (GET /metrics on its API).
+    const metrics = await new NetdApiClient(s.cluster.host('h2').daemons.netdApi!).text('/metrics');
+    const adds = /netd_cni_request_duration_seconds_count\{verb="ADD",result="ok"\} (\d+)/.exec(metrics)?.[1] ?? '0';
+    say(`  h2 /metrics: ${adds} successful CNI ADDs served, endpoints ${/netd_endpoints\{kind="vpc"\} (\d+)/.exec(metrics)?.[1] ?? '?'} on eth1`);
     await podman.remove(h2, `${server}-c`);
     await podman.remove(h2, server);
     const left = (await store.list(netdKeys.endpoints())).kvs.length + (await store.list('/netd/v1/external/')).kvs.length;

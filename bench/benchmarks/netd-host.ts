@@ -129,3 +129,23 @@ export class NetdBenchHost {
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
+
+/**
+ * Waits until the machine is mostly idle (or `maxMs` passed): deleting hundreds of namespaces
+ * leaves the kernel cleaning up in the background for seconds, which would slow whichever side
+ * runs next.
+ */
+export async function waitQuiet(maxMs = 30_000, idleShare = 0.8): Promise<void> {
+  const read = () => {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    const idle = f[3]! + f[4]!;
+    return { idle, total: f.reduce((a, b) => a + b, 0) };
+  };
+  const deadline = Date.now() + maxMs;
+  while (Date.now() < deadline) {
+    const a = read();
+    await sleep(500);
+    const b = read();
+    if (b.total > a.total && (b.idle - a.idle) / (b.total - a.total) >= idleShare) return;
+  }
+}

@@ -1,12 +1,12 @@
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import type { CommandRunner } from '../../sys/runner.js';
-import { IpClient } from '../../sys/ip.js';
+import { SpawnerRunner, type CommandRunner } from '../../sys/runner.js';
+import { IpBatch, IpClient } from '../../sys/ip.js';
 import { EtcdStore } from '../../store/etcd.js';
 import { netdKeys } from '../../netd/keys.js';
 import { quantile } from '../stats.js';
 import type { Benchmark } from '../benchmark.js';
-import { NetdBenchHost } from './netd-host.js';
+import { NetdBenchHost, waitQuiet } from './netd-host.js';
 
 /**
  * Scale on one host: N containers (1,000 by default; BENCH_SCALE_CONTAINERS) get a VPC interface
@@ -23,6 +23,37 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
   const rss: number[] = [];
   const cpu: number[] = [];
   const leftovers: string[] = [];
+  let floorSeconds: number | undefined;
+
+  /**
+   * The same kernel work with nothing else: per container one `ip link add` (veth, peer created
+   * in the container's netns, host end up on the bridge) and one `ip -n` batch inside (link up,
+   * address), 16 in flight, no IPAM, no plugin processes, no daemon. What this machine's kernel
+   * and `ip` cost alone.
+   */
+  async function bareIpFloor(): Promise<number> {
+    const spawner = new SpawnerRunner();
+    const ip = new IpClient(spawner);
+    const hostNs = host.netns;
+    const names = Array.from({ length: containers }, (_, i) => `tn-bcs${process.pid}-f-${i}`);
+    await ip.addNetns(names);
+    await waitQuiet();
+    await ip.in({ name: hostNs }).apply(new IpBatch().linkAddBridge('nbfloor', { mcastSnooping: false }).linkSet('nbfloor', { up: true }));
+    try {
+      const { wall } = await all(async (i) => {
+        const started = performance.now();
+        const mac = `02:fe:00:00:${((i >> 8) & 255).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`;
+        await ip.in({ name: hostNs }).apply(new IpBatch().linkAddVeth(`nf${i}`, 'eth1', { mtu: 1450, up: true, master: 'nbfloor', peerNetns: `/run/netns/${names[i]}`, peerAddress: mac }));
+        await ip.in({ name: names[i]! }).apply(new IpBatch().linkSet('eth1', { up: true }).addrAdd(`10.200.${((i + 1) >> 8) & 255}.${(i + 1) & 255}/16`, 'eth1'));
+        return performance.now() - started;
+      });
+      return wall;
+    } finally {
+      await ip.deleteNetns(names);
+      await ip.in({ name: hostNs }).deleteLinksIfExist(['nbfloor']);
+      spawner.close();
+    }
+  }
 
   async function all(work: (i: number) => Promise<number>): Promise<{ wall: number; latencies: number[] }> {
     let next = 0;
@@ -73,6 +104,7 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
       const ip = new IpClient(runner);
       const names = Array.from({ length: containers }, (_, i) => `tn-bcs${process.pid}-${n}-${i}`);
       await ip.addNetns(names);
+      await waitQuiet();
       const config =
         side === 'subject'
           ? { cniVersion: '1.0.0', name: 'bench', type: 'netd', vpc: 'bench' }
@@ -94,9 +126,16 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
         await ip.deleteNetns(names);
       }
     },
-    teardown: () => host.teardown(),
+    async teardown() {
+      try {
+        floorSeconds = await bareIpFloor();
+      } finally {
+        await host.teardown();
+      }
+    },
     notes() {
       return [
+        ...(floorSeconds !== undefined ? [`The kernel and \`ip\` alone (bare commands, same wiring, 16 in flight, no IPAM or plugins): ${floorSeconds.toFixed(2)} s for ${containers} containers.`] : []),
         `netd RSS with ${containers} endpoints: ${rss.map((k) => `${(k / 1024) | 0} MiB`).join(', ')}; netd CPU for ${containers} ADDs + DELs: ${cpu.map((c) => `${c.toFixed(1)} s`).join(', ')}.`,
         `Left after each netd trial: ${leftovers.join('; ')}.`,
       ];

@@ -16,6 +16,15 @@ export class NetdApiClient {
   }
 
   async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return this.request<T>(method, path, body, true);
+  }
+
+  /** A GET whose answer is text (e.g. /metrics). */
+  text(path: string): Promise<string> {
+    return this.request<string>('GET', path, undefined, false);
+  }
+
+  private async request<T>(method: string, path: string, body: unknown, json: boolean): Promise<T> {
     const target = this.endpoint.startsWith('unix://') ? { socketPath: this.endpoint.slice('unix://'.length) } : (() => {
       const u = new URL(this.endpoint);
       return { host: u.hostname, port: Number(u.port) };
@@ -38,8 +47,10 @@ export class NetdApiClient {
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('end', () => {
             const text = Buffer.concat(chunks).toString('utf8');
+            const failed = (res.statusCode ?? 500) >= 400;
+            if (!json && !failed) return resolve(text as T);
             const parsed = text ? (JSON.parse(text) as unknown) : undefined;
-            if ((res.statusCode ?? 500) >= 400) {
+            if (failed) {
               const e = (parsed ?? {}) as { code?: ErrorCode; message?: string };
               reject(new AppError(e.code ?? ErrorCodes.INTERNAL, `${method} ${path}: ${res.statusCode} ${e.message ?? text}`, { status: res.statusCode }));
             } else resolve(parsed as T);
