@@ -256,24 +256,32 @@ export async function wireVeth<T>(p: VethPlug, undo: Array<() => Promise<unknown
   };
   undo.push(() => p.hostIp.deleteLinkIfExists(p.hostIf));
   if (ifb) undo.push(() => p.hostIp.deleteLinkIfExists(ifb));
-  const [allocation] = await settleAll([
-    steps.allocate(),
-    create(p.master).catch(async (err: unknown) => {
+  // Creates the pair, recovering (at most once each) from leftovers of an interrupted run and
+  // from a bridge that went away under the fast path.
+  let master = p.master;
+  let clearedLeftovers = false;
+  const createPair = async (): Promise<void> => {
+    try {
+      await create(master);
+    } catch (err) {
       if (!isCommandError(err)) throw err;
-      if (isCommandError(err, 'exists')) {
-        // Leftovers of an interrupted run that nothing recorded (the reconciler would remove them
-        // at its next pass): clear them now rather than fail the ADD.
+      if (isCommandError(err, 'exists') && !clearedLeftovers) {
+        // Leftovers that nothing recorded (the reconciler would remove them at its next pass), or
+        // this very pair when a shared `ip` process stopped after creating it: clear and redo.
+        clearedLeftovers = true;
         await clearLeftovers();
-        return create(p.master);
+        return createPair();
       }
-      // The bridge went away under the fast path (a reconcile removing an emptied VPC): create the
-      // port on its own and let the full reconcile recreate the bridge. `link add` is atomic.
-      if (p.master === undefined) throw err;
+      // The bridge went away (a reconcile removing an emptied VPC): create the port on its own and
+      // let the full reconcile recreate the bridge. `link add` is atomic.
+      if (master === undefined) throw err;
+      master = undefined;
       joinedBridge = false;
       await clearLeftovers();
-      await create(undefined);
-    }),
-  ] as const);
+      return createPair();
+    }
+  };
+  const [allocation] = await settleAll([steps.allocate(), createPair()] as const);
   // (The peer cannot be brought up as it is created in another namespace: the kernel refuses.)
   const inNs = new IpBatch().linkSet(p.ifname, { up: true });
   steps.inside(inNs, allocation);

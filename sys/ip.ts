@@ -342,12 +342,21 @@ export class IpBatchLane {
         if (i !== undefined) stderrOf.set(i, [...(stderrOf.get(i) ?? []), ...pending, l]);
         pending = [];
       }
-      // No line numbers at all (ip itself failed): every batch shares the failure.
-      const unattributed = stderrOf.size === 0;
+      // An error without a line number means ip stopped there (a line it could not even parse,
+      // e.g. a bridge that vanished since: names are resolved while parsing). Lines after it never
+      // ran and nothing says which batch it was: each batch runs again on its own, in order, and
+      // gets its own answer (a line that did run before the stop answers "exists" now).
+      if (pending.length > 0 || stderrOf.size === 0) {
+        if (group.length === 1) return group[0]!.reject(err);
+        for (const g of group) {
+          await this.runner.run({ argv, stdin: g.batch.render(), netns: this.netns }).then(g.resolve, g.reject);
+        }
+        return;
+      }
       group.forEach((g, i) => {
         const own = stderrOf.get(i);
-        if (!own && !unattributed) return g.resolve();
-        g.reject(new CommandError({ argv, exitCode: err.exitCode, stderr: own ? own.join('\n') + '\n' : err.stderr, ...(this.netns && { netns: this.netns }) }));
+        if (!own) return g.resolve();
+        g.reject(new CommandError({ argv, exitCode: err.exitCode, stderr: own.join('\n') + '\n', ...(this.netns && { netns: this.netns }) }));
       });
     }
   }

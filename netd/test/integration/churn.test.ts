@@ -36,6 +36,7 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
       });
     let next = 0;
     let failures = 0;
+    const reasons: string[] = [];
     const started = Date.now();
     await Promise.all(
       slots.map(async (slot) => {
@@ -45,15 +46,16 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
           try {
             await call('ADD', `churn${i}`, slot);
             await call('DEL', `churn${i}`, slot);
-          } catch {
+          } catch (err) {
             failures++;
+            if (reasons.length < 5) reasons.push(err instanceof Error ? err.message : String(err));
           }
         }
       }),
     );
     const seconds = (Date.now() - started) / 1000;
     t.comment(`${CYCLES} cycles in ${seconds.toFixed(1)} s (${((CYCLES * 2) / seconds).toFixed(0)} CNI calls/s, ${IN_FLIGHT} in flight)`);
-    t.equal(failures, 0, 'every ADD and DEL succeeded');
+    t.equal(failures, 0, `every ADD and DEL succeeded${reasons.length ? `; first failures: ${reasons.join(' || ')}` : ''}`);
     t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record');
     t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address handle');
     t.same((await store.list('/netd/v1/ipam/blocks/a/')).kvs, [], 'no block left claimed');

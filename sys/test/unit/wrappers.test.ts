@@ -104,6 +104,32 @@ t.test('ip lane: batches that arrive while ip runs share the next process; failu
   t.equal(fake.calls[1]!.stdin, 'link add nq1 type ifb\nlink add nq2 type ifb\nlink set dev nq2 up\nlink add nq3 type ifb\n');
 });
 
+t.test('ip lane: a line ip cannot parse stops the process; every batch then runs on its own and gets its own answer', async (t) => {
+  let release: () => void = () => undefined;
+  const gate = new Promise<void>((r) => (release = r));
+  const fake = new FakeRunner()
+    .on(['ip', '-force', '-batch'], async () => {
+      await gate;
+      return { stdout: '', stderr: '' };
+    }, 1)
+    // The group: line 1 ran, line 2 names a bridge that is gone (a parse error: no line number).
+    .failOn(['ip', '-force', '-batch'], 'Error: argument "nb33" is wrong: Device does not exist\n', 255, 1)
+    .failOn(['ip', '-force', '-batch'], 'RTNETLINK answers: File exists\nCommand failed -:1\n', 2, 1)
+    .failOn(['ip', '-force', '-batch'], 'Error: argument "nb33" is wrong: Device does not exist\n', 255, 1);
+  const lane = new IpBatchLane(fake);
+  const first = lane.submit(new IpBatch().linkAddIfb('nq0'));
+  const ran = lane.submit(new IpBatch().linkAddIfb('nq1'));
+  const broken = lane.submit(new IpBatch().linkSet('nq2', { master: 'nb33' }));
+  const never = lane.submit(new IpBatch().linkAddIfb('nq3'));
+  release();
+  await first;
+  const results = await Promise.allSettled([ran, broken, never]);
+  t.ok(results[0].status === 'rejected' && isCommandError(results[0].reason, 'exists'), 'the batch that ran before the stop answers "exists" (its caller clears and retries)');
+  t.ok(results[1].status === 'rejected' && isCommandError(results[1].reason, 'not-found'), 'the broken batch gets its own error');
+  t.equal(results[2].status, 'fulfilled', 'the batch after the stop ran on its own and succeeded');
+  t.equal(fake.calls.length, 5, 'one group, then three single runs');
+});
+
 t.test('tc: shaping both directions renders one batch', async (t) => {
   const fake = new FakeRunner();
   await new TcClient(fake, { name: 'h1' }).apply(
