@@ -101,6 +101,7 @@ export class NetdDaemon {
   }
 
   async start(): Promise<void> {
+    this.deps.metrics?.countEndpointsWith(() => this.countEndpoints());
     await this.register();
     const follow = <T>(prefix: string, into: Map<string, T>) =>
       new WatchConsumer({
@@ -305,7 +306,6 @@ export class NetdDaemon {
           this.reconciles++;
           this.lastError = undefined;
           this.deps.metrics?.observeReconcile('ok', (performance.now() - started) / 1000);
-          this.reportEndpoints();
         } catch (err) {
           this.lastError = describeError(err);
           this.deps.metrics?.observeReconcile('error', (performance.now() - started) / 1000);
@@ -346,13 +346,10 @@ export class NetdDaemon {
     return this.opts.externalMode ?? 'nat';
   }
 
-  private reportEndpoints(): void {
-    const m = this.deps.metrics;
-    if (!m) return;
-    let local = 0;
-    for (const e of this.endpoints.values()) if (e.host === this.opts.host.name) local++;
-    m.setEndpoints('vpc', local);
-    m.setEndpoints('external', this.externals.size);
+  private countEndpoints(): { vpc: number; external: number } {
+    let vpc = 0;
+    for (const e of this.endpoints.values()) if (e.host === this.opts.host.name) vpc++;
+    return { vpc, external: this.externals.size };
   }
 
   private vpcByName(name: string): VpcRecord | undefined {

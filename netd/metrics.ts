@@ -20,11 +20,17 @@ export class NetdMetrics {
     labelNames: ['verb', 'code'],
     registers: [this.registry],
   });
+  private endpointSource: (() => { vpc: number; external: number }) | undefined;
   private readonly endpoints = new Gauge({
     name: 'netd_endpoints',
     help: 'Container interfaces wired on this host (vpc: eth1-style, external: eth0)',
     labelNames: ['kind'],
     registers: [this.registry],
+    // Counted when scraped, from the daemon's view: never stale.
+    collect: () => {
+      const n = this.endpointSource?.();
+      if (n) for (const kind of ['vpc', 'external'] as const) this.endpoints.set({ kind }, n[kind]);
+    },
   });
   private readonly reconciles = new Counter({
     name: 'netd_reconciles_total',
@@ -53,8 +59,9 @@ export class NetdMetrics {
     this.reconcileDuration.observe(seconds);
   }
 
-  setEndpoints(kind: 'vpc' | 'external', n: number): void {
-    this.endpoints.set({ kind }, n);
+  /** Where the endpoint gauge is read from at each scrape. */
+  countEndpointsWith(source: () => { vpc: number; external: number }): void {
+    this.endpointSource = source;
   }
 
   async render(): Promise<{ contentType: string; body: string }> {

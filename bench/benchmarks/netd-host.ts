@@ -4,7 +4,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { CommandRunner } from '../../sys/runner.js';
+import { SpawnerRunner, type CommandRunner } from '../../sys/runner.js';
 import { startDaemon, stopDaemon, processStartTime, type DaemonHandle } from '../../sys/process.js';
 import { VirtualCluster, teardownCluster } from '../../test-netns/cluster.js';
 import { uniqueSuffix } from '../../test-netns/testing.js';
@@ -35,6 +35,12 @@ export class NetdBenchHost {
   cluster: VirtualCluster | undefined;
   dir = '';
   daemon: DaemonHandle | undefined;
+
+  /**
+   * Plugins are started through the posix_spawn helper, as a Go runtime starts them: Node's own
+   * spawn would fork this harness for every call and load the CPU both sides share.
+   */
+  private readonly plugins = new SpawnerRunner();
 
   constructor(private readonly runner: CommandRunner) {}
 
@@ -81,7 +87,7 @@ export class NetdBenchHost {
   /** Runs one plugin call; returns its stdout (parsed) and how long it took. */
   async invoke(call: CniCall): Promise<{ ms: number; result: Record<string, unknown> }> {
     const started = performance.now();
-    const { stdout } = await this.runner.run({
+    const { stdout } = await this.plugins.run({
       argv: [join(this.binDir, call.plugin)],
       stdin: JSON.stringify(call.config),
       netns: { name: this.netns },
@@ -124,6 +130,7 @@ export class NetdBenchHost {
   }
 
   async teardown(): Promise<void> {
+    this.plugins.close();
     if (this.daemon) await stopDaemon(this.daemon);
     if (this.cluster) await teardownCluster(this.cluster.prefix, { runner: this.runner });
     rmSync(this.dir, { recursive: true, force: true });

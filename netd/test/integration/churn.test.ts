@@ -6,6 +6,8 @@ import { IpClient } from '../../../sys/ip.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
 import { netdKeys } from '../../keys.js';
+import { NetdApiClient } from '../../api/client.js';
+import { eventually } from '../netd-hosts.js';
 
 const CYCLES = 2000;
 const IN_FLIGHT = 8;
@@ -56,6 +58,13 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
     const seconds = (Date.now() - started) / 1000;
     t.comment(`${CYCLES} cycles in ${seconds.toFixed(1)} s (${((CYCLES * 2) / seconds).toFixed(0)} CNI calls/s, ${IN_FLIGHT} in flight)`);
     t.equal(failures, 0, `every ADD and DEL succeeded${reasons.length ? `; first failures: ${reasons.join(' || ')}` : ''}`);
+    // The daemon counted every call it served (its /metrics, on its API socket).
+    const metrics = await new NetdApiClient(h1.daemons.netdApi!).text('/metrics');
+    const served = (verb: string) => Number(new RegExp(`netd_cni_request_duration_seconds_count\\{verb="${verb}",result="ok"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
+    t.ok(served('ADD') >= CYCLES && served('DEL') >= CYCLES, `/metrics counted ${served('ADD')} ADDs and ${served('DEL')} DELs`);
+    // (The view follows etcd: the last DEL's watch event may still be on its way.)
+    const api = new NetdApiClient(h1.daemons.netdApi!);
+    t.ok(await eventually(async () => /netd_endpoints\{kind="vpc"\} 0\n/.test(await api.text('/metrics')), 5_000), '/metrics: no endpoint left on the host');
     t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record');
     t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address handle');
     t.same((await store.list('/netd/v1/ipam/blocks/a/')).kvs, [], 'no block left claimed');

@@ -106,7 +106,7 @@ t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document a
   metrics.observeCni('ADD', 'ok', 0.004);
   metrics.observeCni('ADD', 'error', 0.002, 7);
   metrics.observeReconcile('ok', 0.03);
-  metrics.setEndpoints('vpc', 12);
+  metrics.countEndpointsWith(() => ({ vpc: 12, external: 3 }));
   const app = buildApi({ store, adminToken: 'admin-secret', metrics });
   t.teardown(async () => {
     await app.close();
@@ -119,6 +119,7 @@ t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document a
   t.match(res.body, /netd_cni_errors_total\{verb="ADD",code="7"\} 1/);
   t.match(res.body, /netd_reconciles_total\{result="ok"\} 1/);
   t.match(res.body, /netd_endpoints\{kind="vpc"\} 12/);
+  t.match(res.body, /netd_endpoints\{kind="external"\} 3/);
   const doc = (await app.inject({ method: 'GET', url: '/docs/json' })).json() as { openapi: string; paths: Record<string, Record<string, { security?: unknown }>>; components: { securitySchemes: Record<string, { scheme: string }> } };
   t.match(doc.openapi, /^3\./);
   t.ok(doc.paths['/v1/vpcs']?.post, 'POST /v1/vpcs is documented');
