@@ -49,17 +49,17 @@ export interface AttachDeps {
   /** Called once the endpoint record exists and the veth is in place (e.g. a local reconcile). */
   converge?: (endpoint: EndpointRecord, opts?: ConvergeHints) => Promise<void>;
   /**
-   * The daemon's view, to answer from memory what would otherwise be etcd round trips on the ADD
-   * path: the VPC record, and whether this VPC's bridge is already up on this host (then the new
-   * port joins it in the same batch that creates it).
+   * Marks a name (a host port, an ifb, an eth0 address's proxy entry) as being wired by this ADD
+   * until the returned function is called, so a concurrent reconcile does not take it for an orphan.
    */
-  /**
-   * Marks a host port as being wired by this ADD until the returned function is called, so a
-   * concurrent reconcile does not mistake it for an orphan.
-   */
-  claimPort?: (hostIf: string) => () => void;
+  claimPort?: (name: string) => () => void;
   /** Shared by the daemon's concurrent ADDs: their host-side batches go out together. */
   hostLane?: IpBatchLane;
+  /**
+   * The daemon's view, to answer from memory what would otherwise be etcd round trips on the ADD
+   * path: the VPC record, whether this VPC's bridge is already up on this host (then the new port
+   * joins it in the same batch that creates it), and whether a record exists.
+   */
   view?: {
     vpc(name: string): VpcRecord | undefined;
     bridgeUp(vpc: VpcRecord): string | undefined;

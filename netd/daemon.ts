@@ -143,7 +143,7 @@ export class NetdDaemon {
     this.resyncTimer = setInterval(() => this.schedule(), this.opts.resyncIntervalMs ?? 5_000);
     this.resyncTimer.unref();
     const sweeper = new DeadHostSweeper(
-      { store: this.deps.store, ipam: new Ipam({ store: this.deps.store, host: this.opts.host.name, logger: this.deps.logger }), host: this.opts.host.name, logger: this.log },
+      { store: this.deps.store, ipam: new Ipam({ store: this.deps.store, host: this.opts.host.name, logger: this.deps.logger }), host: this.opts.host.name, logger: this.log, ...(this.opts.externalPool !== undefined && { externalPools: [this.opts.externalPool] }) },
       this.opts.deadHostGraceMs ?? 15 * 60_000,
     );
     let sweeping = false;

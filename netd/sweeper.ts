@@ -52,6 +52,8 @@ export interface DeadHostSweeperDeps {
   ipam: Ipam;
   /** This host's name (the lock's value). */
   host: string;
+  /** External (eth0) pools, netd's even when no record names them any more. */
+  externalPools?: readonly string[];
   logger: Logger;
   now?: () => number;
 }
@@ -87,7 +89,7 @@ export class DeadHostSweeper {
     ]);
     const alive = new Set(hosts.kvs.map((kv) => kv.key.slice(netdKeys.hosts().length)));
     const records = new Map<string, Seen>();
-    const netdPools = new Set(vpcs.kvs.map((kv) => (JSON.parse(kv.value) as { name: string }).name));
+    const netdPools = new Set([...vpcs.kvs.map((kv) => (JSON.parse(kv.value) as { name: string }).name), ...(this.deps.externalPools ?? [])]);
     const dead = new Set<string>();
     for (const kv of [...internal.kvs, ...external.kvs]) {
       const rec = JSON.parse(kv.value) as { host: string; pool?: string };

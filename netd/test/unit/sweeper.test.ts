@@ -25,6 +25,7 @@ t.test('the sweeper: one leader; a dead host loses records and addresses after t
   const admin = new Ipam({ store, host: 'admin' });
   await admin.createPool({ name: 't.web', cidr: '10.1.0.0/24', kind: 'vpc' });
   await admin.createPool({ name: 'other', cidr: '10.2.0.0/24', kind: 'vpc' });
+  await admin.createPool({ name: 'ext', cidr: '100.64.0.0/24', kind: 'external' });
   await store.put(netdKeys.vpc('t.web'), JSON.stringify({ name: 't.web', tenant: 't', mode: 'vxlan', cidr: '10.1.0.0/24', vni: 5 }));
   const leaseH1 = await store.lease(60);
   const leaseH2 = await store.lease(60);
@@ -33,12 +34,13 @@ t.test('the sweeper: one leader; a dead host loses records and addresses after t
   const onH1 = await new Ipam({ store, host: 'h1' }).allocate({ pool: 't.web', handle: 'c1:eth1' });
   const onH2 = await new Ipam({ store, host: 'h2' }).allocate({ pool: 't.web', handle: 'c2:eth1' });
   const orphan = await new Ipam({ store, host: 'h2' }).allocate({ pool: 't.web', handle: 'c3:eth1' }); // an ADD that died before its record
+  const eth0 = await new Ipam({ store, host: 'h2' }).allocate({ pool: 'ext', handle: 'c3:eth0' }); // no record names the external pool
   await new Ipam({ store, host: 'h9' }).allocate({ pool: 'other', handle: 'c9:eth0' });
   const rec = (host: string, id: string, ip: string) => JSON.stringify({ vpc: 't.web', id, host, ip, mac: '02:00:00:00:00:01', hostIf: 'ni1' });
   await store.put(netdKeys.endpoint('t.web', 'c1:eth1'), rec('h1', 'c1:eth1', onH1.ip));
   await store.put(netdKeys.endpoint('t.web', 'c2:eth1'), rec('h2', 'c2:eth1', onH2.ip));
 
-  const sweeper = (host: string) => new DeadHostSweeper({ store, ipam: new Ipam({ store, host }), host, logger, now: () => now }, 10_000);
+  const sweeper = (host: string) => new DeadHostSweeper({ store, ipam: new Ipam({ store, host }), host, logger, now: () => now, externalPools: ['ext'] }, 10_000);
   const s1 = sweeper('h1');
   const s3 = sweeper('h3');
   let r = await s1.pass(leaseH1);
@@ -52,7 +54,7 @@ t.test('the sweeper: one leader; a dead host loses records and addresses after t
   now = 10_000;
   r = await s1.pass(leaseH1);
   t.same(r.removedRecords, [netdKeys.endpoint('t.web', 'c2:eth1')], "the dead host's record goes");
-  t.same(r.releasedAddresses.sort(), [`t.web/${onH2.ip}`, `t.web/${orphan.ip}`].sort(), 'and its addresses, also one without a record');
+  t.same(r.releasedAddresses.sort(), [`t.web/${onH2.ip}`, `t.web/${orphan.ip}`, `ext/${eth0.ip}`].sort(), 'and its addresses, also those without a record');
   t.ok(await store.get(netdKeys.endpoint('t.web', 'c1:eth1')), "a live host's record stays");
   const left = (await admin.handles()).map((h) => h.record.handle).sort();
   t.same(left, ['c1:eth1', 'c9:eth0'], "live hosts' addresses and addresses in pools that are not netd's stay");
