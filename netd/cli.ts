@@ -9,6 +9,7 @@ import { NetdApiClient } from './api/client.js';
  *     tenant create NAME | list | show NAME | delete NAME          (admin token)
  *     whoami                                                      (tenant token)
  *     vpc create NAME --cidr CIDR [--mtu N] [--ingress RATE] [--egress RATE] | list | show NAME | delete NAME
+ *     vpc qos NAME [--ingress RATE] [--egress RATE]             (the VPC's defaults; none: remove them)
  *     endpoint list VPC | endpoint qos VPC ENDPOINT [--ingress RATE] [--egress RATE]
  *     cni-config VPC | cni-config --external                      (always JSON)
  *
@@ -25,6 +26,7 @@ export type Command =
   | { kind: 'vpc-create'; name: string; cidr: string; mtu?: number; qos?: Qos }
   | { kind: 'vpc-list' }
   | { kind: 'vpc-show' | 'vpc-delete'; name: string }
+  | { kind: 'vpc-qos'; name: string; qos: Qos }
   | { kind: 'endpoint-list'; vpc: string }
   | { kind: 'endpoint-qos'; vpc: string; endpoint: string; qos: Qos }
   | { kind: 'cni-config'; vpc?: string };
@@ -51,6 +53,7 @@ export const USAGE = `usage: netdctl [--api URL] [--token T] [--json] COMMAND
   whoami
   vpc create NAME --cidr CIDR [--mtu N] [--ingress RATE] [--egress RATE]
   vpc list | vpc show NAME | vpc delete NAME
+  vpc qos NAME [--ingress RATE] [--egress RATE]
   endpoint list VPC
   endpoint qos VPC ENDPOINT [--ingress RATE] [--egress RATE]
   cni-config VPC | cni-config --external
@@ -135,6 +138,11 @@ export function parseCommand(argv: readonly string[], env: Readonly<Record<strin
       command = { kind: 'vpc-create', name: words[2]!, cidr, ...(mtu !== undefined && { mtu }), ...(q && { qos: q }) };
       break;
     }
+    case 'vpc qos':
+      arity('vpc qos', 3);
+      allowed('vpc qos', '--ingress', '--egress');
+      command = { kind: 'vpc-qos', name: words[2]!, qos: qos() ?? {} };
+      break;
     case 'endpoint list':
       arity('endpoint list', 3);
       allowed('endpoint list');
@@ -229,6 +237,10 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
     }
     case 'vpc-show': {
       const v = await client.call<Record<string, unknown>>('GET', `/v1/vpcs/${enc(c.name)}`);
+      return show(v, () => formatTable([withRates(v)], VPC_COLUMNS));
+    }
+    case 'vpc-qos': {
+      const v = await client.call<Record<string, unknown>>('PATCH', `/v1/vpcs/${enc(c.name)}`, { qos: c.qos });
       return show(v, () => formatTable([withRates(v)], VPC_COLUMNS));
     }
     case 'vpc-delete':

@@ -101,6 +101,19 @@ t.test('the netd CNI plugin wires eth1 through the host daemon: ADD, CHECK, DEL 
       await s.containers.remove(c);
     }
 
+    // A VPC's default limits (PATCH /v1/vpcs/{vpc} writes them) re-shape its running interfaces
+    // that have no limits of their own; taking them away removes the shaping.
+    {
+      const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });
+      const port = linkNames.internalPort('c1:eth1');
+      const rateOf = async () => (await tc.qdiscs(port)).find((q) => q.kind === 'tbf')?.options?.rate;
+      const vpc = JSON.parse((await store.get(netdKeys.vpc('a')))!.value) as Record<string, unknown>;
+      await store.put(netdKeys.vpc('a'), JSON.stringify({ ...vpc, qos: { ingressBps: 8_000_000 } }));
+      t.ok(await eventually(async () => (await rateOf()) === 1_000_000, 10_000), 'the VPC default (8 Mbit/s in) shapes the running c1');
+      await store.put(netdKeys.vpc('a'), JSON.stringify(vpc));
+      t.ok(await eventually(async () => (await rateOf()) === undefined, 10_000), 'and its removal unshapes it');
+    }
+
     // Bad input never reaches the kernel or etcd, and never takes the daemon down.
     const bad: Array<[string, object | string, Record<string, string>, number]> = [
       ['not JSON', '{oops', env1, 6],

@@ -132,3 +132,21 @@ t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document a
   t.equal((await none.inject({ method: 'GET', url: '/metrics' })).statusCode, 404, 'no metrics without a registry');
   await none.close();
 });
+
+t.test('VPC default QoS changes through PATCH; modes other than vxlan are refused for now', async (t) => {
+  const { store, call } = await setup(t);
+  const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
+  const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
+  t.equal((await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24', mode: 'vxlan' })).statusCode, 201);
+  const vlan = await call('POST', '/v1/vpcs', a, { name: 'v', cidr: '10.0.1.0/24', mode: 'vlan' });
+  t.equal(vlan.statusCode, 400);
+  t.equal(vlan.json().code, 'E_UNSUPPORTED');
+  t.equal((await call('POST', '/v1/vpcs', a, { name: 'v', cidr: '10.0.1.0/24', mode: 'ovs' })).json().code, 'E_INVALID_INPUT');
+  const patched = await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: 8_000_000 } });
+  t.equal(patched.statusCode, 200);
+  t.same(patched.json().qos, { ingressBps: 8_000_000 });
+  t.same(JSON.parse((await store.get(netdKeys.vpc('a.web')))!.value).qos, { ingressBps: 8_000_000 }, 'stored for the hosts to apply');
+  t.equal((await call('PATCH', '/v1/vpcs/web', b, { qos: {} })).statusCode, 404, "another tenant's VPC is a 404");
+  t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: -1 } })).statusCode, 400);
+  t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: {} })).json().qos, undefined, 'empty limits remove the defaults');
+});

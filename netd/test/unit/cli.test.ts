@@ -26,6 +26,7 @@ t.test('parsing: commands, flags, environment defaults; bad usage is E_INVALID_I
     kind: 'vpc-create', name: 'web', cidr: '10.0.0.0/24', mtu: 1400, qos: { ingressBps: 10_000_000 },
   });
   t.same(parseCommand(['endpoint', 'qos', 'web', 'c1:eth1', '--egress', '1g'], {}).command, { kind: 'endpoint-qos', vpc: 'web', endpoint: 'c1:eth1', qos: { egressBps: 1e9 } });
+  t.same(parseCommand(['vpc', 'qos', 'web', '--ingress', '5mbit'], {}).command, { kind: 'vpc-qos', name: 'web', qos: { ingressBps: 5_000_000 } });
   t.same(parseCommand(['cni-config', '--external'], {}).command, { kind: 'cni-config' });
   t.same(parseCommand(['cni-config', 'web'], {}).command, { kind: 'cni-config', vpc: 'web' });
   t.equal(parseCommand(['health'], {}).api, 'unix:///run/netd/api.sock');
@@ -71,6 +72,7 @@ t.test('end to end against the API on a Unix socket: tenant → VPC → list →
   const listed = JSON.parse(await exec(['--json', 'vpc', 'list'], token!)) as Array<{ name: string; cidr: string; qos: unknown }>;
   t.same(listed.map((v) => [v.name, v.cidr, v.qos]), [['web', '10.9.0.0/24', { ingressBps: 20_000_000 }]]);
   t.match(await exec(['vpc', 'show', 'web'], token!), /^NAME\s+CIDR\s+MODE\s+VNI\s+MTU\s+INGRESS\s+EGRESS\n/);
+  t.match(await exec(['vpc', 'qos', 'web', '--egress', '1gbit'], token!), /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+-\s+1gbit\n/, 'vpc qos replaces the defaults');
   t.match(JSON.parse(await exec(['cni-config', 'web'], token!)), { cniVersion: '1.0.0', plugins: [{ type: 'netd', vpc: 'acme.web' }] });
   t.match(JSON.parse(await exec(['cni-config', '--external'], token!)), { plugins: [{ type: 'netd', external: true }] });
   t.equal(await exec(['endpoint', 'list', 'web'], token!), 'ENDPOINT  HOST  IP  MAC  INGRESS  EGRESS\n', 'no endpoints yet: just the header');
