@@ -10,7 +10,7 @@ import { NetdApiClient } from './api/client.js';
  *     whoami                                                      (tenant token)
  *     vpc create NAME --cidr CIDR [--mtu N] [--ingress RATE] [--egress RATE] | list | show NAME | delete NAME
  *     vpc qos NAME [--ingress RATE] [--egress RATE]             (the VPC's defaults; none: remove them)
- *     endpoint list VPC | endpoint qos VPC ENDPOINT [--ingress RATE] [--egress RATE]
+ *     endpoint list VPC | endpoint qos VPC ENDPOINT [--external] [--ingress RATE] [--egress RATE]
  *     cni-config VPC | cni-config --external                      (always JSON)
  *
  * RATE: bits per second, with an optional k/m/g suffix and "bit" or "bps" (10mbit, 1g, 500kbit).
@@ -28,7 +28,7 @@ export type Command =
   | { kind: 'vpc-show' | 'vpc-delete'; name: string }
   | { kind: 'vpc-qos'; name: string; qos: Qos }
   | { kind: 'endpoint-list'; vpc: string }
-  | { kind: 'endpoint-qos'; vpc: string; endpoint: string; qos: Qos }
+  | { kind: 'endpoint-qos'; vpc: string; endpoint: string; qos: Qos; external: boolean }
   | { kind: 'cni-config'; vpc?: string };
 
 export interface Qos {
@@ -150,8 +150,8 @@ export function parseCommand(argv: readonly string[], env: Readonly<Record<strin
       break;
     case 'endpoint qos': {
       arity('endpoint qos', 4);
-      allowed('endpoint qos', '--ingress', '--egress');
-      command = { kind: 'endpoint-qos', vpc: words[2]!, endpoint: words[3]!, qos: qos() ?? {} };
+      allowed('endpoint qos', '--ingress', '--egress', '--external');
+      command = { kind: 'endpoint-qos', vpc: words[2]!, endpoint: words[3]!, qos: qos() ?? {}, external: flags.has('--external') };
       break;
     }
     default:
@@ -185,7 +185,10 @@ const rate = (bps: unknown) => {
 };
 const withRates = (r: Record<string, unknown>) => {
   const q = (r.qos ?? {}) as Qos;
-  return { ...r, ingress: rate(q.ingressBps), egress: rate(q.egressBps) };
+  const x = r.external as { ip: string; qos?: Qos } | undefined;
+  const xq = x?.qos ?? {};
+  const eth0 = x && [x.ip, ...(xq.ingressBps !== undefined || xq.egressBps !== undefined ? [`${rate(xq.ingressBps) ?? '-'}/${rate(xq.egressBps) ?? '-'}`] : [])].join(' ');
+  return { ...r, ingress: rate(q.ingressBps), egress: rate(q.egressBps), eth0 };
 };
 
 const VPC_COLUMNS = [
@@ -194,7 +197,7 @@ const VPC_COLUMNS = [
 ];
 const ENDPOINT_COLUMNS = [
   { key: 'id', title: 'ENDPOINT' }, { key: 'host', title: 'HOST' }, { key: 'ip', title: 'IP' }, { key: 'mac', title: 'MAC' },
-  { key: 'ingress', title: 'INGRESS' }, { key: 'egress', title: 'EGRESS' },
+  { key: 'ingress', title: 'INGRESS' }, { key: 'egress', title: 'EGRESS' }, { key: 'eth0', title: 'EXTERNAL' },
 ];
 const TENANT_COLUMNS = [{ key: 'name', title: 'NAME' }, { key: 'tag', title: 'TAG' }];
 
@@ -251,7 +254,7 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
       return show(list, () => formatTable(list.map(withRates), ENDPOINT_COLUMNS));
     }
     case 'endpoint-qos': {
-      const e = await client.call<Record<string, unknown>>('PATCH', `/v1/vpcs/${enc(c.vpc)}/endpoints/${enc(c.endpoint)}`, { qos: c.qos });
+      const e = await client.call<Record<string, unknown>>('PATCH', `/v1/vpcs/${enc(c.vpc)}/endpoints/${enc(c.endpoint)}${c.external ? '/external' : ''}`, { qos: c.qos });
       return show(e, () => formatTable([withRates(e)], ENDPOINT_COLUMNS));
     }
     case 'cni-config': {

@@ -36,6 +36,10 @@ export interface EndpointRecord {
   mac: string;
   /** Host-side veth name. */
   hostIf: string;
+  /** The CNI attachment (written by netd's ADD; absent in records made by other tools). */
+  containerId?: string;
+  ifname?: string;
+  netns?: string;
   /** Rate limits of this interface; the VPC's defaults when absent. */
   qos?: QosSpec;
 }

@@ -6,7 +6,8 @@ import { parseCidr, formatCidr } from '../../core/cidr.js';
 import type { Store } from '../../store/types.js';
 import { Ipam } from '../../ipam/allocator.js';
 import { checkQos } from '../qos.js';
-import { netdKeys } from '../keys.js';
+import { netdKeys, externalKeys } from '../keys.js';
+import type { ExternalEndpointRecord } from '../external.js';
 import type { EndpointRecord, QosSpec, VpcRecord } from '../model.js';
 import type { NetdMetrics } from '../metrics.js';
 import swagger from '@fastify/swagger';
@@ -284,11 +285,48 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       return reply.status(204).send();
     });
 
-    app.get('/v1/vpcs/:vpc/endpoints', tenantRoute('Container interfaces attached to the VPC', { params: VPC_PARAMS, response: { 200: Type.Array(ENDPOINT), ...errors } }), async (req) => {
+    /** The eth0 (external) records of these containers, found on their hosts by container id. */
+    const externalsOf = async (endpoints: readonly EndpointRecord[]): Promise<Map<string, { key: string; record: ExternalEndpointRecord }>> => {
+      const out = new Map<string, { key: string; record: ExternalEndpointRecord }>();
+      const wanted = new Set(endpoints.map((e) => e.containerId).filter((c): c is string => c !== undefined));
+      for (const host of new Set(endpoints.map((e) => e.host))) {
+        for (const kv of (await store.list(externalKeys.host(host))).kvs) {
+          const record = JSON.parse(kv.value) as ExternalEndpointRecord;
+          if (wanted.has(record.containerId)) out.set(record.containerId, { key: kv.key, record });
+        }
+      }
+      return out;
+    };
+
+    app.get('/v1/vpcs/:vpc/endpoints', tenantRoute("Container interfaces attached to the VPC (with the container's eth0, if any)", { params: VPC_PARAMS, response: { 200: Type.Array(ENDPOINT), ...errors } }), async (req) => {
       const vpc = await ownVpc(await requireTenant(req), (req.params as { vpc: string }).vpc);
       const { kvs } = await store.list(`${netdKeys.endpoints()}${vpc.name}/`);
-      return kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+      const endpoints = kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+      const externals = await externalsOf(endpoints);
+      return endpoints.map((e) => {
+        const x = e.containerId !== undefined ? externals.get(e.containerId)?.record : undefined;
+        return x ? { ...e, external: { ifname: x.ifname, ip: x.ip, mac: x.mac, ...(x.qos && { qos: x.qos }) } } : e;
+      });
     });
+
+    /**
+     * Changes the rate limits of the container's eth0. A tenant owns the eth0 of the containers it
+     * attached to its VPCs (external records carry no tenant of their own).
+     */
+    app.patch(
+      '/v1/vpcs/:vpc/endpoints/:endpoint/external',
+      tenantRoute("Change the rate limits of the container's external interface (eth0)", { params: Type.Object({ vpc: NAME, endpoint: Type.String({ maxLength: 200 }) }), body: EndpointPatch }),
+      async (req) => {
+        const params = req.params as { vpc: string; endpoint: string };
+        const vpc = await ownVpc(await requireTenant(req), params.vpc);
+        const qos = checkQos((req.body as Static<typeof EndpointPatch>).qos);
+        const kv = await store.get(netdKeys.endpoint(vpc.name, params.endpoint));
+        if (!kv) throw new AppError(ErrorCodes.NOT_FOUND, `no endpoint "${params.endpoint}"`);
+        const found = (await externalsOf([JSON.parse(kv.value) as EndpointRecord])).values().next().value;
+        if (!found) throw new AppError(ErrorCodes.NOT_FOUND, `the container of "${params.endpoint}" has no external interface`);
+        return withQos<ExternalEndpointRecord>(found.key, 'the external interface is gone', qos);
+      },
+    );
 
     /** Changes an endpoint's rate limits; every host applies them to the running interface. */
     app.patch(

@@ -8,6 +8,8 @@ import { IpClient } from '../../../sys/ip.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
 import { installNetdPlugin } from '../../install-cni.js';
+import { TcClient } from '../../../sys/tc.js';
+import { linkNames } from '../../names.js';
 import { startNetd, waitReady, stopNetd, invokePlugin, eventually } from '../netd-hosts.js';
 
 /**
@@ -91,6 +93,19 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
       'the reconciler removed the stray entry in the pool and kept the foreign one',
     );
     await s.runner.run({ argv: ['ip', 'neigh', 'del', 'proxy', '10.77.0.99', 'dev', 'uplink'], netns: { name: s.cluster.host('h1').netns } });
+
+    // eth0's limits change at runtime (PATCH .../external writes them on the eth0 record).
+    {
+      const key = '/netd/v1/external/h1/c-h1:eth0';
+      const rec = JSON.parse((await store.get(key))!.value) as Record<string, unknown>;
+      const port = String(rec.hostIf);
+      const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });
+      const rateOf = async (dev: string) => (await tc.qdiscs(dev).catch(() => [])).find((q) => q.kind === 'tbf')?.options?.rate;
+      await store.put(key, JSON.stringify({ ...rec, qos: { ingressBps: 16_000_000, egressBps: 24_000_000 } }));
+      t.ok(await eventually(async () => (await rateOf(port)) === 2_000_000 && (await rateOf(linkNames.ifbFor(port))) === 3_000_000, 10_000), 'eth0 reshaped at runtime: 16 Mbit/s in, 24 Mbit/s out');
+      await store.put(key, JSON.stringify(rec));
+      t.ok(await eventually(async () => (await rateOf(port)) === undefined, 10_000), 'and unshaped when the limits go');
+    }
 
     for (const host of ['h1', 'h2'] as const) {
       const r = await invokePlugin(s, bin, host, 'DEL', conf, { CNI_CONTAINERID: `c-${host}`, CNI_NETNS: `/run/netns/${ns[host]}`, CNI_IFNAME: 'eth0' });

@@ -150,3 +150,23 @@ t.test('VPC default QoS changes through PATCH; modes other than vxlan are refuse
   t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: -1 } })).statusCode, 400);
   t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: {} })).json().qos, undefined, 'empty limits remove the defaults');
 });
+
+t.test("a container's eth0 is listed with its VPC endpoint, and its limits change through the VPC's tenant", async (t) => {
+  const { store, call } = await setup(t);
+  const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
+  const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
+  await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24' });
+  await call('POST', '/v1/vpcs', b, { name: 'web', cidr: '10.0.0.0/24' });
+  const ep = { vpc: 'a.web', id: 'c1:eth1', host: 'h1', ip: '10.0.0.5', mac: '02:00:00:00:00:05', hostIf: 'ni1', containerId: 'c1', ifname: 'eth1' };
+  await store.put(netdKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
+  await store.put(netdKeys.endpoint('a.web', 'c2:eth1'), JSON.stringify({ ...ep, id: 'c2:eth1', containerId: 'c2', ip: '10.0.0.6' }));
+  const ext = { id: 'c1:eth0', host: 'h1', pool: 'external', ip: '100.64.0.9', mac: '02:00:00:00:00:09', hostIf: 'ne1', containerId: 'c1', ifname: 'eth0', netns: '/x' };
+  await store.put('/netd/v1/external/h1/c1:eth0', JSON.stringify(ext));
+  const listed = (await call('GET', '/v1/vpcs/web/endpoints', a)).json() as Array<{ id: string; external?: { ip: string } }>;
+  t.same(listed.map((e) => [e.id, e.external?.ip]), [['c1:eth1', '100.64.0.9'], ['c2:eth1', undefined]], "c1's eth0 shows beside its eth1");
+  const patched = await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1/external', a, { qos: { egressBps: 50_000_000 } });
+  t.equal(patched.statusCode, 200);
+  t.same(JSON.parse((await store.get('/netd/v1/external/h1/c1:eth0'))!.value).qos, { egressBps: 50_000_000 }, 'stored on the eth0 record, for its host to apply');
+  t.equal((await call('PATCH', '/v1/vpcs/web/endpoints/c2:eth1/external', a, { qos: {} })).json().code, 'E_NOT_FOUND', 'no eth0: 404');
+  t.equal((await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1/external', b, { qos: {} })).statusCode, 404, "another tenant cannot touch it (its own VPC has no such endpoint)");
+});

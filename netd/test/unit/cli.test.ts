@@ -25,7 +25,8 @@ t.test('parsing: commands, flags, environment defaults; bad usage is E_INVALID_I
   t.same(parseCommand(['vpc', 'create', 'web', '--cidr', '10.0.0.0/24', '--mtu', '1400', '--ingress', '10mbit'], {}).command, {
     kind: 'vpc-create', name: 'web', cidr: '10.0.0.0/24', mtu: 1400, qos: { ingressBps: 10_000_000 },
   });
-  t.same(parseCommand(['endpoint', 'qos', 'web', 'c1:eth1', '--egress', '1g'], {}).command, { kind: 'endpoint-qos', vpc: 'web', endpoint: 'c1:eth1', qos: { egressBps: 1e9 } });
+  t.same(parseCommand(['endpoint', 'qos', 'web', 'c1:eth1', '--egress', '1g'], {}).command, { kind: 'endpoint-qos', vpc: 'web', endpoint: 'c1:eth1', qos: { egressBps: 1e9 }, external: false });
+  t.same(parseCommand(['endpoint', 'qos', 'web', 'c1:eth1', '--external', '--ingress', '1m'], {}).command, { kind: 'endpoint-qos', vpc: 'web', endpoint: 'c1:eth1', qos: { ingressBps: 1e6 }, external: true });
   t.same(parseCommand(['vpc', 'qos', 'web', '--ingress', '5mbit'], {}).command, { kind: 'vpc-qos', name: 'web', qos: { ingressBps: 5_000_000 } });
   t.same(parseCommand(['cni-config', '--external'], {}).command, { kind: 'cni-config' });
   t.same(parseCommand(['cni-config', 'web'], {}).command, { kind: 'cni-config', vpc: 'web' });
@@ -75,7 +76,7 @@ t.test('end to end against the API on a Unix socket: tenant → VPC → list →
   t.match(await exec(['vpc', 'qos', 'web', '--egress', '1gbit'], token!), /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+-\s+1gbit\n/, 'vpc qos replaces the defaults');
   t.match(JSON.parse(await exec(['cni-config', 'web'], token!)), { cniVersion: '1.0.0', plugins: [{ type: 'netd', vpc: 'acme.web' }] });
   t.match(JSON.parse(await exec(['cni-config', '--external'], token!)), { plugins: [{ type: 'netd', external: true }] });
-  t.equal(await exec(['endpoint', 'list', 'web'], token!), 'ENDPOINT  HOST  IP  MAC  INGRESS  EGRESS\n', 'no endpoints yet: just the header');
+  t.equal(await exec(['endpoint', 'list', 'web'], token!), 'ENDPOINT  HOST  IP  MAC  INGRESS  EGRESS  EXTERNAL\n', 'no endpoints yet: just the header');
   await t.rejects(exec(['vpc', 'show', 'nope'], token!), { code: 'E_NOT_FOUND' });
   await t.rejects(exec(['tenant', 'delete', 'acme'], 'admin-secret-0123456789'), { code: 'E_CONFLICT' }, 'a tenant with VPCs stays');
   t.equal(await exec(['vpc', 'delete', 'web'], token!), 'VPC web deleted\n');
