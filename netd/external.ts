@@ -89,7 +89,8 @@ export async function attachExternal(
     ...(req.qos && { qos: req.qos }),
   });
   try {
-    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac, mtu: deps.host.underlayMtu, fresh: !existing, ...(deps.hostLane && { hostLane: deps.hostLane }) };
+    // eth0 is IPv4 (a /32 behind the IPv4 link-local gateway).
+    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac, mtu: deps.host.underlayMtu, fresh: !existing, ipv4Only: true, ...(deps.hostLane && { hostLane: deps.hostLane }) };
     const { allocation } = await wireVeth({ ...plug, ...(req.qos && { qos: { spec: req.qos, tc: new TcClient(deps.runner, deps.hostNetns) } }) }, undo, {
       allocate: async () => {
         const a = await deps.ipam.allocate({

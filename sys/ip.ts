@@ -121,8 +121,14 @@ export class IpBatch extends LineBatch {
     return this.add('link', 'del', 'group', group);
   }
 
-  linkSet(name: string, opts: { up?: boolean; master?: string | null; mtu?: number; address?: string; netns?: string; name?: string }): this {
+  /**
+   * `addrGenMode: 'none'`: no IPv6 link-local address (and so no DAD, router solicitations or MLD
+   * reports) when the link comes up. Set it on its own line before `up`: the kernel applies flags
+   * before address-family settings within one request.
+   */
+  linkSet(name: string, opts: { up?: boolean; master?: string | null; mtu?: number; address?: string; netns?: string; name?: string; addrGenMode?: 'none' | 'eui64' }): this {
     const words: Array<string | number> = ['link', 'set', 'dev', ifname(name)];
+    if (opts.addrGenMode !== undefined) words.push('addrgenmode', opts.addrGenMode);
     if (opts.netns !== undefined) words.push('netns', opts.netns);
     if (opts.name !== undefined) words.push('name', ifname(opts.name));
     if (opts.mtu !== undefined) words.push('mtu', opts.mtu);

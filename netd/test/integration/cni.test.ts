@@ -74,6 +74,9 @@ t.test('the netd CNI plugin wires eth1 through the host daemon: ADD, CHECK, DEL 
       t.match(add.out.interfaces, [{ name: 'eth1', sandbox: c.netnsPath, mac: /^02:/ }]);
       const inside = await new IpClient(s.runner, { name: c.netns }).addresses('eth1');
       t.ok(inside[0]?.addr_info.some((a) => `${a.local}/${a.prefixlen}` === ips[0]!.address), `${name} carries its address`);
+      t.notOk(inside[0]?.addr_info.some((a) => a.family === 'inet6'), `${name}: no IPv6 link-local on an IPv4 VPC's interface`);
+      const port = (await new IpClient(s.runner, { name: s.cluster.host(host).netns }).addresses(linkNames.internalPort(`${name}:eth1`)))[0];
+      t.notOk(port?.addr_info.some((a) => a.family === 'inet6'), `${name}: none on its host port either`);
       made.push({ c, host, ip: ips[0]!.address.split('/')[0]! });
     }
     t.ok(await eventually(() => s.probe.ping(made[0]!.c.netns, made[1]!.ip, 500), 20_000), 'c1 (h1) reaches c2 (h2) over eth1');
