@@ -3,6 +3,7 @@ import { parseCidr, formatCidr, contains, parseIp } from '../core/cidr.js';
 import { IpBatch, IpClient } from '../sys/ip.js';
 import { TcClient } from '../sys/tc.js';
 import { NftClient, NftTransaction } from '../sys/nft.js';
+import { SysctlClient } from '../sys/sysctl.js';
 import type { CommandRunner, NetnsTarget } from '../sys/runner.js';
 import { silentLogger, type Logger } from '../sys/log.js';
 import { checkSegment } from '../ipam/keys.js';
@@ -124,6 +125,9 @@ export async function attachExternal(
           .routeReplace(`${LINK_LOCAL_GATEWAY}/32`, { dev: req.ifname, scope: 'link' })
           .routeReplace('default', { via: LINK_LOCAL_GATEWAY, dev: req.ifname, onlink: true }),
     });
+    // The host answers the container's ARP for the gateway at once (proxy replies are otherwise
+    // delayed up to proxy_delay, 0.8 s: a slow first packet). Calico does the same on its ports.
+    await new SysctlClient(deps.runner, deps.hostNetns).set(`net.ipv4.neigh.${hostIf}.proxy_delay`, 0);
     await deps.convergeExternal?.(endpoint!, req.qos);
     log.info({ ip: allocation.ip }, 'external interface attached');
     return { endpoint: endpoint!, allocation };
@@ -184,11 +188,14 @@ export async function reconcileExternalProxies(
 
 /**
  * How the external pool leaves through the uplink: `nat` keeps one owned table with a masquerade
- * rule (rewritten atomically); `routed` removes that table.
+ * rule (rewritten atomically); `routed` removes that table and makes the uplink's proxy ARP replies
+ * immediate.
  */
 export async function ensureExternalEgress(runner: CommandRunner, hostNetns: NetnsTarget | undefined, cidr: string, uplink: string, mode: ExternalMode): Promise<void> {
   const net = formatCidr(parseCidr(cidr));
   const tx = new NftTransaction();
+  // Routed: the uplink answers ARP for containers at once, not after a random proxy_delay.
+  if (mode === 'routed') await new SysctlClient(runner, hostNetns).set(`net.ipv4.neigh.${uplink}.proxy_delay`, 0);
   if (mode === 'routed') tx.deleteTable('ip', NAT_TABLE);
   else {
     tx.addTable('ip', NAT_TABLE)

@@ -70,6 +70,10 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
 
     t.same(await uplinkOf('h1').proxyNeighbours('uplink'), [routedIp], 'h1 answers ARP for its container on the uplink');
     t.same(await uplinkOf('h2').proxyNeighbours('uplink'), [], 'h2 (NAT) answers for nothing');
+    const sysctlOn = async (host: string, key: string) => (await s.runner.run({ argv: ['sysctl', '-n', key], netns: { name: s.cluster.host(host).netns } })).stdout.trim();
+    const h1Port = (JSON.parse((await store.get('/netd/v1/external/h1/c-h1:eth0'))!.value) as { hostIf: string }).hostIf;
+    t.equal(await sysctlOn('h1', `net.ipv4.neigh.${h1Port}.proxy_delay`), '0', "the gateway's proxy ARP answers at once (no proxy_delay)");
+    t.equal(await sysctlOn('h1', 'net.ipv4.neigh.uplink.proxy_delay'), '0', "and so does the routed host's uplink");
 
     // Routed: reachable from outside, and it speaks with its own address.
     t.ok(await s.probe.ping(out, routedIp), `outside reaches the routed container (${routedIp}) directly`);

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { FakeRunner } from '../../fake-runner.js';
 import { IpBatch, IpBatchLane, IpClient } from '../../ip.js';
+import { SysctlClient } from '../../sysctl.js';
 import { TcBatch, TcClient } from '../../tc.js';
 import { BridgeBatch, BridgeClient } from '../../bridge.js';
 import { NftTransaction, NftClient, parseNftJson } from '../../nft.js';
@@ -223,4 +224,12 @@ t.test('gluster: XML answers and errors', async (t) => {
     throw new CommandError({ argv: call.argv, exitCode: 1, stderr: '', stdout: '<cliOutput><opRet>-1</opRet><opErrno>0</opErrno><opErrstr>volume start: gv1: failed: Volume gv1 already started</opErrstr></cliOutput>' });
   });
   await t.rejects(new GlusterClient(failing).volumeStart('gv1'), { code: ErrorCodes.GLUSTER_FAILED, message: /already started/ });
+});
+
+t.test('sysctl: another namespace goes through sysctl -w; keys and values are checked', async (t) => {
+  const fake = new FakeRunner();
+  await new SysctlClient(fake, { name: 'h1' }).set('net.ipv4.neigh.ne1a2b.proxy_delay', 0);
+  t.same(fake.calls[0]?.argv, ['nsenter', '--net=/run/netns/h1', '--', 'sysctl', '-q', '-w', 'net.ipv4.neigh.ne1a2b.proxy_delay=0']);
+  await t.rejects(new SysctlClient(fake, { name: 'h1' }).set('kernel.core_pattern', '|/bin/sh'), { code: ErrorCodes.INVALID_INPUT });
+  await t.rejects(new SysctlClient(fake, { name: 'h1' }).set('net.ipv4.ip_forward', '1\nnet.x=1'), { code: ErrorCodes.INVALID_INPUT });
 });
