@@ -80,6 +80,12 @@ export function endpointId(containerId: string, ifname: string): string {
 }
 
 /** A stable locally administered MAC per endpoint, so a retried ADD gets the same one. */
+/** 02:<VNI's low byte>:<the four address bytes>: one MAC per address in a VPC (locally administered). */
+export function macForAddress(vni: number, ip: string): string {
+  const bytes = [vni & 0xff, ...ip.split('.').map(Number)];
+  return `02:${bytes.map((b) => b.toString(16).padStart(2, '0')).join(':')}`;
+}
+
 export function endpointMac(id: string): string {
   const h = shortHash(`mac:${id}`);
   return `02:${h.slice(0, 2)}:${h.slice(2, 4)}:${h.slice(4, 6)}:${h.slice(6, 8)}:${h.slice(8, 10)}`;
@@ -124,14 +130,20 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
   const releasePort = deps.claimPort?.(hostIf);
   const releaseIfb = qos?.egressBps !== undefined ? deps.claimPort?.(linkNames.ifbFor(hostIf)) : undefined;
   try {
-    const mac = (req.mac ?? endpointMac(id)).toLowerCase();
+    // On an IPv4 VPC the MAC follows the address (unless the runtime asked for one): the VXLAN
+    // devices answer ARP themselves, so a peer never hears a new container's ARP, and a reused
+    // address must not leave peers' caches pointing at an old MAC. The veth is created before the
+    // address is known, under a provisional MAC that round 2 replaces before the link comes up.
+    const ipv4 = parseCidr(vpc.cidr).family === 4;
+    const creationMac = (req.mac ?? endpointMac(id)).toLowerCase();
+    const macFor = (ip: string) => (req.mac === undefined && ipv4 ? macForAddress(vpc.vni, ip) : creationMac);
     let endpoint: EndpointRecord | undefined;
     const recordFor = (allocation: Allocation): EndpointRecord & { containerId: string; ifname: string; netns: string } => ({
       vpc: vpc.name,
       id,
       host: deps.host.name,
       ip: allocation.ip,
-      mac,
+      mac: macFor(allocation.ip),
       hostIf,
       containerId: req.containerId,
       ifname: req.ifname,
@@ -139,7 +151,7 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
       ...(req.qos && { qos: req.qos }),
     });
     const bridge = deps.view?.bridgeUp(vpc);
-    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac, mtu, fresh: !existing, ipv4Only: parseCidr(vpc.cidr).family === 4, ...(bridge && { master: bridge }), ...(deps.hostLane && { hostLane: deps.hostLane }) };
+    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: creationMac, mtu, fresh: !existing, ipv4Only: parseCidr(vpc.cidr).family === 4, ...(bridge && { master: bridge }), ...(deps.hostLane && { hostLane: deps.hostLane }) };
     const wired = await wireVeth({ ...plug, ...(qos && { qos: { spec: qos, tc: new TcClient(deps.runner, deps.hostNetns) } }) }, undo, {
       allocate: async () => {
         const allocation = await deps.ipam.allocate({
@@ -157,6 +169,10 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
       persist: async (allocation) => {
         endpoint = recordFor(allocation);
         if (!allocation.wroteAlso) await deps.store.put(recordKey, JSON.stringify(endpoint));
+      },
+      beforeUp: (inNs, allocation) => {
+        const final = macFor(allocation.ip);
+        if (final !== creationMac) inNs.linkSet(req.ifname, { address: final });
       },
       inside: (inNs, allocation) => inNs.addrAdd(allocation.cidr, req.ifname),
     });
@@ -234,6 +250,8 @@ export interface WireSteps<T> {
   onHost?(b: IpBatch): void;
   /** Host-side lines that need the address (their own batch, beside the container side). */
   onHostWithAddress?(b: IpBatch, allocation: T): void;
+  /** Container-side lines while the link is still down (e.g. its final MAC). */
+  beforeUp?(b: IpBatch, allocation: T): void;
   /** Container-side lines: addresses, routes. */
   inside(b: IpBatch, allocation: T): void;
 }
@@ -296,6 +314,7 @@ export async function wireVeth<T>(p: VethPlug, undo: Array<() => Promise<unknown
   // (The peer cannot be brought up as it is created in another namespace: the kernel refuses.)
   const inNs = new IpBatch();
   if (p.ipv4Only) inNs.linkSet(p.ifname, { addrGenMode: 'none' });
+  steps.beforeUp?.(inNs, allocation);
   inNs.linkSet(p.ifname, { up: true });
   steps.inside(inNs, allocation);
   const onHost = new IpBatch();

@@ -3,7 +3,7 @@ import { BridgeBatch, type BridgeClient } from '../sys/bridge.js';
 import type { Logger } from '../sys/log.js';
 import { isCommandError } from '../sys/runner.js';
 import { OWNED_LINK_RE } from './names.js';
-import { emptyDesired, fdbKey, type DesiredL2 } from './modes/mode.js';
+import { emptyDesired, fdbKey, neighKey, type DesiredL2 } from './modes/mode.js';
 
 /**
  * Converges one host's data path to a DesiredL2 (Felix-style: read actual, diff, apply ordered
@@ -15,12 +15,14 @@ export interface Plan {
   /** Creations and changes, in dependency order (bridges, then vxlans and ports onto them). */
   create: IpBatch;
   fdb: BridgeBatch;
+  /** Neighbour entries on VXLAN devices (ARP suppression), once the devices exist. */
+  neighbours: IpBatch;
   /** Removals of orphans, after the FDB has moved off them. */
   remove: IpBatch;
 }
 
 export function isEmptyPlan(p: Plan): boolean {
-  return p.create.empty && p.fdb.empty && p.remove.empty;
+  return p.create.empty && p.fdb.empty && p.neighbours.empty && p.remove.empty;
 }
 
 /** Reads the netd-owned part of a host's data path. */
@@ -39,9 +41,17 @@ export async function readActual(ip: IpClient, bridge: BridgeClient): Promise<{ 
         dev: String(data.link ?? ''),
         mtu: l.mtu,
         master: l.master ?? '',
+        proxy: data.proxy === true,
       });
     } else if (/^n[ie]/.test(l.ifname)) actual.ports.set(l.ifname, l.master ?? '');
     else if (kind === 'ifb' && l.ifname.startsWith('nq')) actual.ifbs.add(l.ifname);
+  }
+  if (actual.vxlans.size > 0) {
+    for (const n of await ip.neighbours()) {
+      if (!actual.vxlans.has(n.dev) || !n.lladdr || !(n.state ?? []).includes('PERMANENT')) continue;
+      const spec = { ip: n.dst, mac: n.lladdr.toLowerCase(), dev: n.dev };
+      actual.neighbours.set(neighKey(spec), spec);
+    }
   }
   for (const vx of actual.vxlans.keys()) {
     for (const e of await bridge.fdb({ dev: vx })) {
@@ -57,6 +67,7 @@ export async function readActual(ip: IpClient, bridge: BridgeClient): Promise<{ 
 export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet<string> = new Set()): Plan {
   const create = new IpBatch();
   const fdb = new BridgeBatch();
+  const neighbours = new IpBatch();
   const remove = new IpBatch();
   const recreated = new Set<string>();
 
@@ -67,13 +78,13 @@ export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet
   }
   for (const v of desired.vxlans.values()) {
     const have = actual.vxlans.get(v.name);
-    if (have && (have.vni !== v.vni || have.local !== v.local)) {
-      // VNI and local address cannot be changed in place.
+    if (have && (have.vni !== v.vni || have.local !== v.local || have.proxy !== v.proxy)) {
+      // VNI, local address and the proxy flag cannot be changed in place.
       create.linkDel(v.name);
       recreated.add(v.name);
     }
     if (!have || recreated.has(v.name)) {
-      create.linkAddVxlan({ name: v.name, vni: v.vni, local: v.local, dev: v.dev, gbp: true, learning: false, mtu: v.mtu });
+      create.linkAddVxlan({ name: v.name, vni: v.vni, local: v.local, dev: v.dev, gbp: true, learning: false, proxy: v.proxy, mtu: v.mtu });
       create.linkSet(v.name, { master: v.master, up: true });
       continue;
     }
@@ -93,6 +104,13 @@ export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet
   for (const [key, f] of desired.fdb) {
     if (!actual.fdb.has(key) || recreated.has(f.dev)) fdb.fdbAppend(f.mac, f.dev, { dst: f.dst });
   }
+  for (const [key, n] of desired.neighbours) {
+    const have = actual.neighbours.get(key);
+    if (!have || have.mac !== n.mac || recreated.has(n.dev)) neighbours.neighReplace(n.ip, n.mac, n.dev);
+  }
+  for (const [key, n] of actual.neighbours) {
+    if (!desired.neighbours.has(key) && desired.vxlans.has(n.dev) && !recreated.has(n.dev)) neighbours.neighDel(n.ip, n.dev);
+  }
   for (const [key, f] of actual.fdb) {
     if (!desired.fdb.has(key) && desired.vxlans.has(f.dev) && !recreated.has(f.dev)) fdb.fdbDel(f.mac, f.dev, { dst: f.dst });
   }
@@ -101,7 +119,7 @@ export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet
   for (const ifb of actual.ifbs) if (!desired.ifbs.has(ifb) && !protect.has(ifb)) remove.linkDel(ifb);
   for (const vx of actual.vxlans.keys()) if (!desired.vxlans.has(vx)) remove.linkDel(vx);
   for (const br of actual.bridges.keys()) if (!desired.bridges.has(br)) remove.linkDel(br);
-  return { create, fdb, remove };
+  return { create, fdb, neighbours, remove };
 }
 
 /** Reads, diffs and applies; returns the plan that was applied (empty when already converged). */
@@ -116,9 +134,11 @@ export async function reconcile(
   // flight, which registered it before creating it.
   const p = plan(desired, actual, inFlight());
   if (isEmptyPlan(p)) return p;
-  log?.debug({ create: p.create.lines, fdb: p.fdb.lines, remove: p.remove.lines }, 'reconcile');
+  log?.debug({ create: p.create.lines, fdb: p.fdb.lines, neighbours: p.neighbours.lines, remove: p.remove.lines }, 'reconcile');
   await clients.ip.apply(p.create);
   await clients.bridge.apply(p.fdb);
+  // An entry to delete may be gone already (its device was just recreated): that is success.
+  await clients.ip.applyForgivingMissing(p.neighbours);
   // A port can vanish between the read and the delete (its netns was just destroyed): removals run
   // with -force, and lines that failed only because the link is already gone are success.
   await clients.ip.apply(p.remove, { force: true }).catch((err: unknown) => {

@@ -59,6 +59,8 @@ export interface VxlanSpec {
   dstport?: number;
   gbp?: boolean;
   learning?: boolean;
+  /** The device answers ARP/ND itself from its neighbour table (ARP suppression). */
+  proxy?: boolean;
   mtu?: number;
 }
 
@@ -105,6 +107,7 @@ export class IpBatch extends LineBatch {
       'type', 'vxlan', 'id', s.vni, 'local', s.local, 'dev', ifname(s.dev), 'dstport', s.dstport ?? 4789,
       ...(s.gbp ? ['gbp'] : []),
       s.learning === false ? 'nolearning' : 'learning',
+      ...(s.proxy ? ['proxy'] : []),
     );
   }
 

@@ -17,6 +17,15 @@ export interface VxlanDeviceSpec {
   dev: string;
   mtu: number;
   master: string;
+  /** ARP suppression: the device answers ARP from its neighbour entries. */
+  proxy: boolean;
+}
+
+/** A remote endpoint's IP → MAC on a VXLAN device (what ARP suppression answers with). */
+export interface NeighSpec {
+  ip: string;
+  mac: string;
+  dev: string;
 }
 
 export interface FdbSpec {
@@ -33,6 +42,8 @@ export interface DesiredL2 {
   ports: Map<string, string>;
   /** Keyed by fdbKey(). */
   fdb: Map<string, FdbSpec>;
+  /** Keyed by neighKey(). */
+  neighbours: Map<string, NeighSpec>;
   /** ifb devices that shape what containers send (see qos.ts). */
   ifbs: Set<string>;
 }
@@ -41,11 +52,15 @@ export function fdbKey(f: FdbSpec): string {
   return `${f.dev}|${f.mac}|${f.dst}`;
 }
 
+export function neighKey(n: { dev: string; ip: string }): string {
+  return `${n.dev}|${n.ip}`;
+}
+
 export interface NetworkMode {
   readonly name: 'vxlan' | 'vlan' | 'routed';
   render(view: HostView): DesiredL2;
 }
 
 export function emptyDesired(): DesiredL2 {
-  return { bridges: new Map(), vxlans: new Map(), ports: new Map(), fdb: new Map(), ifbs: new Set() };
+  return { bridges: new Map(), vxlans: new Map(), ports: new Map(), fdb: new Map(), neighbours: new Map(), ifbs: new Set() };
 }

@@ -77,6 +77,15 @@ t.test('netd daemons converge the vxlan data path from etcd; a dead host is drop
     for (const [h, r] of daemons) t.ok(await ready(r), `netd on ${h} is ready`);
     t.ok(await eventually(() => s.probe.ping(by('a1').netns, by('a2').ip, 500), 15_000), 'a1 reaches a2 across hosts once the daemons converged');
     t.ok(await eventually(() => s.probe.ping(by('b1').netns, by('b2').ip, 500), 15_000), 'b1 reaches b2 (icmp)');
+    // ARP suppression: h1's VXLAN device answers for a2 itself; no ARP request crosses the underlay.
+    {
+      const h1 = new IpClient(s.runner, { name: s.cluster.host('h1').netns });
+      const nx = linkNames.vxlan(300);
+      t.equal((await h1.link(nx))?.linkinfo?.info_data?.proxy, true, `${nx} has proxy (ARP suppression) on`);
+      const a2 = containers.find((c) => c.name === 'a2')!;
+      const a2Mac = (await new IpClient(s.runner, { name: a2.netns }).link('eth1'))?.address;
+      t.ok((await h1.neighbours(nx)).some((n) => n.dst === a2.ip && n.lladdr === a2Mac && (n.state ?? []).includes('PERMANENT')), `h1 holds a2's ${a2.ip} → ${a2Mac} on ${nx}`);
+    }
     t.ok(await s.probe.delivered({ from: by('b1').netns, to: by('b2').netns, address: by('b2').ip, protocol: 'tcp', port: 7000 }), 'b1 reaches b2 (tcp)');
     const server = await s.probe.serve(by('a2').netns, 'tcp', by('a2').ip, 7100);
     try {
