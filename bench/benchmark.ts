@@ -54,7 +54,8 @@ export async function runBenchmark(b: Benchmark, opts: RunOptions): Promise<Benc
         const measured = await b.trial(side);
         for (const m of b.metrics) {
           const v = measured[m.name];
-          if (v === undefined || !Number.isFinite(v)) throw new Error(`${b.name}: ${side} trial gave no value for ${m.name}`);
+          if (v === undefined || !Number.isFinite(v))
+            throw new Error(`${b.name}: ${side} trial gave no value for ${m.name}`);
           (samples[side][m.name] ??= []).push(v);
         }
       }

@@ -16,7 +16,14 @@ import { netdScaleBenchmark } from './benchmarks/netd-scale.js';
 
 function registry(): Benchmark[] {
   const runner = new ExecRunner();
-  return [linkBatchBenchmark(runner), ipamVsSharedRecordBenchmark(runner), ipamVsHostLocalBenchmark(runner), netdCniLatencyBenchmark(runner), netdFullAddBenchmark(runner), netdScaleBenchmark(runner)];
+  return [
+    linkBatchBenchmark(runner),
+    ipamVsSharedRecordBenchmark(runner),
+    ipamVsHostLocalBenchmark(runner),
+    netdCniLatencyBenchmark(runner),
+    netdFullAddBenchmark(runner),
+    netdScaleBenchmark(runner),
+  ];
 }
 
 async function main(): Promise<void> {

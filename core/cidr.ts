@@ -60,7 +60,9 @@ export function parseCidr(text: string, opts: { strict?: boolean } = {}): Cidr {
   }
   const network = ip.value & mask(ip.family, prefixLength);
   if (strict && network !== ip.value) {
-    throw invalidInput(`"${text}" has host bits set (network is ${formatCidr({ family: ip.family, network, prefixLength })})`);
+    throw invalidInput(
+      `"${text}" has host bits set (network is ${formatCidr({ family: ip.family, network, prefixLength })})`,
+    );
   }
   return { family: ip.family, network, prefixLength };
 }
@@ -115,7 +117,11 @@ export function blockCount(c: Cidr, blockPrefix: number): bigint {
 export function blockAt(c: Cidr, blockPrefix: number, index: bigint | number): Cidr {
   const i = BigInt(index);
   if (i < 0n || i >= blockCount(c, blockPrefix)) throw invalidInput(`block index ${i} outside ${formatCidr(c)}`);
-  return { family: c.family, network: c.network + i * (1n << BigInt(BITS[c.family] - blockPrefix)), prefixLength: blockPrefix };
+  return {
+    family: c.family,
+    network: c.network + i * (1n << BigInt(BITS[c.family] - blockPrefix)),
+    prefixLength: blockPrefix,
+  };
 }
 
 /** The /`blockPrefix` block of `c` that holds `ip`. */

@@ -98,14 +98,26 @@ export function parseCniRequest(env: Record<string, string | undefined>, stdin: 
   const ifname = env.CNI_IFNAME ?? '';
   const netns = env.CNI_NETNS ?? '';
   if (needsContainer) {
-    if (!CONTAINER_ID_RE.test(containerId)) throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_CONTAINERID is missing or has invalid characters');
-    if (!IFNAME_RE.test(ifname)) throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_IFNAME is missing or invalid (1-15 of A-Z a-z 0-9 _ . -)');
-    if (command === 'ADD' && netns === '') throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_NETNS is required for ADD');
+    if (!CONTAINER_ID_RE.test(containerId))
+      throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_CONTAINERID is missing or has invalid characters');
+    if (!IFNAME_RE.test(ifname))
+      throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_IFNAME is missing or invalid (1-15 of A-Z a-z 0-9 _ . -)');
+    if (command === 'ADD' && netns === '')
+      throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_NETNS is required for ADD');
   }
-  if (netns.length > 4096 || netns.includes('\0')) throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_NETNS is invalid');
+  if (netns.length > 4096 || netns.includes('\0'))
+    throw new CniFailure(CniErrorCodes.INVALID_ENV, 'CNI_NETNS is invalid');
   const args = parseCniArgs(env.CNI_ARGS ?? '');
   if (command === 'VERSION') {
-    return { command, containerId, netns, ifname, args, path: env.CNI_PATH ?? '', config: { cniVersion: '1.1.0', name: '', type: '' } };
+    return {
+      command,
+      containerId,
+      netns,
+      ifname,
+      args,
+      path: env.CNI_PATH ?? '',
+      config: { cniVersion: '1.1.0', name: '', type: '' },
+    };
   }
   return { command, containerId, netns, ifname, args, path: env.CNI_PATH ?? '', config: parseNetworkConfig(stdin) };
 }
@@ -124,23 +136,30 @@ export function parseCniArgs(text: string): Record<string, string> {
 }
 
 export function parseNetworkConfig(stdin: string): CniNetworkConfig {
-  if (stdin.length > MAX_STDIN) throw new CniFailure(CniErrorCodes.DECODE_FAILURE, `network configuration over ${MAX_STDIN} bytes`);
+  if (stdin.length > MAX_STDIN)
+    throw new CniFailure(CniErrorCodes.DECODE_FAILURE, `network configuration over ${MAX_STDIN} bytes`);
   let raw: unknown;
   try {
     raw = JSON.parse(stdin);
   } catch (err) {
     throw new CniFailure(CniErrorCodes.DECODE_FAILURE, `network configuration is not JSON: ${(err as Error).message}`);
   }
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new CniFailure(CniErrorCodes.DECODE_FAILURE, 'network configuration must be a JSON object');
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw))
+    throw new CniFailure(CniErrorCodes.DECODE_FAILURE, 'network configuration must be a JSON object');
   const cfg = raw as CniNetworkConfig;
-  if (typeof cfg.cniVersion !== 'string') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cniVersion is required');
+  if (typeof cfg.cniVersion !== 'string')
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cniVersion is required');
   if (!(SUPPORTED_VERSIONS as readonly string[]).includes(cfg.cniVersion)) {
-    throw new CniFailure(CniErrorCodes.INCOMPATIBLE_VERSION, `cniVersion ${cfg.cniVersion} is not supported (supported: ${SUPPORTED_VERSIONS.join(', ')})`);
+    throw new CniFailure(
+      CniErrorCodes.INCOMPATIBLE_VERSION,
+      `cniVersion ${cfg.cniVersion} is not supported (supported: ${SUPPORTED_VERSIONS.join(', ')})`,
+    );
   }
   if (typeof cfg.name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(cfg.name)) {
     throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'name is required (1-63 of A-Z a-z 0-9 _ . -)');
   }
-  if (typeof cfg.type !== 'string' || cfg.type === '') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'type is required');
+  if (typeof cfg.type !== 'string' || cfg.type === '')
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'type is required');
   return cfg;
 }
 
@@ -168,7 +187,8 @@ const APP_TO_CNI: Partial<Record<ErrorCode, number>> = {
 };
 
 export function toCniError(err: unknown, cniVersion: string): CniError {
-  if (err instanceof CniFailure) return { cniVersion, code: err.code, msg: err.message, ...(err.details && { details: err.details }) };
+  if (err instanceof CniFailure)
+    return { cniVersion, code: err.code, msg: err.message, ...(err.details && { details: err.details }) };
   if (err instanceof AppError) {
     return { cniVersion, code: APP_TO_CNI[err.code] ?? CniErrorCodes.INTERNAL, msg: err.message, details: err.code };
   }

@@ -52,8 +52,20 @@ async function underlayAct(s: ClusterSession): Promise<boolean> {
   }
   const [h1, h2] = hosts;
   if (h1 && h2) {
-    const tcp = await probe.delivered({ from: h1.netns, to: h2.netns, address: h2.underlayIp, protocol: 'tcp', port: 8080 });
-    const udp = await probe.delivered({ from: h2.netns, to: h1.netns, address: h1.underlayIp, protocol: 'udp', port: 5353 });
+    const tcp = await probe.delivered({
+      from: h1.netns,
+      to: h2.netns,
+      address: h2.underlayIp,
+      protocol: 'tcp',
+      port: 8080,
+    });
+    const udp = await probe.delivered({
+      from: h2.netns,
+      to: h1.netns,
+      address: h1.underlayIp,
+      protocol: 'udp',
+      port: 5353,
+    });
     say(`  tcp h1 -> h2:8080 ${mark(tcp)}; udp h2 -> h1:5353 ${mark(udp)}`);
     ok &&= tcp && udp;
   }
@@ -65,11 +77,25 @@ async function underlayAct(s: ClusterSession): Promise<boolean> {
 
 async function containersAct(s: ClusterSession): Promise<boolean> {
   say('\n== Containers: a namespace per container, wired to its host ==');
-  const a = await s.containers.add({ host: 'h1', name: 'web', address: '192.0.2.2/30', hostAddress: '192.0.2.1/30', gateway: '192.0.2.1' });
-  const reach = await s.probe.delivered({ from: s.cluster.host('h1').netns, to: a.netns, address: '192.0.2.2', protocol: 'tcp', port: 80 });
+  const a = await s.containers.add({
+    host: 'h1',
+    name: 'web',
+    address: '192.0.2.2/30',
+    hostAddress: '192.0.2.1/30',
+    gateway: '192.0.2.1',
+  });
+  const reach = await s.probe.delivered({
+    from: s.cluster.host('h1').netns,
+    to: a.netns,
+    address: '192.0.2.2',
+    protocol: 'tcp',
+    port: 80,
+  });
   // Nothing routes the container's address on h2 yet (that is netd's job): isolation by default.
   const across = await s.probe.ping(s.cluster.host('h2').netns, '192.0.2.2', 500);
-  say(`  container web on h1 (${a.netns}): h1 -> web:80 ${mark(reach)}; h2 -> web ${mark(across)} (no route: expected)`);
+  say(
+    `  container web on h1 (${a.netns}): h1 -> web:80 ${mark(reach)}; h2 -> web ${mark(across)} (no route: expected)`,
+  );
   await s.containers.remove(a);
   return reach && !across;
 }
@@ -83,7 +109,11 @@ async function ipamAct(s: ClusterSession): Promise<boolean> {
   const binDir = mkdtempSync(join(tmpdir(), 'demo-cni-'));
   const store = new EtcdStore({ endpoints: s.cluster.description.etcd.endpoints });
   try {
-    installCniPlugin({ binDir, type: 'netd-ipam', script: join(dirname(fileURLToPath(import.meta.url)), '..', 'ipam', 'netd-ipam.js') });
+    installCniPlugin({
+      binDir,
+      type: 'netd-ipam',
+      script: join(dirname(fileURLToPath(import.meta.url)), '..', 'ipam', 'netd-ipam.js'),
+    });
     symlinkSync('/usr/lib/cni/bridge', join(binDir, 'bridge'));
     const admin = new Ipam({ store, host: 'admin' });
     await admin.createPool({ name: 'demo-vpc', cidr: '10.60.0.0/16', kind: 'vpc' });
@@ -98,18 +128,41 @@ async function ipamAct(s: ClusterSession): Promise<boolean> {
         type: 'bridge',
         bridge: 'cni-demo',
         isGateway: true,
-        ipam: { type: 'netd-ipam', pool: 'demo-vpc', host: hostName, etcdEndpoints: s.cluster.description.etcd.underlayEndpoints },
+        ipam: {
+          type: 'netd-ipam',
+          pool: 'demo-vpc',
+          host: hostName,
+          etcdEndpoints: s.cluster.description.etcd.underlayEndpoints,
+        },
       };
-      const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: c.name, CNI_NETNS: c.netnsPath, CNI_IFNAME: 'eth0', CNI_PATH: binDir };
+      const env = {
+        CNI_COMMAND: 'ADD',
+        CNI_CONTAINERID: c.name,
+        CNI_NETNS: c.netnsPath,
+        CNI_IFNAME: 'eth0',
+        CNI_PATH: binDir,
+      };
       const started = Date.now();
-      const { stdout } = await s.runner.run({ argv: [join(binDir, 'bridge')], stdin: JSON.stringify(conf), env, netns: { name: host.netns } });
+      const { stdout } = await s.runner.run({
+        argv: [join(binDir, 'bridge')],
+        stdin: JSON.stringify(conf),
+        env,
+        netns: { name: host.netns },
+      });
       const ip = (JSON.parse(stdout) as { ips: Array<{ address: string }> }).ips[0]!.address;
       const elapsed = Date.now() - started;
       const [held] = await admin.getHandle(`${c.name}:eth0`);
       const gw = await s.probe.ping(c.netns, '10.60.0.1');
-      say(`  ${c.name} on ${hostName}: ${ip} from block ${held?.block} (claimed by ${hostName}) in ${elapsed} ms, gateway ${mark(gw)}`);
+      say(
+        `  ${c.name} on ${hostName}: ${ip} from block ${held?.block} (claimed by ${hostName}) in ${elapsed} ms, gateway ${mark(gw)}`,
+      );
       ok &&= gw;
-      await s.runner.run({ argv: [join(binDir, 'bridge')], stdin: JSON.stringify(conf), env: { ...env, CNI_COMMAND: 'DEL' }, netns: { name: host.netns } });
+      await s.runner.run({
+        argv: [join(binDir, 'bridge')],
+        stdin: JSON.stringify(conf),
+        env: { ...env, CNI_COMMAND: 'DEL' },
+        netns: { name: host.netns },
+      });
       await s.containers.remove(c);
     }
     const left = await admin.blocks('demo-vpc');
@@ -141,10 +194,16 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     // Tenants and VPCs through netd's API (h1's daemon); hosts follow etcd.
     const admin = new NetdApiClient(s.cluster.host('h1').daemons.netdApi!, d.adminToken);
     const tenants: Record<string, NetdApiClient> = {};
-    for (const [tenant, vpc] of [['tenant-1', 'a'], ['tenant-2', 'b']] as const) {
+    for (const [tenant, vpc] of [
+      ['tenant-1', 'a'],
+      ['tenant-2', 'b'],
+    ] as const) {
       const { token, tag } = await admin.call<{ token: string; tag: number }>('POST', '/v1/tenants', { name: tenant });
       tenants[vpc] = admin.withToken(token);
-      const created = await tenants[vpc]!.call<{ id: string; vni: number }>('POST', '/v1/vpcs', { name: 'app', cidr: '10.10.0.0/24' });
+      const created = await tenants[vpc]!.call<{ id: string; vni: number }>('POST', '/v1/vpcs', {
+        name: 'app',
+        cidr: '10.10.0.0/24',
+      });
       const conflist = await tenants[vpc]!.call<{ plugins: object[] }>('GET', '/v1/vpcs/app/cni-config');
       podman.addNetwork({ name: `vpc-${vpc}`, plugins: conflist.plugins });
       say(`  ${tenant} (tag ${tag}): VPC app = ${created.id}, 10.10.0.0/24, VNI ${created.vni}`);
@@ -153,45 +212,80 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     let started = Date.now();
     await podman.run(h2, { name: server, networks: ['external', 'vpc-a'], detach: true }, ['sleep', '600']);
     const target = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord)[0]!;
-    say(`  podman run on h2 (tenant-1, vpc-a): eth1 ${target.ip}, eth0 from ${cni.externalCidr}, ${Date.now() - started} ms`);
+    say(
+      `  podman run on h2 (tenant-1, vpc-a): eth1 ${target.ip}, eth0 from ${cni.externalCidr}, ${Date.now() - started} ms`,
+    );
     // What tenant-1 sees with the CLI (netdctl endpoint list app).
     let table = '';
-    await runCli({ api: 'demo', token: undefined, json: false, command: { kind: 'endpoint-list', vpc: 'app' } }, tenants.a!, (text) => (table += text));
-    say(table.trimEnd().split('\n').map((l) => `    ${l}`).join('\n'));
+    await runCli(
+      { api: 'demo', token: undefined, json: false, command: { kind: 'endpoint-list', vpc: 'app' } },
+      tenants.a!,
+      (text) => (table += text),
+    );
+    say(
+      table
+        .trimEnd()
+        .split('\n')
+        .map((l) => `    ${l}`)
+        .join('\n'),
+    );
     const attempt = (networks: string[], cmd: string[]) =>
-      podman.run(h1, { networks, rm: true }, cmd).then(() => true, () => false);
+      podman.run(h1, { networks, rm: true }, cmd).then(
+        () => true,
+        () => false,
+      );
     let ok = true;
     started = Date.now();
     const same = await attempt(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', target.ip]);
-    say(`  h1 tenant-1 container -> ${target.ip} (vpc-a on h2): ${mark(same)} (${Date.now() - started} ms incl. podman run)`);
+    say(
+      `  h1 tenant-1 container -> ${target.ip} (vpc-a on h2): ${mark(same)} (${Date.now() - started} ms incl. podman run)`,
+    );
     const other = await attempt(['external', 'vpc-b'], ['ping', '-c', '1', '-W', '1', target.ip]);
     say(`  h1 tenant-2 container -> ${target.ip} (same address space, vpc-b): ${mark(other)}`);
     const out = await attempt(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', d.outside.address]);
-    const viaEth1 = await attempt(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '1', '-I', 'eth1', d.outside.address]);
+    const viaEth1 = await attempt(
+      ['external', 'vpc-a'],
+      ['ping', '-c', '1', '-W', '1', '-I', 'eth1', d.outside.address],
+    );
     say(`  eth0 -> outside ${d.outside.address}: ${mark(out)}; eth1 -> outside: ${mark(viaEth1)}`);
     ok = same && !other && out && !viaEth1;
 
     // QoS: 20 Mbit/s on the running server's eth1, set through the API, measured with iperf3.
-    await tenants.a!.call('PATCH', `/v1/vpcs/app/endpoints/${target.id}`, { qos: { ingressBps: 20_000_000, egressBps: 20_000_000 } });
+    await tenants.a!.call('PATCH', `/v1/vpcs/app/endpoints/${target.id}`, {
+      qos: { ingressBps: 20_000_000, egressBps: 20_000_000 },
+    });
     await new Promise((r) => setTimeout(r, 500));
-    const sandbox = (await podman.podman(h2, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', server])).stdout.trim();
+    const sandbox = (
+      await podman.podman(h2, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', server])
+    ).stdout.trim();
     const client = await podman.run(h2, { name: `${server}-c`, networks: ['vpc-a'], detach: true }, ['sleep', '600']);
     void client;
-    const clientSandbox = (await podman.podman(h2, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', `${server}-c`])).stdout.trim();
+    const clientSandbox = (
+      await podman.podman(h2, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', `${server}-c`])
+    ).stdout.trim();
     const srv = startDaemon({ argv: ['iperf3', '-s', '-1', '-B', target.ip], netns: { path: sandbox } });
     await new Promise((r) => setTimeout(r, 300));
-    const { stdout } = await s.runner.run({ argv: ['iperf3', '-c', target.ip, '-t', '3', '-O', '1', '-J'], netns: { path: clientSandbox }, timeoutMs: 30_000 });
+    const { stdout } = await s.runner.run({
+      argv: ['iperf3', '-c', target.ip, '-t', '3', '-O', '1', '-J'],
+      netns: { path: clientSandbox },
+      timeoutMs: 30_000,
+    });
     await stopDaemon(srv, 1000);
-    const mbit = (JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e6;
+    const mbit =
+      (JSON.parse(stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second /
+      1e6;
     say(`  QoS 20 Mbit/s set on the running container: iperf3 into it measures ${mbit.toFixed(1)} Mbit/s`);
     ok &&= Math.abs(mbit - 20) / 20 < 0.1;
     // h2's daemon counted its CNI work (GET /metrics on its API).
     const metrics = await new NetdApiClient(s.cluster.host('h2').daemons.netdApi!).text('/metrics');
     const adds = /netd_cni_request_duration_seconds_count\{verb="ADD",result="ok"\} (\d+)/.exec(metrics)?.[1] ?? '0';
-    say(`  h2 /metrics: ${adds} successful CNI ADDs served, endpoints ${/netd_endpoints\{kind="vpc"\} (\d+)/.exec(metrics)?.[1] ?? '?'} on eth1`);
+    say(
+      `  h2 /metrics: ${adds} successful CNI ADDs served, endpoints ${/netd_endpoints\{kind="vpc"\} (\d+)/.exec(metrics)?.[1] ?? '?'} on eth1`,
+    );
     await podman.remove(h2, `${server}-c`);
     await podman.remove(h2, server);
-    const left = (await store.list(netdKeys.endpoints())).kvs.length + (await store.list('/netd/v1/external/')).kvs.length;
+    const left =
+      (await store.list(netdKeys.endpoints())).kvs.length + (await store.list('/netd/v1/external/')).kvs.length;
     say(`  podman rm: ${left} endpoint records left`);
     ok &&= left === 0;
     return ok;

@@ -1,9 +1,29 @@
 import { AppError, ErrorCodes, invalidInput, isAppError } from '../core/errors.js';
-import { blockAt, blockCount, blockOf, cidrKey, contains, formatCidr, formatIp, parseCidr, parseIp, type Ip } from '../core/cidr.js';
+import {
+  blockAt,
+  blockCount,
+  blockOf,
+  cidrKey,
+  contains,
+  formatCidr,
+  formatIp,
+  parseCidr,
+  parseIp,
+  type Ip,
+} from '../core/cidr.js';
 import type { Logger } from '../sys/log.js';
 import { silentLogger } from '../sys/log.js';
 import type { Store } from '../store/types.js';
-import { allocate as allocateInBlock, allocateAt, allocatedCount, emptyBlock, freeOffsets, offsetOfIp, release as releaseInBlock, type BlockRecord } from './block.js';
+import {
+  allocate as allocateInBlock,
+  allocateAt,
+  allocatedCount,
+  emptyBlock,
+  freeOffsets,
+  offsetOfIp,
+  release as releaseInBlock,
+  type BlockRecord,
+} from './block.js';
 import { buildPool, checkRoutedOverlap, type Pool, type PoolSpec } from './pool.js';
 import { checkSegment, ipamKeys, stickyHandle, type HandleRecord, type StickyRecord } from './keys.js';
 import { commitCas, type CasWrite } from './cas.js';
@@ -115,9 +135,13 @@ export class Ipam {
     const same = existing.find((p) => p.spec.name === pool.spec.name);
     if (same) {
       if (JSON.stringify(same.spec) === JSON.stringify(pool.spec)) return same;
-      throw new AppError(ErrorCodes.ALREADY_EXISTS, `pool ${pool.spec.name} exists with a different spec`, { pool: pool.spec.name });
+      throw new AppError(ErrorCodes.ALREADY_EXISTS, `pool ${pool.spec.name} exists with a different spec`, {
+        pool: pool.spec.name,
+      });
     }
-    const { ok } = await commitCas(this.store, [{ key: ipamKeys.pool(pool.spec.name), expectModRevision: 0n, value: JSON.stringify(pool.spec) }]);
+    const { ok } = await commitCas(this.store, [
+      { key: ipamKeys.pool(pool.spec.name), expectModRevision: 0n, value: JSON.stringify(pool.spec) },
+    ]);
     if (!ok) return this.createPool(spec); // raced with an identical create, or lost to a different one
     return pool;
   }
@@ -140,7 +164,8 @@ export class Ipam {
   /** Refused while any block of the pool exists (addresses are in use). */
   async deletePool(name: string): Promise<void> {
     const { kvs } = await this.store.list(ipamKeys.blocks(checkSegment('pool', name)));
-    if (kvs.length > 0) throw new AppError(ErrorCodes.CONFLICT, `pool ${name} still has ${kvs.length} blocks in use`, { pool: name });
+    if (kvs.length > 0)
+      throw new AppError(ErrorCodes.CONFLICT, `pool ${name} still has ${kvs.length} blocks in use`, { pool: name });
     await this.store.delete(ipamKeys.pool(name));
     this.pools.delete(name);
   }
@@ -206,7 +231,11 @@ export class Ipam {
       if (blocks.length === 0) {
         const borrowed = pool.spec.strictAffinity ? undefined : await this.findBorrowable(pool);
         if (!borrowed) {
-          const err = new AppError(ErrorCodes.POOL_EXHAUSTED, `pool ${pool.spec.name} (${pool.spec.cidr}) has no free address`, { pool: pool.spec.name });
+          const err = new AppError(
+            ErrorCodes.POOL_EXHAUSTED,
+            `pool ${pool.spec.name} (${pool.spec.cidr}) has no free address`,
+            { pool: pool.spec.name },
+          );
           for (const p of pending) p.reject(err);
           return;
         }
@@ -218,7 +247,11 @@ export class Ipam {
       let queue = pending;
       for (const cached of blocks) {
         if (queue.length === 0) break;
-        const { record, granted } = allocateInBlock(cached.record, queue.map((p) => p.req.handle), pool.reservedValues);
+        const { record, granted } = allocateInBlock(
+          cached.record,
+          queue.map((p) => p.req.handle),
+          pool.reservedValues,
+        );
         if (granted.length === 0) continue;
         const key = ipamKeys.block(pool.spec.name, cidrKey(parseCidr(cached.record.cidr)));
         writes.push({ key, expectModRevision: cached.modRevision, value: JSON.stringify(record) });
@@ -226,7 +259,11 @@ export class Ipam {
         for (const [i, g] of granted.entries()) {
           const p = queue[i]!;
           const handle = this.handleRecord(pool, p.req, formatIp(g.ip), cached.record.cidr, g.seq);
-          writes.push({ key: ipamKeys.handleInPool(p.req.handle, pool.spec.name), expectModRevision: 0n, value: JSON.stringify(handle) });
+          writes.push({
+            key: ipamKeys.handleInPool(p.req.handle, pool.spec.name),
+            expectModRevision: 0n,
+            value: JSON.stringify(handle),
+          });
           writes.push(...this.alsoWrites(pool, p.req, handle));
           results.push({ p, record: handle });
         }
@@ -235,13 +272,17 @@ export class Ipam {
       const { ok, revision } = await commitCas(this.store, writes);
       if (ok) {
         for (const u of updated) this.remember(pool.spec.name, u.record, revision);
-        for (const r of results) r.p.resolve({ ...this.toAllocation(pool, r.record), ...(r.p.req.alsoWrite && { wroteAlso: true }) });
+        for (const r of results)
+          r.p.resolve({ ...this.toAllocation(pool, r.record), ...(r.p.req.alsoWrite && { wroteAlso: true }) });
         pending = queue;
         continue;
       }
       // Lost a race: another host borrowed from one of our blocks, or a handle exists already
       // (the same ADD twice). Refresh what we wrote against and answer existing handles.
-      await this.refreshBlocks(pool.spec.name, updated.map((u) => u.key));
+      await this.refreshBlocks(
+        pool.spec.name,
+        updated.map((u) => u.key),
+      );
       const still: Pending[] = [];
       for (const p of pending) {
         const kv = await this.store.get(ipamKeys.handleInPool(p.req.handle, pool.spec.name));
@@ -271,31 +312,48 @@ export class Ipam {
         // A sticky name seen for the first time: allocate dynamically, then pin it.
         const a = await this.allocate({ pool: req.pool, handle: req.handle, owner: req.owner });
         const { ok: pinned } = await commitCas(this.store, [
-          { key: ipamKeys.sticky(pool.spec.name, req.sticky!), expectModRevision: 0n, value: JSON.stringify({ pool: pool.spec.name, name: req.sticky!, ip: a.ip } satisfies StickyRecord) },
+          {
+            key: ipamKeys.sticky(pool.spec.name, req.sticky!),
+            expectModRevision: 0n,
+            value: JSON.stringify({ pool: pool.spec.name, name: req.sticky!, ip: a.ip } satisfies StickyRecord),
+          },
         ]);
         if (pinned) return a;
         await this.releaseHandle(req.handle); // someone pinned this name meanwhile: use theirs
         continue;
       }
-      if (!contains(pool.cidr, ip)) throw invalidInput(`${formatIp(ip)} is not in pool ${pool.spec.name} (${pool.spec.cidr})`);
+      if (!contains(pool.cidr, ip))
+        throw invalidInput(`${formatIp(ip)} is not in pool ${pool.spec.name} (${pool.spec.cidr})`);
       const blockCidr = blockOf(pool.cidr, pool.spec.blockPrefix, ip);
       const key = ipamKeys.block(pool.spec.name, cidrKey(blockCidr));
       const kv = await this.store.get(key);
-      const current: BlockRecord = kv ? (JSON.parse(kv.value) as BlockRecord) : emptyBlock(formatCidr(blockCidr), pool.spec.name, this.host);
+      const current: BlockRecord = kv
+        ? (JSON.parse(kv.value) as BlockRecord)
+        : emptyBlock(formatCidr(blockCidr), pool.spec.name, this.host);
       // A sticky address waiting for its workload is held by the sticky handle: take it over.
       let base = current;
       if (req.sticky !== undefined) {
         const offset = offsetOfIp(current, ip);
         const held = current.allocations[offset];
-        if (held && held.h === stickyHandle(req.sticky)) base = releaseInBlock(current, offset, held.h, held.s) ?? current;
+        if (held && held.h === stickyHandle(req.sticky))
+          base = releaseInBlock(current, offset, held.h, held.s) ?? current;
       }
       const { record, granted } = allocateAt(base, ip, req.handle, pool.reservedValues);
       const handle = this.handleRecord(pool, req, formatIp(ip), current.cidr, granted.seq);
       const writes: CasWrite[] = [
         { key, expectModRevision: kv?.modRevision ?? 0n, value: JSON.stringify(record) },
-        { key: ipamKeys.handleInPool(req.handle, pool.spec.name), expectModRevision: 0n, value: JSON.stringify(handle) },
+        {
+          key: ipamKeys.handleInPool(req.handle, pool.spec.name),
+          expectModRevision: 0n,
+          value: JSON.stringify(handle),
+        },
       ];
-      if (!kv) writes.push({ key: ipamKeys.affinity(this.host, pool.spec.name, cidrKey(blockCidr)), expectModRevision: 0n, value: '' });
+      if (!kv)
+        writes.push({
+          key: ipamKeys.affinity(this.host, pool.spec.name, cidrKey(blockCidr)),
+          expectModRevision: 0n,
+          value: '',
+        });
       writes.push(...this.alsoWrites(pool, req, handle));
       if ((await commitCas(this.store, writes)).ok) {
         this.ownBlocks.get(pool.spec.name)?.delete(key); // re-read on next use
@@ -361,13 +419,21 @@ export class Ipam {
             outcome.set(r, false);
             continue;
           }
-          writes.push({ key: ipamKeys.handleInPool(r.rec.handle, poolName), expectModRevision: r.handleModRevision, value: null });
+          writes.push({
+            key: ipamKeys.handleInPool(r.rec.handle, poolName),
+            expectModRevision: r.handleModRevision,
+            value: null,
+          });
           const next = record && releaseInBlock(record, offsetOfIp(record, parseIp(r.rec.ip)), r.rec.handle, r.rec.seq);
           outcome.set(r, next !== undefined);
           if (next && r.rec.sticky) {
             // Keep the address for the named workload: the sticky handle holds it now.
             const offset = offsetOfIp(next, parseIp(r.rec.ip));
-            record = { ...next, seq: next.seq + 1, allocations: { ...next.allocations, [offset]: { h: stickyHandle(r.rec.sticky), s: next.seq + 1 } } };
+            record = {
+              ...next,
+              seq: next.seq + 1,
+              allocations: { ...next.allocations, [offset]: { h: stickyHandle(r.rec.sticky), s: next.seq + 1 } },
+            };
           } else if (next) {
             record = next;
           }
@@ -375,7 +441,11 @@ export class Ipam {
         if (!kv || !record) continue;
         const empty = allocatedCount(record) === 0;
         writes.push({ key, expectModRevision: kv.modRevision, value: empty ? null : JSON.stringify(record) });
-        if (empty && record.affinity) writes.push({ key: ipamKeys.affinity(record.affinity, poolName, cidrKey(parseCidr(record.cidr))), value: null });
+        if (empty && record.affinity)
+          writes.push({
+            key: ipamKeys.affinity(record.affinity, poolName, cidrKey(parseCidr(record.cidr))),
+            value: null,
+          });
         after.push({ key, next: empty ? undefined : record });
       }
       const { ok, revision } = await commitCas(this.store, writes);
@@ -411,7 +481,9 @@ export class Ipam {
     const ip = parseIp(sticky.ip);
     const key = ipamKeys.block(poolName, cidrKey(blockOf(pool.cidr, pool.spec.blockPrefix, ip)));
     const bkv = await this.store.get(key);
-    const writes: CasWrite[] = [{ key: ipamKeys.sticky(poolName, name), expectModRevision: kv.modRevision, value: null }];
+    const writes: CasWrite[] = [
+      { key: ipamKeys.sticky(poolName, name), expectModRevision: kv.modRevision, value: null },
+    ];
     if (bkv) {
       const block = JSON.parse(bkv.value) as BlockRecord;
       const offset = offsetOfIp(block, ip);
@@ -420,7 +492,8 @@ export class Ipam {
       if (next) {
         const empty = allocatedCount(next) === 0;
         writes.push({ key, expectModRevision: bkv.modRevision, value: empty ? null : JSON.stringify(next) });
-        if (empty && next.affinity) writes.push({ key: ipamKeys.affinity(next.affinity, poolName, cidrKey(parseCidr(next.cidr))), value: null });
+        if (empty && next.affinity)
+          writes.push({ key: ipamKeys.affinity(next.affinity, poolName, cidrKey(parseCidr(next.cidr))), value: null });
       }
     }
     if (!(await commitCas(this.store, writes)).ok) return this.releaseSticky(poolName, name);
@@ -467,7 +540,8 @@ export class Ipam {
       if (!ownerGone(record, this.host, check)) continue;
       if (await this.releaseRecord(record, kv.modRevision)) released.push(record);
     }
-    if (released.length) this.log.info({ released: released.map((r) => r.ip) }, 'sweeper released addresses of gone owners');
+    if (released.length)
+      this.log.info({ released: released.map((r) => r.ip) }, 'sweeper released addresses of gone owners');
     return { released, suspects: decision.suspects };
   }
 

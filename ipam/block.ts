@@ -33,7 +33,12 @@ export interface BlockRecord {
  * block for the same CIDR must not reissue the sequence numbers of the earlier one (a delayed
  * release carrying an old number would otherwise match). 2^48 leaves room for 2^5 increments.
  */
-export function emptyBlock(cidr: string, pool: string, affinity: string | null, seqBase = randomSeqBase()): BlockRecord {
+export function emptyBlock(
+  cidr: string,
+  pool: string,
+  affinity: string | null,
+  seqBase = randomSeqBase(),
+): BlockRecord {
   return { cidr, pool, affinity, seq: seqBase, allocations: {} };
 }
 
@@ -102,14 +107,21 @@ export function allocateAt(
   const cidr = blockCidr(b);
   const offset = Number(offsetOf(cidr, ip));
   if (reserved.has(ip.value)) {
-    throw new AppError(ErrorCodes.ADDRESS_IN_USE, `${formatIp(ip)} is reserved (network, broadcast, gateway or service address)`);
+    throw new AppError(
+      ErrorCodes.ADDRESS_IN_USE,
+      `${formatIp(ip)} is reserved (network, broadcast, gateway or service address)`,
+    );
   }
   const current = b.allocations[offset];
   if (current && current.h !== handle) {
     throw new AppError(ErrorCodes.ADDRESS_IN_USE, `${formatIp(ip)} is already allocated`, { ip: formatIp(ip) });
   }
   if (current) return { record: b, granted: { handle, ip, offset, seq: current.s } };
-  const record: BlockRecord = { ...b, seq: b.seq + 1, allocations: { ...b.allocations, [offset]: { h: handle, s: b.seq + 1 } } };
+  const record: BlockRecord = {
+    ...b,
+    seq: b.seq + 1,
+    allocations: { ...b.allocations, [offset]: { h: handle, s: b.seq + 1 } },
+  };
   return { record, granted: { handle, ip, offset, seq: record.seq } };
 }
 

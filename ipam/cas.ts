@@ -16,7 +16,9 @@ export async function commitCas(store: Store, writes: readonly CasWrite[]): Prom
   const compare: Compare[] = writes
     .filter((w) => w.expectModRevision !== undefined)
     .map((w) => ({ key: w.key, target: 'modRevision', op: '=', value: w.expectModRevision! }));
-  const success: TxnOp[] = writes.map((w) => (w.value === null ? { type: 'delete', key: w.key } : { type: 'put', key: w.key, value: w.value }));
+  const success: TxnOp[] = writes.map((w) =>
+    w.value === null ? { type: 'delete', key: w.key } : { type: 'put', key: w.key, value: w.value },
+  );
   const { succeeded, revision } = await store.txn({ compare, success });
   return { ok: succeeded, revision };
 }

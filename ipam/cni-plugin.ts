@@ -1,4 +1,11 @@
-import { CniFailure, CniErrorCodes, commandSupported, versionResult, type CniRequest, type CniResult } from '../core/cni.js';
+import {
+  CniFailure,
+  CniErrorCodes,
+  commandSupported,
+  versionResult,
+  type CniRequest,
+  type CniResult,
+} from '../core/cni.js';
 import { Ipam, type Allocation } from './allocator.js';
 import type { Store } from '../store/types.js';
 
@@ -24,15 +31,24 @@ interface IpamConfig {
 export function ipamConfig(req: CniRequest, env: Record<string, string | undefined>): IpamConfig {
   const section = req.config.ipam ?? {};
   const pool = section.pool;
-  if (typeof pool !== 'string' || pool === '') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.pool is required');
+  if (typeof pool !== 'string' || pool === '')
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.pool is required');
   const host = typeof section.host === 'string' ? section.host : env.NETD_HOST;
   if (!host) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.host (or $NETD_HOST) is required');
-  const endpoints = Array.isArray(section.etcdEndpoints) ? section.etcdEndpoints : (env.NETD_ETCD_ENDPOINTS ?? '').split(',').filter(Boolean);
+  const endpoints = Array.isArray(section.etcdEndpoints)
+    ? section.etcdEndpoints
+    : (env.NETD_ETCD_ENDPOINTS ?? '').split(',').filter(Boolean);
   if (endpoints.length === 0 || !endpoints.every((e) => typeof e === 'string' && /^(https?|unix):\/\//.test(e))) {
-    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.etcdEndpoints (or $NETD_ETCD_ENDPOINTS) must list http(s):// or unix:// URLs');
+    throw new CniFailure(
+      CniErrorCodes.INVALID_NETWORK_CONFIG,
+      'ipam.etcdEndpoints (or $NETD_ETCD_ENDPOINTS) must list http(s):// or unix:// URLs',
+    );
   }
   const routes = section.routes === undefined ? [] : section.routes;
-  if (!Array.isArray(routes) || !routes.every((r) => r && typeof r === 'object' && typeof (r as { dst?: unknown }).dst === 'string')) {
+  if (
+    !Array.isArray(routes) ||
+    !routes.every((r) => r && typeof r === 'object' && typeof (r as { dst?: unknown }).dst === 'string')
+  ) {
     throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.routes must be a list of {dst, gw?}');
   }
   return { pool, host, etcdEndpoints: endpoints as string[], routes: routes as IpamConfig['routes'] };
@@ -40,10 +56,12 @@ export function ipamConfig(req: CniRequest, env: Record<string, string | undefin
 
 /** The one static address asked for, if any (ips capability, args, or CNI_ARGS IP=). */
 export function requestedIp(req: CniRequest): string | undefined {
-  const fromRuntime = (req.config.runtimeConfig?.ips ?? (req.config.args?.cni as { ips?: unknown } | undefined)?.ips) as unknown;
+  const fromRuntime = (req.config.runtimeConfig?.ips ??
+    (req.config.args?.cni as { ips?: unknown } | undefined)?.ips) as unknown;
   const list = Array.isArray(fromRuntime) ? fromRuntime : req.args.IP !== undefined ? req.args.IP.split(',') : [];
   if (list.length === 0) return undefined;
-  if (list.length > 1 || typeof list[0] !== 'string') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'exactly one static address per pool is supported');
+  if (list.length > 1 || typeof list[0] !== 'string')
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'exactly one static address per pool is supported');
   return list[0].split('/')[0];
 }
 
@@ -68,7 +86,10 @@ export async function runIpamPlugin(
 ): Promise<unknown> {
   if (req.command === 'VERSION') return versionResult(req.config.cniVersion);
   if (!commandSupported(req.command, req.config.cniVersion)) {
-    throw new CniFailure(CniErrorCodes.INCOMPATIBLE_VERSION, `${req.command} is not defined for cniVersion ${req.config.cniVersion}`);
+    throw new CniFailure(
+      CniErrorCodes.INCOMPATIBLE_VERSION,
+      `${req.command} is not defined for cniVersion ${req.config.cniVersion}`,
+    );
   }
   const cfg = ipamConfig(req, env);
   const store = openStore(cfg.etcdEndpoints);
@@ -90,16 +111,24 @@ export async function runIpamPlugin(
         return undefined;
       case 'CHECK': {
         const held = (await ipam.getHandle(handleOf(req))).filter((h) => h.pool === cfg.pool);
-        if (held.length === 0) throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no address allocated to ${handleOf(req)} in pool ${cfg.pool}`);
+        if (held.length === 0)
+          throw new CniFailure(
+            CniErrorCodes.CONTAINER_UNKNOWN,
+            `no address allocated to ${handleOf(req)} in pool ${cfg.pool}`,
+          );
         const want = (req.config.prevResult?.ips ?? []).map((ip) => ip.address.split('/')[0]);
         if (want.length > 0 && !want.includes(held[0]!.ip)) {
-          throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `prevResult says ${want.join(',')} but ${held[0]!.ip} is allocated`);
+          throw new CniFailure(
+            CniErrorCodes.CONTAINER_UNKNOWN,
+            `prevResult says ${want.join(',')} but ${held[0]!.ip} is allocated`,
+          );
         }
         return undefined;
       }
       case 'GC': {
         const raw = req.config['cni.dev/valid-attachments'];
-        if (raw !== undefined && !Array.isArray(raw)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cni.dev/valid-attachments must be a list');
+        if (raw !== undefined && !Array.isArray(raw))
+          throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cni.dev/valid-attachments must be a list');
         const valid = ((raw ?? []) as Array<{ containerID?: unknown; ifname?: unknown }>).map((v) => ({
           containerId: String(v.containerID ?? ''),
           ifname: String(v.ifname ?? ''),

@@ -1,7 +1,16 @@
 import { AppError, ErrorCodes, invalidInput } from '../core/errors.js';
 import {
-  parseCidr, parseIp, formatCidr, formatIp, contains, overlaps, addressAt, cidrSize, familyBits,
-  type Cidr, type Ip,
+  parseCidr,
+  parseIp,
+  formatCidr,
+  formatIp,
+  contains,
+  overlaps,
+  addressAt,
+  cidrSize,
+  familyBits,
+  type Cidr,
+  type Ip,
 } from '../core/cidr.js';
 
 /**
@@ -51,14 +60,18 @@ export function defaultBlockPrefix(family: 4 | 6): number {
 export function buildPool(spec: PoolSpec): Pool {
   if (!spec || typeof spec !== 'object') throw invalidInput('pool spec must be an object');
   if (typeof spec.name !== 'string' || !NAME_RE.test(spec.name)) {
-    throw invalidInput(`pool name "${String(spec.name)}" must be 1-63 of a-z 0-9 _ . - starting with a letter or digit`);
+    throw invalidInput(
+      `pool name "${String(spec.name)}" must be 1-63 of a-z 0-9 _ . - starting with a letter or digit`,
+    );
   }
   if (spec.kind !== 'vpc' && spec.kind !== 'external') throw invalidInput(`pool kind must be "vpc" or "external"`);
   const cidr = parseCidr(spec.cidr);
   const bits = familyBits(cidr.family);
   const blockPrefix = spec.blockPrefix ?? Math.max(defaultBlockPrefix(cidr.family), cidr.prefixLength);
   if (!Number.isInteger(blockPrefix) || blockPrefix < cidr.prefixLength || blockPrefix > bits - 2) {
-    throw invalidInput(`block prefix /${blockPrefix} must be between /${cidr.prefixLength} and /${bits - 2} for ${spec.cidr}`);
+    throw invalidInput(
+      `block prefix /${blockPrefix} must be between /${cidr.prefixLength} and /${bits - 2} for ${spec.cidr}`,
+    );
   }
   if (cidrSize(cidr) < 8n) throw invalidInput(`pool ${spec.cidr} is too small (at least 8 addresses)`);
   const inPool = (text: string, what: string): Ip => {
@@ -67,11 +80,17 @@ export function buildPool(spec: PoolSpec): Pool {
     return ip;
   };
   const gateway = spec.gateway === undefined ? addressAt(cidr, 1) : inPool(spec.gateway, 'gateway');
-  const services = spec.serviceAddresses === undefined
-    ? [addressAt(cidr, gateway.value - cidr.network + 1n), addressAt(cidr, gateway.value - cidr.network + 2n)]
-    : spec.serviceAddresses.map((s) => inPool(s, 'service address'));
+  const services =
+    spec.serviceAddresses === undefined
+      ? [addressAt(cidr, gateway.value - cidr.network + 1n), addressAt(cidr, gateway.value - cidr.network + 2n)]
+      : spec.serviceAddresses.map((s) => inPool(s, 'service address'));
   const extra = (spec.reserved ?? []).map((r) => inPool(r, 'reserved address'));
-  const reservedValues = new Set<bigint>([cidr.network, gateway.value, ...services.map((s) => s.value), ...extra.map((e) => e.value)]);
+  const reservedValues = new Set<bigint>([
+    cidr.network,
+    gateway.value,
+    ...services.map((s) => s.value),
+    ...extra.map((e) => e.value),
+  ]);
   if (cidr.family === 4) reservedValues.add(cidr.network + cidrSize(cidr) - 1n); // broadcast
   return {
     spec: {

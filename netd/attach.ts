@@ -113,12 +113,26 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
     // (a daemon that died mid-ADD) is finished below, reusing its address. Either way, nothing that
     // an earlier ADD created is undone by a failure now.
     const prior = JSON.parse(existing) as EndpointRecord;
-    const wired = (await hostIp.link(hostIf)) !== undefined && (await inside.addresses(req.ifname).catch(() => [])).some((a) => a.addr_info.some((x) => x.local === prior.ip));
+    const wired =
+      (await hostIp.link(hostIf)) !== undefined &&
+      (await inside.addresses(req.ifname).catch(() => [])).some((a) => a.addr_info.some((x) => x.local === prior.ip));
     if (wired) {
       const [held] = (await deps.ipam.getHandle(id)).filter((h) => h.pool === vpc.name);
       if (held) {
         await deps.converge?.(prior);
-        return { endpoint: prior, allocation: { handle: id, pool: vpc.name, ip: held.ip, cidr: `${held.ip}/${held.prefixLength}`, gateway: '', seq: held.seq, block: held.block }, mtu };
+        return {
+          endpoint: prior,
+          allocation: {
+            handle: id,
+            pool: vpc.name,
+            ip: held.ip,
+            cidr: `${held.ip}/${held.prefixLength}`,
+            gateway: '',
+            seq: held.seq,
+            block: held.block,
+          },
+          mtu,
+        };
       }
     }
   }
@@ -138,7 +152,9 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
     const creationMac = (req.mac ?? endpointMac(id)).toLowerCase();
     const macFor = (ip: string) => (req.mac === undefined && ipv4 ? macForAddress(vpc.vni, ip) : creationMac);
     let endpoint: EndpointRecord | undefined;
-    const recordFor = (allocation: Allocation): EndpointRecord & { containerId: string; ifname: string; netns: string } => ({
+    const recordFor = (
+      allocation: Allocation,
+    ): EndpointRecord & { containerId: string; ifname: string; netns: string } => ({
       vpc: vpc.name,
       id,
       host: deps.host.name,
@@ -151,37 +167,54 @@ export async function attachInternal(req: AttachRequest, deps: AttachDeps): Prom
       ...(req.qos && { qos: req.qos }),
     });
     const bridge = deps.view?.bridgeUp(vpc);
-    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac: creationMac, mtu, fresh: !existing, ipv4Only: parseCidr(vpc.cidr).family === 4, ...(bridge && { master: bridge }), ...(deps.hostLane && { hostLane: deps.hostLane }) };
-    const wired = await wireVeth({ ...plug, ...(qos && { qos: { spec: qos, tc: new TcClient(deps.runner, deps.hostNetns) } }) }, undo, {
-      allocate: async () => {
-        const allocation = await deps.ipam.allocate({
-          pool: vpc.name,
-          handle: id,
-          owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
-          ...(req.ip !== undefined && { ip: req.ip }),
-          // The endpoint record goes into the allocation's transaction: one etcd write per ADD.
-          alsoWrite: (a) => ({ key: recordKey, value: JSON.stringify(recordFor(a)) }),
-        });
-        if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, vpc.name));
-        if (!existing) undo.push(() => deps.store.delete(recordKey));
-        return allocation;
+    const plug = {
+      hostIp,
+      inside,
+      hostIf,
+      netnsPath: req.netnsPath,
+      ifname: req.ifname,
+      mac: creationMac,
+      mtu,
+      fresh: !existing,
+      ipv4Only: parseCidr(vpc.cidr).family === 4,
+      ...(bridge && { master: bridge }),
+      ...(deps.hostLane && { hostLane: deps.hostLane }),
+    };
+    const wired = await wireVeth(
+      { ...plug, ...(qos && { qos: { spec: qos, tc: new TcClient(deps.runner, deps.hostNetns) } }) },
+      undo,
+      {
+        allocate: async () => {
+          const allocation = await deps.ipam.allocate({
+            pool: vpc.name,
+            handle: id,
+            owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
+            ...(req.ip !== undefined && { ip: req.ip }),
+            // The endpoint record goes into the allocation's transaction: one etcd write per ADD.
+            alsoWrite: (a) => ({ key: recordKey, value: JSON.stringify(recordFor(a)) }),
+          });
+          if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, vpc.name));
+          if (!existing) undo.push(() => deps.store.delete(recordKey));
+          return allocation;
+        },
+        persist: async (allocation) => {
+          endpoint = recordFor(allocation);
+          if (!allocation.wroteAlso) await deps.store.put(recordKey, JSON.stringify(endpoint));
+        },
+        beforeUp: (inNs, allocation) => {
+          const final = macFor(allocation.ip);
+          if (final !== creationMac) inNs.linkSet(req.ifname, { address: final });
+        },
+        inside: (inNs, allocation) => inNs.addrAdd(allocation.cidr, req.ifname),
       },
-      persist: async (allocation) => {
-        endpoint = recordFor(allocation);
-        if (!allocation.wroteAlso) await deps.store.put(recordKey, JSON.stringify(endpoint));
-      },
-      beforeUp: (inNs, allocation) => {
-        const final = macFor(allocation.ip);
-        if (final !== creationMac) inNs.linkSet(req.ifname, { address: final });
-      },
-      inside: (inNs, allocation) => inNs.addrAdd(allocation.cidr, req.ifname),
-    });
+    );
     await deps.converge?.(endpoint!, { joinedBridge: wired.joinedBridge, ...(qos && { qos }) });
     log.info({ ip: wired.allocation.ip, hostIf }, 'attached');
     return { endpoint: endpoint!, allocation: wired.allocation, mtu };
   } catch (err) {
     log.warn({ err: describeError(err) }, 'attach failed; rolling back');
-    for (const step of undo.reverse()) await step().catch((e: unknown) => log.error({ err: describeError(e) }, 'rollback step failed'));
+    for (const step of undo.reverse())
+      await step().catch((e: unknown) => log.error({ err: describeError(e) }, 'rollback step failed'));
     throw err;
   } finally {
     releasePort?.();
@@ -201,7 +234,10 @@ async function knownRecord(key: string, deps: AttachDeps): Promise<string | unde
 }
 
 /** Idempotent: whatever is already gone is success (the netns may be gone too). */
-export async function detachInternal(req: { containerId: string; ifname: string; vpc: string }, deps: AttachDeps): Promise<void> {
+export async function detachInternal(
+  req: { containerId: string; ifname: string; vpc: string },
+  deps: AttachDeps,
+): Promise<void> {
   const id = endpointId(req.containerId, req.ifname);
   // The record goes while the kernel deletes the pair (~20 ms of RCU waits); the address is
   // released only once no interface carries it any more.
@@ -210,7 +246,11 @@ export async function detachInternal(req: { containerId: string; ifname: string;
 }
 
 /** A host port and its ifb (if it had egress limits), and `extra` removals, in one `ip` process. */
-export async function removePort(deps: Pick<AttachDeps, 'runner' | 'hostNetns'>, hostIf: string, extra?: (b: IpBatch) => void): Promise<void> {
+export async function removePort(
+  deps: Pick<AttachDeps, 'runner' | 'hostNetns'>,
+  hostIf: string,
+  extra?: (b: IpBatch) => void,
+): Promise<void> {
   const b = new IpBatch().linkDel(hostIf).linkDel(linkNames.ifbFor(hostIf));
   extra?.(b);
   await new IpClient(deps.runner, deps.hostNetns).applyForgivingMissing(b);
@@ -265,7 +305,11 @@ export interface WireSteps<T> {
  * A crash in between leaves a port without a record (the reconciler removes orphan ports) or a
  * record whose wiring is incomplete (recovery removes it, its address with it).
  */
-export async function wireVeth<T>(p: VethPlug, undo: Array<() => Promise<unknown>>, steps: WireSteps<T>): Promise<{ allocation: T; joinedBridge: boolean }> {
+export async function wireVeth<T>(
+  p: VethPlug,
+  undo: Array<() => Promise<unknown>>,
+  steps: WireSteps<T>,
+): Promise<{ allocation: T; joinedBridge: boolean }> {
   const ifb = p.qos?.spec.egressBps !== undefined ? linkNames.ifbFor(p.hostIf) : undefined;
   const clearLeftovers = async () => {
     await p.hostIp.deleteLinkIfExists(p.hostIf);
@@ -276,7 +320,12 @@ export async function wireVeth<T>(p: VethPlug, undo: Array<() => Promise<unknown
   const create = async (master: string | undefined) => {
     // The host end never needs an IPv6 address (an L2 port, or a routed /32 with an IPv4 gateway).
     const b = new IpBatch()
-      .linkAddVeth(p.hostIf, p.ifname, { mtu: p.mtu, peerNetns: p.netnsPath, peerAddress: p.mac, ...(master !== undefined && { master }) })
+      .linkAddVeth(p.hostIf, p.ifname, {
+        mtu: p.mtu,
+        peerNetns: p.netnsPath,
+        peerAddress: p.mac,
+        ...(master !== undefined && { master }),
+      })
       .linkSet(p.hostIf, { addrGenMode: 'none' })
       .linkSet(p.hostIf, { up: true });
     if (ifb) b.linkAddIfb(ifb).linkSet(ifb, { up: true });
@@ -333,5 +382,7 @@ async function settleAll<T extends readonly unknown[]>(work: T): Promise<{ -read
   const settled = await Promise.allSettled(work);
   const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) throw failed.reason;
-  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as {
+    -readonly [K in keyof T]: Awaited<T[K]>;
+  };
 }

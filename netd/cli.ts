@@ -84,7 +84,8 @@ export function parseCommand(argv: readonly string[], env: Readonly<Record<strin
     else words.push(a);
   }
   const allowed = (cmd: string, ...names: string[]) => {
-    for (const f of flags.keys()) if (!['--api', '--token', '--json', ...names].includes(f)) throw invalidInput(`${f} does not apply to "${cmd}"`);
+    for (const f of flags.keys())
+      if (!['--api', '--token', '--json', ...names].includes(f)) throw invalidInput(`${f} does not apply to "${cmd}"`);
   };
   const arity = (cmd: string, n: number) => {
     if (words.length !== n) throw invalidInput(`"${cmd}" takes ${n - (cmd.includes(' ') ? 2 : 1)} argument(s)`);
@@ -151,25 +152,41 @@ export function parseCommand(argv: readonly string[], env: Readonly<Record<strin
     case 'endpoint qos': {
       arity('endpoint qos', 4);
       allowed('endpoint qos', '--ingress', '--egress', '--external');
-      command = { kind: 'endpoint-qos', vpc: words[2]!, endpoint: words[3]!, qos: qos() ?? {}, external: flags.has('--external') };
+      command = {
+        kind: 'endpoint-qos',
+        vpc: words[2]!,
+        endpoint: words[3]!,
+        qos: qos() ?? {},
+        external: flags.has('--external'),
+      };
       break;
     }
     default:
       if (noun === 'cni-config') {
         allowed('cni-config', '--external');
         const external = flags.has('--external');
-        if (external ? words.length !== 1 : words.length !== 2) throw invalidInput('cni-config takes a VPC name, or --external');
+        if (external ? words.length !== 1 : words.length !== 2)
+          throw invalidInput('cni-config takes a VPC name, or --external');
         command = external ? { kind: 'cni-config' } : { kind: 'cni-config', vpc: words[1]! };
         break;
       }
       throw invalidInput(words.length ? `unknown command "${words.join(' ')}"` : 'no command given');
   }
-  return { api: flags.get('--api') ?? env.NETD_API ?? DEFAULT_API, token: flags.get('--token') ?? env.NETD_TOKEN, json: flags.has('--json'), command };
+  return {
+    api: flags.get('--api') ?? env.NETD_API ?? DEFAULT_API,
+    token: flags.get('--token') ?? env.NETD_TOKEN,
+    json: flags.has('--json'),
+    command,
+  };
 }
 
 /** Rows as an aligned text table; missing cells print as "-". */
-export function formatTable(rows: ReadonlyArray<Record<string, unknown>>, columns: ReadonlyArray<{ key: string; title: string }>): string {
-  const cell = (v: unknown) => (v === undefined || v === null || v === '' ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v));
+export function formatTable(
+  rows: ReadonlyArray<Record<string, unknown>>,
+  columns: ReadonlyArray<{ key: string; title: string }>,
+): string {
+  const cell = (v: unknown) =>
+    v === undefined || v === null || v === '' ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v);
   const body = rows.map((r) => columns.map((c) => cell(r[c.key])));
   const widths = columns.map((c, i) => Math.max(c.title.length, ...body.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((x, i) => (i === cells.length - 1 ? x : x.padEnd(widths[i]!))).join('  ');
@@ -187,19 +204,39 @@ const withRates = (r: Record<string, unknown>) => {
   const q = (r.qos ?? {}) as Qos;
   const x = r.external as { ip: string; qos?: Qos } | undefined;
   const xq = x?.qos ?? {};
-  const eth0 = x && [x.ip, ...(xq.ingressBps !== undefined || xq.egressBps !== undefined ? [`${rate(xq.ingressBps) ?? '-'}/${rate(xq.egressBps) ?? '-'}`] : [])].join(' ');
+  const eth0 =
+    x &&
+    [
+      x.ip,
+      ...(xq.ingressBps !== undefined || xq.egressBps !== undefined
+        ? [`${rate(xq.ingressBps) ?? '-'}/${rate(xq.egressBps) ?? '-'}`]
+        : []),
+    ].join(' ');
   return { ...r, ingress: rate(q.ingressBps), egress: rate(q.egressBps), eth0 };
 };
 
 const VPC_COLUMNS = [
-  { key: 'name', title: 'NAME' }, { key: 'cidr', title: 'CIDR' }, { key: 'mode', title: 'MODE' }, { key: 'vni', title: 'VNI' },
-  { key: 'mtu', title: 'MTU' }, { key: 'ingress', title: 'INGRESS' }, { key: 'egress', title: 'EGRESS' },
+  { key: 'name', title: 'NAME' },
+  { key: 'cidr', title: 'CIDR' },
+  { key: 'mode', title: 'MODE' },
+  { key: 'vni', title: 'VNI' },
+  { key: 'mtu', title: 'MTU' },
+  { key: 'ingress', title: 'INGRESS' },
+  { key: 'egress', title: 'EGRESS' },
 ];
 const ENDPOINT_COLUMNS = [
-  { key: 'id', title: 'ENDPOINT' }, { key: 'host', title: 'HOST' }, { key: 'ip', title: 'IP' }, { key: 'mac', title: 'MAC' },
-  { key: 'ingress', title: 'INGRESS' }, { key: 'egress', title: 'EGRESS' }, { key: 'eth0', title: 'EXTERNAL' },
+  { key: 'id', title: 'ENDPOINT' },
+  { key: 'host', title: 'HOST' },
+  { key: 'ip', title: 'IP' },
+  { key: 'mac', title: 'MAC' },
+  { key: 'ingress', title: 'INGRESS' },
+  { key: 'egress', title: 'EGRESS' },
+  { key: 'eth0', title: 'EXTERNAL' },
 ];
-const TENANT_COLUMNS = [{ key: 'name', title: 'NAME' }, { key: 'tag', title: 'TAG' }];
+const TENANT_COLUMNS = [
+  { key: 'name', title: 'NAME' },
+  { key: 'tag', title: 'TAG' },
+];
 
 /** Carries out one command; writes what people (or `--json` scripts) read to `out`. */
 export async function run(inv: Invocation, client: NetdApiClient, out: (text: string) => void): Promise<void> {
@@ -216,7 +253,9 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
       return show(me, () => formatTable([me], TENANT_COLUMNS));
     }
     case 'tenant-create': {
-      const t = await client.call<{ name: string; tag: number; token: string }>('POST', '/v1/tenants', { name: c.name });
+      const t = await client.call<{ name: string; tag: number; token: string }>('POST', '/v1/tenants', {
+        name: c.name,
+      });
       return show(t, () => `tenant ${t.name} created (tag ${t.tag})\ntoken (shown once, store it now): ${t.token}\n`);
     }
     case 'tenant-list': {
@@ -231,7 +270,12 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
       await client.call('DELETE', `/v1/tenants/${enc(c.name)}`);
       return show({ deleted: c.name }, () => `tenant ${c.name} deleted\n`);
     case 'vpc-create': {
-      const v = await client.call<Record<string, unknown>>('POST', '/v1/vpcs', { name: c.name, cidr: c.cidr, ...(c.mtu !== undefined && { mtu: c.mtu }), ...(c.qos && { qos: c.qos }) });
+      const v = await client.call<Record<string, unknown>>('POST', '/v1/vpcs', {
+        name: c.name,
+        cidr: c.cidr,
+        ...(c.mtu !== undefined && { mtu: c.mtu }),
+        ...(c.qos && { qos: c.qos }),
+      });
       return show(v, () => formatTable([withRates(v)], VPC_COLUMNS));
     }
     case 'vpc-list': {
@@ -254,11 +298,18 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
       return show(list, () => formatTable(list.map(withRates), ENDPOINT_COLUMNS));
     }
     case 'endpoint-qos': {
-      const e = await client.call<Record<string, unknown>>('PATCH', `/v1/vpcs/${enc(c.vpc)}/endpoints/${enc(c.endpoint)}${c.external ? '/external' : ''}`, { qos: c.qos });
+      const e = await client.call<Record<string, unknown>>(
+        'PATCH',
+        `/v1/vpcs/${enc(c.vpc)}/endpoints/${enc(c.endpoint)}${c.external ? '/external' : ''}`,
+        { qos: c.qos },
+      );
       return show(e, () => formatTable([withRates(e)], ENDPOINT_COLUMNS));
     }
     case 'cni-config': {
-      const conf = await client.call<unknown>('GET', c.vpc === undefined ? '/v1/external/cni-config' : `/v1/vpcs/${enc(c.vpc)}/cni-config`);
+      const conf = await client.call<unknown>(
+        'GET',
+        c.vpc === undefined ? '/v1/external/cni-config' : `/v1/vpcs/${enc(c.vpc)}/cni-config`,
+      );
       return out(JSON.stringify(conf, null, 2) + '\n');
     }
   }

@@ -1,5 +1,14 @@
 import { AppError, ErrorCodes } from '../core/errors.js';
-import { CniFailure, CniErrorCodes, commandSupported, parseCniRequest, toCniError, versionResult, type CniRequest, type CniResult } from '../core/cni.js';
+import {
+  CniFailure,
+  CniErrorCodes,
+  commandSupported,
+  parseCniRequest,
+  toCniError,
+  versionResult,
+  type CniRequest,
+  type CniResult,
+} from '../core/cni.js';
 import { IpClient } from '../sys/ip.js';
 import { attachInternal, detachInternal, endpointId, type AttachDeps, type ConvergeHints } from './attach.js';
 import { netdKeys } from './keys.js';
@@ -35,7 +44,11 @@ export interface CniHandlerDeps extends AttachDeps {
   convergeExternal: (e: ExternalEndpointRecord, qosApplied?: QosSpec) => Promise<void>;
 }
 
-export async function handleCni(env: Record<string, string | undefined>, stdin: string, deps: CniHandlerDeps): Promise<CniReply> {
+export async function handleCni(
+  env: Record<string, string | undefined>,
+  stdin: string,
+  deps: CniHandlerDeps,
+): Promise<CniReply> {
   let cniVersion = '1.1.0';
   try {
     const req = parseCniRequest(env, stdin);
@@ -50,8 +63,13 @@ export async function handleCni(env: Record<string, string | undefined>, stdin: 
 /** The attachments a GC call says the runtime still has (ids "containerId:ifname"). */
 function validAttachments(req: CniRequest): Set<string> {
   const raw = req.config['cni.dev/valid-attachments'];
-  if (raw !== undefined && !Array.isArray(raw)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cni.dev/valid-attachments must be a list');
-  return new Set(((raw ?? []) as Array<{ containerID?: unknown; ifname?: unknown }>).map((v) => endpointId(String(v.containerID), String(v.ifname))));
+  if (raw !== undefined && !Array.isArray(raw))
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cni.dev/valid-attachments must be a list');
+  return new Set(
+    ((raw ?? []) as Array<{ containerID?: unknown; ifname?: unknown }>).map((v) =>
+      endpointId(String(v.containerID), String(v.ifname)),
+    ),
+  );
 }
 
 /** Static address, MAC and rate limits asked for by the runtime, checked before anything is touched. */
@@ -59,7 +77,8 @@ function requested(req: CniRequest): { ip?: string; mac?: string; qos?: QosSpec 
   const ips = req.config.runtimeConfig?.ips;
   const ip = Array.isArray(ips) && typeof ips[0] === 'string' ? ips[0].split('/')[0] : req.args.IP;
   const mac = typeof req.config.runtimeConfig?.mac === 'string' ? req.config.runtimeConfig.mac : req.args.MAC;
-  if (mac !== undefined && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac)) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, `"${mac}" is not a MAC address`);
+  if (mac !== undefined && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac))
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, `"${mac}" is not a MAC address`);
   if (ip !== undefined) parseIp(ip);
   const qos = fromBandwidthCapability(req.config.runtimeConfig?.bandwidth);
   return { ...(ip !== undefined && { ip }), ...(mac !== undefined && { mac }), ...(qos && { qos }) };
@@ -79,20 +98,27 @@ function notReady(deps: CniHandlerDeps): void {
 
 function vpcOf(req: CniRequest): string {
   const vpc = req.config.vpc;
-  if (typeof vpc !== 'string' || vpc === '') throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'network config needs "vpc": the VPC to attach to');
+  if (typeof vpc !== 'string' || vpc === '')
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'network config needs "vpc": the VPC to attach to');
   return vpc;
 }
 
 async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown> {
   if (req.command === 'VERSION') return versionResult(req.config.cniVersion);
   if (!commandSupported(req.command, req.config.cniVersion)) {
-    throw new CniFailure(CniErrorCodes.INCOMPATIBLE_VERSION, `${req.command} is not defined for cniVersion ${req.config.cniVersion}`);
+    throw new CniFailure(
+      CniErrorCodes.INCOMPATIBLE_VERSION,
+      `${req.command} is not defined for cniVersion ${req.config.cniVersion}`,
+    );
   }
   if (req.config.external === true) return dispatchExternal(req, deps);
   const vpc = vpcOf(req);
   switch (req.command) {
     case 'ADD': {
-      const att = await attachInternal({ containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, vpc, ...requested(req) }, deps);
+      const att = await attachInternal(
+        { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, vpc, ...requested(req) },
+        deps,
+      );
       const result: CniResult = {
         cniVersion: req.config.cniVersion,
         interfaces: [{ name: req.ifname, mac: att.endpoint.mac, sandbox: req.netns }],
@@ -107,7 +133,11 @@ async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown>
       return undefined;
     case 'CHECK': {
       const kv = await deps.store.get(netdKeys.endpoint(vpc, endpointId(req.containerId, req.ifname)));
-      if (!kv) throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no endpoint for ${req.containerId}/${req.ifname} in VPC ${vpc}`);
+      if (!kv)
+        throw new CniFailure(
+          CniErrorCodes.CONTAINER_UNKNOWN,
+          `no endpoint for ${req.containerId}/${req.ifname} in VPC ${vpc}`,
+        );
       await checkCarries(req, (JSON.parse(kv.value) as EndpointRecord).ip, deps);
       return undefined;
     }
@@ -131,11 +161,18 @@ async function dispatch(req: CniRequest, deps: CniHandlerDeps): Promise<unknown>
 /** The external network (eth0): `{ "type": "netd", "external": true }`. */
 async function dispatchExternal(req: CniRequest, deps: CniHandlerDeps): Promise<unknown> {
   const pool = deps.externalPool;
-  if (!pool) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'this host has no external network (netd runs without --external-pool)');
+  if (!pool)
+    throw new CniFailure(
+      CniErrorCodes.INVALID_NETWORK_CONFIG,
+      'this host has no external network (netd runs without --external-pool)',
+    );
   const ext = { ...deps, externalPool: pool };
   switch (req.command) {
     case 'ADD': {
-      const att = await attachExternal({ containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, ...requested(req) }, ext);
+      const att = await attachExternal(
+        { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, ...requested(req) },
+        ext,
+      );
       const result: CniResult = {
         cniVersion: req.config.cniVersion,
         interfaces: [{ name: req.ifname, mac: att.endpoint.mac, sandbox: req.netns }],
@@ -150,7 +187,11 @@ async function dispatchExternal(req: CniRequest, deps: CniHandlerDeps): Promise<
       return undefined;
     case 'CHECK': {
       const e = deps.localExternalEndpoints().find((x) => x.id === endpointId(req.containerId, req.ifname));
-      if (!e) throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no external endpoint for ${req.containerId}/${req.ifname}`);
+      if (!e)
+        throw new CniFailure(
+          CniErrorCodes.CONTAINER_UNKNOWN,
+          `no external endpoint for ${req.containerId}/${req.ifname}`,
+        );
       await checkCarries(req, e.ip, deps);
       return undefined;
     }
@@ -159,7 +200,8 @@ async function dispatchExternal(req: CniRequest, deps: CniHandlerDeps): Promise<
       return undefined;
     case 'GC': {
       const keep = validAttachments(req);
-      for (const e of deps.localExternalEndpoints()) if (!keep.has(e.id)) await detachExternal({ containerId: e.containerId, ifname: e.ifname }, ext);
+      for (const e of deps.localExternalEndpoints())
+        if (!keep.has(e.id)) await detachExternal({ containerId: e.containerId, ifname: e.ifname }, ext);
       return undefined;
     }
     default:

@@ -8,7 +8,12 @@ import type { Lease, Store, WatchEvent } from '../store/types.js';
 import { WatchConsumer } from '../store/watch-consumer.js';
 import { reconcile } from './dataplane.js';
 import { netdKeys, externalKeys } from './keys.js';
-import { ensureExternalEgress, reconcileExternalProxies, type ExternalEndpointRecord, type ExternalMode } from './external.js';
+import {
+  ensureExternalEgress,
+  reconcileExternalProxies,
+  type ExternalEndpointRecord,
+  type ExternalMode,
+} from './external.js';
 import type { EndpointRecord, HostRecord, HostView, QosSpec, VpcRecord } from './model.js';
 import { TcClient } from '../sys/tc.js';
 import { isCommandError } from '../sys/runner.js';
@@ -132,9 +137,17 @@ export class NetdDaemon {
       follow(externalKeys.host(this.opts.host.name), this.externals),
     );
     if (this.opts.externalPool !== undefined) {
-      const pool = await new Ipam({ store: this.deps.store, host: this.opts.host.name }).getPool(this.opts.externalPool);
+      const pool = await new Ipam({ store: this.deps.store, host: this.opts.host.name }).getPool(
+        this.opts.externalPool,
+      );
       this.externalCidr = pool.spec.cidr;
-      await ensureExternalEgress(this.deps.runner, this.opts.netns, pool.spec.cidr, this.opts.host.uplink, this.externalMode);
+      await ensureExternalEgress(
+        this.deps.runner,
+        this.opts.netns,
+        pool.spec.cidr,
+        this.opts.host.uplink,
+        this.externalMode,
+      );
     }
     await Promise.all(this.consumers.map((c) => c.start()));
     await this.recover();
@@ -143,7 +156,13 @@ export class NetdDaemon {
     this.resyncTimer = setInterval(() => this.schedule(), this.opts.resyncIntervalMs ?? 5_000);
     this.resyncTimer.unref();
     const sweeper = new DeadHostSweeper(
-      { store: this.deps.store, ipam: new Ipam({ store: this.deps.store, host: this.opts.host.name, logger: this.deps.logger }), host: this.opts.host.name, logger: this.log, ...(this.opts.externalPool !== undefined && { externalPools: [this.opts.externalPool] }) },
+      {
+        store: this.deps.store,
+        ipam: new Ipam({ store: this.deps.store, host: this.opts.host.name, logger: this.deps.logger }),
+        host: this.opts.host.name,
+        logger: this.log,
+        ...(this.opts.externalPool !== undefined && { externalPools: [this.opts.externalPool] }),
+      },
       this.opts.deadHostGraceMs ?? 15 * 60_000,
     );
     let sweeping = false;
@@ -163,14 +182,25 @@ export class NetdDaemon {
   private async recover(): Promise<void> {
     const self = this.opts.host.name;
     const ipam = new Ipam({ store: this.deps.store, host: self, logger: this.deps.logger });
-    const deps = { store: this.deps.store, ipam, runner: this.deps.runner, host: this.opts.host, hostNetns: this.opts.netns, logger: this.deps.logger, externalMode: this.externalMode };
+    const deps = {
+      store: this.deps.store,
+      ipam,
+      runner: this.deps.runner,
+      host: this.opts.host,
+      hostNetns: this.opts.netns,
+      logger: this.deps.logger,
+      externalMode: this.externalMode,
+    };
     const report = await recoverLocalAttachments({
       internal: [...this.endpoints.values()].filter((e) => e.host === self),
       external: [...this.externals.values()],
       deps,
       ipam,
       logger: this.log,
-      pools: new Set([...[...this.vpcs.values()].map((v) => v.name), ...(this.opts.externalPool !== undefined ? [this.opts.externalPool] : [])]),
+      pools: new Set([
+        ...[...this.vpcs.values()].map((v) => v.name),
+        ...(this.opts.externalPool !== undefined ? [this.opts.externalPool] : []),
+      ]),
     });
     for (const id of report.removed) {
       for (const [key, e] of this.endpoints) if (e.id === id && e.host === self) this.endpoints.delete(key);
@@ -250,7 +280,9 @@ export class NetdDaemon {
       this.log.warn({ err: err.message }, 'host lease lost; registering again');
       void this.register().catch((e: unknown) => this.log.error({ err: describeError(e) }, 're-registration failed'));
     });
-    await this.deps.store.put(netdKeys.host(this.opts.host.name), JSON.stringify(this.opts.host), { lease: this.lease.id });
+    await this.deps.store.put(netdKeys.host(this.opts.host.name), JSON.stringify(this.opts.host), {
+      lease: this.lease.id,
+    });
   }
 
   /** The cluster as this host sees it right now. */
@@ -290,14 +322,19 @@ export class NetdDaemon {
           const qos = this.desiredQos();
           for (const [port, q] of qos) if (q.egressBps !== undefined) desired.ifbs.add(linkNames.ifbFor(port));
           const ip = new IpClient(this.deps.runner, ns);
-          await reconcile(desired, { ip, bridge: new BridgeClient(this.deps.runner, ns) }, this.log, () => this.protectedPorts());
+          await reconcile(desired, { ip, bridge: new BridgeClient(this.deps.runner, ns) }, this.log, () =>
+            this.protectedPorts(),
+          );
           if (this.externalCidr !== undefined) {
             await reconcileExternalProxies(
               ip,
               this.opts.host.uplink,
               this.externalCidr,
               this.externalMode,
-              () => ({ wanted: [...this.externals.values()].map((e) => e.ip), inFlight: new Set(this.portsInFlight.keys()) }),
+              () => ({
+                wanted: [...this.externals.values()].map((e) => e.ip),
+                inFlight: new Set(this.portsInFlight.keys()),
+              }),
               this.log,
             );
           }

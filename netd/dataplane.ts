@@ -26,7 +26,10 @@ export function isEmptyPlan(p: Plan): boolean {
 }
 
 /** Reads the netd-owned part of a host's data path. */
-export async function readActual(ip: IpClient, bridge: BridgeClient): Promise<{ desired: DesiredL2; links: Map<string, Link> }> {
+export async function readActual(
+  ip: IpClient,
+  bridge: BridgeClient,
+): Promise<{ desired: DesiredL2; links: Map<string, Link> }> {
   const actual = emptyDesired();
   const links = new Map((await ip.links()).filter((l) => OWNED_LINK_RE.test(l.ifname)).map((l) => [l.ifname, l]));
   for (const l of links.values()) {
@@ -84,7 +87,16 @@ export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet
       recreated.add(v.name);
     }
     if (!have || recreated.has(v.name)) {
-      create.linkAddVxlan({ name: v.name, vni: v.vni, local: v.local, dev: v.dev, gbp: true, learning: false, proxy: v.proxy, mtu: v.mtu });
+      create.linkAddVxlan({
+        name: v.name,
+        vni: v.vni,
+        local: v.local,
+        dev: v.dev,
+        gbp: true,
+        learning: false,
+        proxy: v.proxy,
+        mtu: v.mtu,
+      });
       create.linkSet(v.name, { master: v.master, up: true });
       continue;
     }
@@ -109,10 +121,12 @@ export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet
     if (!have || have.mac !== n.mac || recreated.has(n.dev)) neighbours.neighReplace(n.ip, n.mac, n.dev);
   }
   for (const [key, n] of actual.neighbours) {
-    if (!desired.neighbours.has(key) && desired.vxlans.has(n.dev) && !recreated.has(n.dev)) neighbours.neighDel(n.ip, n.dev);
+    if (!desired.neighbours.has(key) && desired.vxlans.has(n.dev) && !recreated.has(n.dev))
+      neighbours.neighDel(n.ip, n.dev);
   }
   for (const [key, f] of actual.fdb) {
-    if (!desired.fdb.has(key) && desired.vxlans.has(f.dev) && !recreated.has(f.dev)) fdb.fdbDel(f.mac, f.dev, { dst: f.dst });
+    if (!desired.fdb.has(key) && desired.vxlans.has(f.dev) && !recreated.has(f.dev))
+      fdb.fdbDel(f.mac, f.dev, { dst: f.dst });
   }
 
   for (const port of actual.ports.keys()) if (!desired.ports.has(port) && !protect.has(port)) remove.linkDel(port);
@@ -134,7 +148,10 @@ export async function reconcile(
   // flight, which registered it before creating it.
   const p = plan(desired, actual, inFlight());
   if (isEmptyPlan(p)) return p;
-  log?.debug({ create: p.create.lines, fdb: p.fdb.lines, neighbours: p.neighbours.lines, remove: p.remove.lines }, 'reconcile');
+  log?.debug(
+    { create: p.create.lines, fdb: p.fdb.lines, neighbours: p.neighbours.lines, remove: p.remove.lines },
+    'reconcile',
+  );
   await clients.ip.apply(p.create);
   await clients.bridge.apply(p.fdb);
   // An entry to delete may be gone already (its device was just recreated): that is success.
@@ -149,6 +166,9 @@ export async function reconcile(
 
 function onlyMissingLinks(err: unknown): boolean {
   if (!isCommandError(err)) return false;
-  const lines = err.stderr.split('\n').map((l) => l.trim()).filter((l) => l && !/^Command failed/.test(l));
+  const lines = err.stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !/^Command failed/.test(l));
   return lines.length > 0 && lines.every((l) => /Cannot find device|No such device/.test(l));
 }

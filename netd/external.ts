@@ -60,7 +60,11 @@ export async function attachExternal(
   deps: ExternalDeps,
 ): Promise<ExternalAttachment> {
   const id = endpointId(checkSegment('containerId', req.containerId), req.ifname);
-  const log = (deps.logger ?? silentLogger()).child({ component: 'netd', container: req.containerId, ifname: req.ifname });
+  const log = (deps.logger ?? silentLogger()).child({
+    component: 'netd',
+    container: req.containerId,
+    ifname: req.ifname,
+  });
   const hostIf = linkNames.externalPort(id);
   const hostIp = new IpClient(deps.runner, deps.hostNetns);
   const inside = new IpClient(deps.runner, { path: req.netnsPath });
@@ -91,40 +95,55 @@ export async function attachExternal(
   });
   try {
     // eth0 is IPv4 (a /32 behind the IPv4 link-local gateway).
-    const plug = { hostIp, inside, hostIf, netnsPath: req.netnsPath, ifname: req.ifname, mac, mtu: deps.host.underlayMtu, fresh: !existing, ipv4Only: true, ...(deps.hostLane && { hostLane: deps.hostLane }) };
-    const { allocation } = await wireVeth({ ...plug, ...(req.qos && { qos: { spec: req.qos, tc: new TcClient(deps.runner, deps.hostNetns) } }) }, undo, {
-      allocate: async () => {
-        const a = await deps.ipam.allocate({
-          pool: deps.externalPool,
-          handle: id,
-          owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
-          ...(req.ip !== undefined && { ip: req.ip }),
-          alsoWrite: (x) => ({ key, value: JSON.stringify(recordFor(x)) }),
-        });
-        if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, deps.externalPool));
-        if (!existing) undo.push(() => deps.store.delete(key));
-        if (routed) {
-          releaseProxy = deps.claimPort?.(proxyClaim(a.ip));
-          undo.push(() => hostIp.applyForgivingMissing(new IpBatch().proxyNeighDel(a.ip, deps.host.uplink)));
-        }
-        return a;
+    const plug = {
+      hostIp,
+      inside,
+      hostIf,
+      netnsPath: req.netnsPath,
+      ifname: req.ifname,
+      mac,
+      mtu: deps.host.underlayMtu,
+      fresh: !existing,
+      ipv4Only: true,
+      ...(deps.hostLane && { hostLane: deps.hostLane }),
+    };
+    const { allocation } = await wireVeth(
+      { ...plug, ...(req.qos && { qos: { spec: req.qos, tc: new TcClient(deps.runner, deps.hostNetns) } }) },
+      undo,
+      {
+        allocate: async () => {
+          const a = await deps.ipam.allocate({
+            pool: deps.externalPool,
+            handle: id,
+            owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netnsPath },
+            ...(req.ip !== undefined && { ip: req.ip }),
+            alsoWrite: (x) => ({ key, value: JSON.stringify(recordFor(x)) }),
+          });
+          if (!hadAddress) undo.push(() => deps.ipam.releaseHandle(id, deps.externalPool));
+          if (!existing) undo.push(() => deps.store.delete(key));
+          if (routed) {
+            releaseProxy = deps.claimPort?.(proxyClaim(a.ip));
+            undo.push(() => hostIp.applyForgivingMissing(new IpBatch().proxyNeighDel(a.ip, deps.host.uplink)));
+          }
+          return a;
+        },
+        persist: async (a) => {
+          endpoint = recordFor(a);
+          if (!a.wroteAlso) await deps.store.put(key, JSON.stringify(endpoint));
+        },
+        // The host answers ARP for the link-local gateway on this port (an explicit proxy entry).
+        onHost: (b) => b.add('neigh', 'replace', 'proxy', LINK_LOCAL_GATEWAY, 'dev', hostIf),
+        onHostWithAddress: (b, a) => {
+          b.routeReplace(`${a.ip}/32`, { dev: hostIf, scope: 'link' });
+          if (routed) b.proxyNeighReplace(a.ip, deps.host.uplink);
+        },
+        inside: (b, a) =>
+          b
+            .addrAdd(`${a.ip}/32`, req.ifname)
+            .routeReplace(`${LINK_LOCAL_GATEWAY}/32`, { dev: req.ifname, scope: 'link' })
+            .routeReplace('default', { via: LINK_LOCAL_GATEWAY, dev: req.ifname, onlink: true }),
       },
-      persist: async (a) => {
-        endpoint = recordFor(a);
-        if (!a.wroteAlso) await deps.store.put(key, JSON.stringify(endpoint));
-      },
-      // The host answers ARP for the link-local gateway on this port (an explicit proxy entry).
-      onHost: (b) => b.add('neigh', 'replace', 'proxy', LINK_LOCAL_GATEWAY, 'dev', hostIf),
-      onHostWithAddress: (b, a) => {
-        b.routeReplace(`${a.ip}/32`, { dev: hostIf, scope: 'link' });
-        if (routed) b.proxyNeighReplace(a.ip, deps.host.uplink);
-      },
-      inside: (b, a) =>
-        b
-          .addrAdd(`${a.ip}/32`, req.ifname)
-          .routeReplace(`${LINK_LOCAL_GATEWAY}/32`, { dev: req.ifname, scope: 'link' })
-          .routeReplace('default', { via: LINK_LOCAL_GATEWAY, dev: req.ifname, onlink: true }),
-    });
+    );
     // The host answers the container's ARP for the gateway at once (proxy replies are otherwise
     // delayed up to proxy_delay, 0.8 s: a slow first packet). Calico does the same on its ports.
     await new SysctlClient(deps.runner, deps.hostNetns).set(`net.ipv4.neigh.${hostIf}.proxy_delay`, 0);
@@ -175,7 +194,9 @@ export async function reconcileExternalProxies(
   log: Logger,
 ): Promise<void> {
   const pool = parseCidr(poolCidr);
-  const have = (await ip.proxyNeighbours(uplink)).filter((a) => a.includes(':') === (pool.family === 6) && contains(pool, parseIp(a)));
+  const have = (await ip.proxyNeighbours(uplink)).filter(
+    (a) => a.includes(':') === (pool.family === 6) && contains(pool, parseIp(a)),
+  );
   const { wanted, inFlight } = addresses();
   const want = new Set(mode === 'routed' ? wanted : []);
   const b = new IpBatch();
@@ -191,7 +212,13 @@ export async function reconcileExternalProxies(
  * rule (rewritten atomically); `routed` removes that table and makes the uplink's proxy ARP replies
  * immediate.
  */
-export async function ensureExternalEgress(runner: CommandRunner, hostNetns: NetnsTarget | undefined, cidr: string, uplink: string, mode: ExternalMode): Promise<void> {
+export async function ensureExternalEgress(
+  runner: CommandRunner,
+  hostNetns: NetnsTarget | undefined,
+  cidr: string,
+  uplink: string,
+  mode: ExternalMode,
+): Promise<void> {
   const net = formatCidr(parseCidr(cidr));
   const tx = new NftTransaction();
   // Routed: the uplink answers ARP for containers at once, not after a random proxy_delay.

@@ -21,11 +21,16 @@ const FIELD_SIZE = 256;
 /** The plugin binary with `socketDir` patched in (pure: bytes in, bytes out). */
 export function patchSocketDir(binary: Buffer, socketDir: string): Buffer {
   const at = binary.indexOf(MARKER);
-  if (at < 0 || binary.indexOf(MARKER, at + 1) >= 0) throw new AppError(ErrorCodes.INTERNAL, 'the netd plugin binary has no single socket-dir marker');
+  if (at < 0 || binary.indexOf(MARKER, at + 1) >= 0)
+    throw new AppError(ErrorCodes.INTERNAL, 'the netd plugin binary has no single socket-dir marker');
   const dir = Buffer.from(socketDir);
   const room = FIELD_SIZE - MARKER.length - 1;
   if (!socketDir.startsWith('/') || dir.length > room || dir.includes(0)) {
-    throw new AppError(ErrorCodes.INVALID_INPUT, `the CNI socket directory must be an absolute path of at most ${room} bytes`, { socketDir });
+    throw new AppError(
+      ErrorCodes.INVALID_INPUT,
+      `the CNI socket directory must be an absolute path of at most ${room} bytes`,
+      { socketDir },
+    );
   }
   const out = Buffer.from(binary);
   out.fill(0, at + MARKER.length, at + FIELD_SIZE);
@@ -39,7 +44,12 @@ export function installNetdPlugin(binDir: string, socketDir = SOCKET_DIR, source
   try {
     binary = readFileSync(source);
   } catch (err) {
-    throw new AppError(ErrorCodes.UNSUPPORTED, `the netd plugin binary ${source} is missing: run npm run build (needs a C compiler)`, {}, { cause: err });
+    throw new AppError(
+      ErrorCodes.UNSUPPORTED,
+      `the netd plugin binary ${source} is missing: run npm run build (needs a C compiler)`,
+      {},
+      { cause: err },
+    );
   }
   mkdirSync(binDir, { recursive: true });
   const target = join(binDir, 'netd');

@@ -27,7 +27,10 @@ async function main(): Promise<void> {
   if (process.argv[2] === 'install-cni') {
     const { values } = parseArgs({
       args: process.argv.slice(3),
-      options: { 'cni-bin-dir': { type: 'string', default: '/opt/cni/bin' }, 'cni-socket-dir': { type: 'string', default: SOCKET_DIR } },
+      options: {
+        'cni-bin-dir': { type: 'string', default: '/opt/cni/bin' },
+        'cni-socket-dir': { type: 'string', default: SOCKET_DIR },
+      },
     });
     process.stdout.write(`installed ${installNetdPlugin(values['cni-bin-dir']!, values['cni-socket-dir'])}\n`);
     return;
@@ -57,13 +60,17 @@ async function main(): Promise<void> {
   const mtu = Number(values.mtu);
   const leaseTtl = Number(values['lease-ttl']);
   if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 9216) throw invalidInput('--mtu must be 1280..9216');
-  if (!Number.isInteger(leaseTtl) || leaseTtl < 2 || leaseTtl > 3600) throw invalidInput('--lease-ttl must be 2..3600 seconds');
+  if (!Number.isInteger(leaseTtl) || leaseTtl < 2 || leaseTtl > 3600)
+    throw invalidInput('--lease-ttl must be 2..3600 seconds');
   const graceSeconds = Number(values['dead-host-grace']);
   const sweepSeconds = Number(values['sweep-interval']);
-  if (!Number.isFinite(graceSeconds) || graceSeconds < 1 || graceSeconds > 30 * 86_400) throw invalidInput('--dead-host-grace must be 1..2592000 seconds');
-  if (!Number.isFinite(sweepSeconds) || sweepSeconds < 0.1 || sweepSeconds > 3600) throw invalidInput('--sweep-interval must be 0.1..3600 seconds');
+  if (!Number.isFinite(graceSeconds) || graceSeconds < 1 || graceSeconds > 30 * 86_400)
+    throw invalidInput('--dead-host-grace must be 1..2592000 seconds');
+  if (!Number.isFinite(sweepSeconds) || sweepSeconds < 0.1 || sweepSeconds > 3600)
+    throw invalidInput('--sweep-interval must be 0.1..3600 seconds');
   const externalMode = values['external-mode'] as ExternalMode;
-  if (!EXTERNAL_MODES.includes(externalMode)) throw invalidInput(`--external-mode must be one of ${EXTERNAL_MODES.join(', ')}`);
+  if (!EXTERNAL_MODES.includes(externalMode))
+    throw invalidInput(`--external-mode must be one of ${EXTERNAL_MODES.join(', ')}`);
   const endpoints = (values.etcd ?? '').split(',').filter(Boolean);
   if (endpoints.length === 0) throw invalidInput('--etcd (or $NETD_ETCD_ENDPOINTS) is required');
 
@@ -77,7 +84,17 @@ async function main(): Promise<void> {
     logger.warn('netd-spawner not built (npm run build); spawning from Node, which is slower');
     runner = new ExecRunner({ logger });
   }
-  const daemon = new NetdDaemon({ host: { name: host, underlayIp, uplink, underlayMtu: mtu }, leaseTtlSeconds: leaseTtl, cniSocketDir: values['cni-socket-dir'], deadHostGraceMs: graceSeconds * 1000, sweepIntervalMs: sweepSeconds * 1000, ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }) }, { store, runner, logger, metrics });
+  const daemon = new NetdDaemon(
+    {
+      host: { name: host, underlayIp, uplink, underlayMtu: mtu },
+      leaseTtlSeconds: leaseTtl,
+      cniSocketDir: values['cni-socket-dir'],
+      deadHostGraceMs: graceSeconds * 1000,
+      sweepIntervalMs: sweepSeconds * 1000,
+      ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }),
+    },
+    { store, runner, logger, metrics },
+  );
   const shutdown = (sig: string) => {
     logger.info({ sig }, 'stopping');
     void daemon
@@ -94,10 +111,19 @@ async function main(): Promise<void> {
 }
 
 /** The HTTP API, when asked for: on a Unix socket (root-only) and/or a TCP address. */
-async function startApi(values: { 'api-socket'?: string; 'api-listen'?: string; 'admin-token-file'?: string }, store: EtcdStore, metrics: NetdMetrics) {
+async function startApi(
+  values: { 'api-socket'?: string; 'api-listen'?: string; 'admin-token-file'?: string },
+  store: EtcdStore,
+  metrics: NetdMetrics,
+) {
   if (!values['api-socket'] && !values['api-listen']) return undefined;
-  const adminToken = (values['admin-token-file'] ? readFileSync(values['admin-token-file'], 'utf8') : (process.env.NETD_ADMIN_TOKEN ?? '')).trim();
-  if (adminToken.length < 16) throw invalidInput('the API needs an admin token of at least 16 characters (--admin-token-file or $NETD_ADMIN_TOKEN)');
+  const adminToken = (
+    values['admin-token-file'] ? readFileSync(values['admin-token-file'], 'utf8') : (process.env.NETD_ADMIN_TOKEN ?? '')
+  ).trim();
+  if (adminToken.length < 16)
+    throw invalidInput(
+      'the API needs an admin token of at least 16 characters (--admin-token-file or $NETD_ADMIN_TOKEN)',
+    );
   const app = buildApi({ store, adminToken, metrics });
   if (values['api-socket']) {
     rmSync(values['api-socket'], { force: true });

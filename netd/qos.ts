@@ -28,7 +28,12 @@ export function checkQos(q: QosSpec | undefined): QosSpec | undefined {
  * 250 Hz timer never starves the queue at high rates), and the queue 50 ms. Rates are IP-layer
  * rates, as providers meter them: a size table takes the 14-byte Ethernet header off each packet.
  */
-export function tbfFor(rateBps: number): { rateBps: number; burstBytes: number; latencyMs: number; overheadBytes: number } {
+export function tbfFor(rateBps: number): {
+  rateBps: number;
+  burstBytes: number;
+  latencyMs: number;
+  overheadBytes: number;
+} {
   return { rateBps, burstBytes: Math.max(32 * 1024, Math.ceil(rateBps / 8 / 100)), latencyMs: 50, overheadBytes: -14 };
 }
 
@@ -37,7 +42,10 @@ export function fromBandwidthCapability(bw: unknown): QosSpec | undefined {
   if (!bw || typeof bw !== 'object') return undefined;
   const b = bw as { ingressRate?: unknown; egressRate?: unknown };
   const num = (v: unknown) => (typeof v === 'number' ? v : undefined);
-  return checkQos({ ...(num(b.ingressRate) !== undefined && { ingressBps: num(b.ingressRate) }), ...(num(b.egressRate) !== undefined && { egressBps: num(b.egressRate) }) });
+  return checkQos({
+    ...(num(b.ingressRate) !== undefined && { ingressBps: num(b.ingressRate) }),
+    ...(num(b.egressRate) !== undefined && { egressBps: num(b.egressRate) }),
+  });
 }
 
 /** The tc commands that make `port` (and its ifb) carry exactly `q` (removing what `q` lacks). */

@@ -14,7 +14,8 @@ import type { EndpointRecord } from './model.js';
  * veth pair, record and address; an address this host holds with no record at all is released.
  */
 
-type LocalRecord = (EndpointRecord & { containerId?: string; ifname?: string; netns?: string }) | ExternalEndpointRecord;
+type LocalRecord =
+  (EndpointRecord & { containerId?: string; ifname?: string; netns?: string }) | ExternalEndpointRecord;
 
 export interface RecoveryReport {
   kept: number;
@@ -36,8 +37,8 @@ export async function recoverLocalAttachments(opts: {
   const report: RecoveryReport = { kept: 0, removed: [], releasedAddresses: [] };
   const why = new Map<string, string>();
   const complete = async (r: LocalRecord): Promise<boolean> => {
-    if (!r.netns || !existsSync(r.netns) || !r.ifname) return why.set(r.id, 'netns gone'), false;
-    if (!(await hostIp.link(r.hostIf))) return why.set(r.id, 'no host port'), false;
+    if (!r.netns || !existsSync(r.netns) || !r.ifname) return (why.set(r.id, 'netns gone'), false);
+    if (!(await hostIp.link(r.hostIf))) return (why.set(r.id, 'no host port'), false);
     const addrs = await new IpClient(deps.runner, { path: r.netns }).addresses(r.ifname).catch(() => []);
     const ok = addrs.some((a) => a.addr_info.some((x) => x.local === r.ip));
     if (!ok) why.set(r.id, 'container interface incomplete');

@@ -26,7 +26,12 @@ interface Seen {
  * Which keys have been gone, unchanged, for at least `graceMs` (pure). Returns those due for
  * removal and the suspects to remember for the next pass.
  */
-export function agedOut(items: ReadonlyMap<string, Seen>, previous: ReadonlyMap<string, Suspect>, nowMs: number, graceMs: number): { due: string[]; suspects: Map<string, Suspect> } {
+export function agedOut(
+  items: ReadonlyMap<string, Seen>,
+  previous: ReadonlyMap<string, Suspect>,
+  nowMs: number,
+  graceMs: number,
+): { due: string[]; suspects: Map<string, Suspect> } {
   const due: string[] = [];
   const suspects = new Map<string, Suspect>();
   for (const [key, { modRevision, gone }] of items) {
@@ -89,7 +94,10 @@ export class DeadHostSweeper {
     ]);
     const alive = new Set(hosts.kvs.map((kv) => kv.key.slice(netdKeys.hosts().length)));
     const records = new Map<string, Seen>();
-    const netdPools = new Set([...vpcs.kvs.map((kv) => (JSON.parse(kv.value) as { name: string }).name), ...(this.deps.externalPools ?? [])]);
+    const netdPools = new Set([
+      ...vpcs.kvs.map((kv) => (JSON.parse(kv.value) as { name: string }).name),
+      ...(this.deps.externalPools ?? []),
+    ]);
     const dead = new Set<string>();
     for (const kv of [...internal.kvs, ...external.kvs]) {
       const rec = JSON.parse(kv.value) as { host: string; pool?: string };
@@ -124,10 +132,14 @@ export class DeadHostSweeper {
     for (const key of addressesDue.due) {
       const h = byKey.get(key)!;
       // releaseRecord compares the handle's revision and sequence: a re-used handle is not touched.
-      if (await this.deps.ipam.releaseRecord(h.record, h.modRevision)) report.releasedAddresses.push(`${h.record.pool}/${h.record.ip}`);
+      if (await this.deps.ipam.releaseRecord(h.record, h.modRevision))
+        report.releasedAddresses.push(`${h.record.pool}/${h.record.ip}`);
     }
     if (report.removedRecords.length || report.releasedAddresses.length) {
-      this.deps.logger.warn({ deadHosts: report.deadHosts, records: report.removedRecords.length, addresses: report.releasedAddresses }, 'swept what dead hosts left behind');
+      this.deps.logger.warn(
+        { deadHosts: report.deadHosts, records: report.removedRecords.length, addresses: report.releasedAddresses },
+        'swept what dead hosts left behind',
+      );
     }
     return report;
   }

@@ -15,7 +15,19 @@ import type { Logger } from '../sys/log.js';
 import { silentLogger } from '../sys/log.js';
 import { AsyncQueue } from './async-queue.js';
 import { storeCompacted, storeUnavailable } from './errors.js';
-import type { Compare, KV, Lease, ListResult, Store, TxnOp, TxnOpResult, TxnRequest, TxnResult, WatchBatch, WatchEvent } from './types.js';
+import type {
+  Compare,
+  KV,
+  Lease,
+  ListResult,
+  Store,
+  TxnOp,
+  TxnOpResult,
+  TxnRequest,
+  TxnResult,
+  WatchBatch,
+  WatchEvent,
+} from './types.js';
 
 /**
  * Store on a real etcd (v3 API) through the `etcd3` package.
@@ -77,12 +89,20 @@ export class EtcdStore implements Store {
   }
 
   async listKeys(prefix: string): Promise<{ keys: string[]; revision: bigint }> {
-    const res = await this.call(() => this.client.kv.range({ key: Buffer.from(prefix), range_end: prefixEnd(prefix), keys_only: true }));
+    const res = await this.call(() =>
+      this.client.kv.range({ key: Buffer.from(prefix), range_end: prefixEnd(prefix), keys_only: true }),
+    );
     return { keys: res.kvs.map((kv) => kv.key.toString()), revision: BigInt(res.header.revision) };
   }
 
   async put(key: string, value: string, opts: { lease?: string } = {}): Promise<bigint> {
-    const res = await this.call(() => this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), ...(opts.lease !== undefined && { lease: opts.lease }) }));
+    const res = await this.call(() =>
+      this.client.kv.put({
+        key: Buffer.from(key),
+        value: Buffer.from(value),
+        ...(opts.lease !== undefined && { lease: opts.lease }),
+      }),
+    );
     return BigInt(res.header.revision);
   }
 
@@ -92,7 +112,9 @@ export class EtcdStore implements Store {
   }
 
   async deletePrefix(prefix: string): Promise<bigint> {
-    const res = await this.call(() => this.client.kv.deleteRange({ key: Buffer.from(prefix), range_end: prefixEnd(prefix) }));
+    const res = await this.call(() =>
+      this.client.kv.deleteRange({ key: Buffer.from(prefix), range_end: prefixEnd(prefix) }),
+    );
     return BigInt(res.header.revision);
   }
 
@@ -113,7 +135,11 @@ export class EtcdStore implements Store {
   }
 
   async lease(ttlSeconds: number): Promise<Lease> {
-    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1) throw new AppError(ErrorCodes.INVALID_INPUT, `lease TTL must be a whole number of seconds >= 1, got ${ttlSeconds}`);
+    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1)
+      throw new AppError(
+        ErrorCodes.INVALID_INPUT,
+        `lease TTL must be a whole number of seconds >= 1, got ${ttlSeconds}`,
+      );
     const lease = this.client.lease(ttlSeconds, { autoKeepAlive: true });
     const lostCallbacks: Array<(err: Error) => void> = [];
     let lostError: Error | undefined;
@@ -150,7 +176,8 @@ export class EtcdStore implements Store {
     const onAbort = (): void => queue.end();
     const queue = new AsyncQueue<WatchBatch>({
       limit: this.watchBufferLimit,
-      overflow: () => storeUnavailable(`watch buffer full (${this.watchBufferLimit} batches): the consumer is too slow`),
+      overflow: () =>
+        storeUnavailable(`watch buffer full (${this.watchBufferLimit} batches): the consumer is too slow`),
       onClose: () => {
         clearTimeout(held.connectTimer);
         signal.removeEventListener('abort', onAbort);
@@ -167,9 +194,17 @@ export class EtcdStore implements Store {
       return queue;
     }
     signal.addEventListener('abort', onAbort, { once: true });
-    const watcher = (held.watcher = this.client.watch().prefix(prefix).startRevision(String(fromRevision)).withPreviousKV().watcher());
+    const watcher = (held.watcher = this.client
+      .watch()
+      .prefix(prefix)
+      .startRevision(String(fromRevision))
+      .withPreviousKV()
+      .watcher());
     // etcd3 retries connecting forever; bound it, so an unreachable etcd is reported.
-    held.connectTimer = setTimeout(() => queue.fail(storeUnavailable(`watch did not connect within ${this.watchConnectTimeoutMs} ms`)), this.watchConnectTimeoutMs);
+    held.connectTimer = setTimeout(
+      () => queue.fail(storeUnavailable(`watch did not connect within ${this.watchConnectTimeoutMs} ms`)),
+      this.watchConnectTimeoutMs,
+    );
     watcher.on('connected', () => clearTimeout(held.connectTimer));
     watcher.on('data', (res: IWatchResponse) => {
       for (const batch of groupByRevision(res)) {
@@ -183,7 +218,11 @@ export class EtcdStore implements Store {
       // drops the response's compact_revision: ask etcd whether `next` is still in history.
       this.compactRevisionAbove(next).then(
         (compactRevision) =>
-          queue.fail(compactRevision !== undefined ? storeCompacted(next, compactRevision, err) : storeUnavailable(`watch cancelled: ${err.message}`, err)),
+          queue.fail(
+            compactRevision !== undefined
+              ? storeCompacted(next, compactRevision, err)
+              : storeUnavailable(`watch cancelled: ${err.message}`, err),
+          ),
         (probeErr: unknown) => queue.fail(probeErr),
       );
     });
@@ -249,12 +288,19 @@ export class EtcdStore implements Store {
  */
 function mapError(err: unknown): AppError {
   if (err instanceof AppError) return err;
-  if (err instanceof ClientClosedError) return new AppError(ErrorCodes.INTERNAL, 'store client is closed', {}, { cause: err });
-  if (err instanceof EtcdLeaseInvalidError) return new AppError(ErrorCodes.NOT_FOUND, 'lease not found (expired or revoked)', {}, { cause: err });
+  if (err instanceof ClientClosedError)
+    return new AppError(ErrorCodes.INTERNAL, 'store client is closed', {}, { cause: err });
+  if (err instanceof EtcdLeaseInvalidError)
+    return new AppError(ErrorCodes.NOT_FOUND, 'lease not found (expired or revoked)', {}, { cause: err });
   const message = err instanceof Error ? err.message : String(err);
-  if (/required revision has been compacted/.test(message)) return new AppError(ErrorCodes.STORE_COMPACTED, message, {}, { cause: err });
+  if (/required revision has been compacted/.test(message))
+    return new AppError(ErrorCodes.STORE_COMPACTED, message, {}, { cause: err });
   if (/requested lease not found/.test(message)) return new AppError(ErrorCodes.NOT_FOUND, message, {}, { cause: err });
-  if (/future revision|duplicate key given in txn|too many operations in txn|request is too large|key is not provided/.test(message)) {
+  if (
+    /future revision|duplicate key given in txn|too many operations in txn|request is too large|key is not provided/.test(
+      message,
+    )
+  ) {
     return new AppError(ErrorCodes.INVALID_INPUT, message, {}, { cause: err });
   }
   return storeUnavailable(message, err);
@@ -274,17 +320,27 @@ function toKV(kv: IKeyValue): KV {
 function toCompare(c: Compare): ICompare {
   const base: ICompare = { key: Buffer.from(c.key), target: COMPARE_TARGET[c.target], result: COMPARE_RESULT[c.op] };
   switch (c.target) {
-    case 'modRevision': return { ...base, mod_revision: String(c.value) };
-    case 'createRevision': return { ...base, create_revision: String(c.value) };
-    case 'version': return { ...base, version: String(c.value) };
-    case 'value': return { ...base, value: Buffer.from(String(c.value)) };
+    case 'modRevision':
+      return { ...base, mod_revision: String(c.value) };
+    case 'createRevision':
+      return { ...base, create_revision: String(c.value) };
+    case 'version':
+      return { ...base, version: String(c.value) };
+    case 'value':
+      return { ...base, value: Buffer.from(String(c.value)) };
   }
 }
 
 function toRequestOp(op: TxnOp): IRequestOp {
   switch (op.type) {
     case 'put':
-      return { request_put: { key: Buffer.from(op.key), value: Buffer.from(op.value), ...(op.lease !== undefined && { lease: op.lease }) } };
+      return {
+        request_put: {
+          key: Buffer.from(op.key),
+          value: Buffer.from(op.value),
+          ...(op.lease !== undefined && { lease: op.lease }),
+        },
+      };
     case 'delete':
       return { request_delete_range: { key: Buffer.from(op.key) } };
     case 'deletePrefix':
@@ -326,7 +382,11 @@ function prefixEnd(prefix: string): Buffer {
 function groupByRevision(res: IWatchResponse): WatchBatch[] {
   const batches: WatchBatch[] = [];
   for (const ev of res.events) {
-    const event: WatchEvent = { type: ev.type === 'Delete' ? 'delete' : 'put', kv: toKV(ev.kv), ...(ev.prev_kv && { prevKv: toKV(ev.prev_kv) }) };
+    const event: WatchEvent = {
+      type: ev.type === 'Delete' ? 'delete' : 'put',
+      kv: toKV(ev.kv),
+      ...(ev.prev_kv && { prevKv: toKV(ev.prev_kv) }),
+    };
     const revision = event.kv.modRevision;
     const last = batches[batches.length - 1];
     if (last && last.revision === revision) last.events.push(event);

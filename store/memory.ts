@@ -1,7 +1,19 @@
 import { AppError, ErrorCodes } from '../core/errors.js';
 import { AsyncQueue } from './async-queue.js';
 import { storeCompacted, storeUnavailable } from './errors.js';
-import type { Compare, KV, Lease, ListResult, Store, TxnOp, TxnOpResult, TxnRequest, TxnResult, WatchBatch, WatchEvent } from './types.js';
+import type {
+  Compare,
+  KV,
+  Lease,
+  ListResult,
+  Store,
+  TxnOp,
+  TxnOpResult,
+  TxnRequest,
+  TxnResult,
+  WatchBatch,
+  WatchEvent,
+} from './types.js';
 
 /**
  * An in-memory Store with etcd's semantics: one global revision, create/mod revisions and versions
@@ -40,7 +52,9 @@ class Backend {
   nextLeaseId = 1;
 
   range(prefix: string, exact = false): KV[] {
-    const kvs = exact ? [this.data.get(prefix)].filter((kv): kv is KV => kv !== undefined) : [...this.data.values()].filter((kv) => kv.key.startsWith(prefix));
+    const kvs = exact
+      ? [this.data.get(prefix)].filter((kv): kv is KV => kv !== undefined)
+      : [...this.data.values()].filter((kv) => kv.key.startsWith(prefix));
     // etcd sorts by key bytes; for these keys (ASCII) code-unit order is the same.
     return kvs.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)).map((kv) => ({ ...kv }));
   }
@@ -48,18 +62,25 @@ class Backend {
   compare(c: Compare): boolean {
     const kv = this.data.get(c.key);
     const actual =
-      c.target === 'value' ? kv?.value
-      : c.target === 'version' ? BigInt(kv?.version ?? 0)
-      : c.target === 'modRevision' ? (kv?.modRevision ?? 0n)
-      : (kv?.createRevision ?? 0n);
+      c.target === 'value'
+        ? kv?.value
+        : c.target === 'version'
+          ? BigInt(kv?.version ?? 0)
+          : c.target === 'modRevision'
+            ? (kv?.modRevision ?? 0n)
+            : (kv?.createRevision ?? 0n);
     // etcd: a value compare on a missing key is false, whatever the operator.
     if (actual === undefined) return false;
     const expected = typeof actual === 'string' ? String(c.value) : BigInt(c.value);
     switch (c.op) {
-      case '=': return actual === expected;
-      case '!=': return actual !== expected;
-      case '<': return actual < expected;
-      case '>': return actual > expected;
+      case '=':
+        return actual === expected;
+      case '!=':
+        return actual !== expected;
+      case '<':
+        return actual < expected;
+      case '>':
+        return actual > expected;
     }
   }
 
@@ -70,10 +91,14 @@ class Backend {
       if (op.type !== 'put') continue;
       if (puts.has(op.key)) throw new AppError(ErrorCodes.INVALID_INPUT, `duplicate key ${op.key} in transaction`);
       puts.add(op.key);
-      if (op.lease !== undefined && !this.leases.has(op.lease)) throw new AppError(ErrorCodes.NOT_FOUND, `lease ${op.lease} not found`);
+      if (op.lease !== undefined && !this.leases.has(op.lease))
+        throw new AppError(ErrorCodes.NOT_FOUND, `lease ${op.lease} not found`);
     }
     for (const op of ops) {
-      const hit = op.type === 'delete' ? puts.has(op.key) : op.type === 'deletePrefix' && [...puts].some((k) => k.startsWith(op.prefix));
+      const hit =
+        op.type === 'delete'
+          ? puts.has(op.key)
+          : op.type === 'deletePrefix' && [...puts].some((k) => k.startsWith(op.prefix));
       if (hit) throw new AppError(ErrorCodes.INVALID_INPUT, 'a transaction may not put and delete the same key');
     }
   }
@@ -119,7 +144,11 @@ class Backend {
             deleted++;
             this.data.delete(key);
             if (prev.lease !== undefined) this.leases.get(prev.lease)?.keys.delete(key);
-            events.push({ type: 'delete', kv: { key, value: '', createRevision: 0n, modRevision: next, version: 0 }, prevKv: prev });
+            events.push({
+              type: 'delete',
+              kv: { key, value: '', createRevision: 0n, modRevision: next, version: 0 },
+              prevKv: prev,
+            });
           }
           responses.push({ type: op.type, deleted });
           break;
@@ -162,7 +191,10 @@ export class MemoryStore implements Store {
   private readonly keepAlives = new Set<NodeJS.Timeout>();
 
   /** `backend` is internal (connect() passes it); callers construct with options only. */
-  constructor(private readonly opts: MemoryStoreOptions = {}, backend?: Backend) {
+  constructor(
+    private readonly opts: MemoryStoreOptions = {},
+    backend?: Backend,
+  ) {
     this.backend = backend ?? new Backend();
   }
 
@@ -178,7 +210,8 @@ export class MemoryStore implements Store {
   setAvailable(available: boolean): void {
     this.available = available;
     if (!available) {
-      for (const w of [...this.backend.watchers]) if (w.owner === this) w.queue.fail(storeUnavailable('memory store switched off'));
+      for (const w of [...this.backend.watchers])
+        if (w.owner === this) w.queue.fail(storeUnavailable('memory store switched off'));
     }
   }
 
@@ -209,7 +242,8 @@ export class MemoryStore implements Store {
 
   async put(key: string, value: string, opts: { lease?: string } = {}): Promise<bigint> {
     this.check();
-    return this.backend.commit([{ type: 'put', key, value, ...(opts.lease !== undefined && { lease: opts.lease }) }]).revision;
+    return this.backend.commit([{ type: 'put', key, value, ...(opts.lease !== undefined && { lease: opts.lease }) }])
+      .revision;
   }
 
   async delete(key: string): Promise<bigint> {
@@ -231,18 +265,29 @@ export class MemoryStore implements Store {
 
   async lease(ttlSeconds: number): Promise<Lease> {
     this.check();
-    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1) throw new AppError(ErrorCodes.INVALID_INPUT, `lease TTL must be a whole number of seconds >= 1, got ${ttlSeconds}`);
+    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1)
+      throw new AppError(
+        ErrorCodes.INVALID_INPUT,
+        `lease TTL must be a whole number of seconds >= 1, got ${ttlSeconds}`,
+      );
     const backend = this.backend;
     const id = String(backend.nextLeaseId++);
-    const state: LeaseState = { keys: new Set(), lost: [], timer: setTimeout(() => backend.expire(id, true), ttlSeconds * 1000) };
+    const state: LeaseState = {
+      keys: new Set(),
+      lost: [],
+      timer: setTimeout(() => backend.expire(id, true), ttlSeconds * 1000),
+    };
     state.timer.unref();
     backend.leases.set(id, state);
     // Refreshed while this client is connected; an outage longer than the TTL loses it, as with etcd.
-    const keepAlive = setInterval(() => {
-      const s = backend.leases.get(id);
-      if (!s) stopKeepAlive();
-      else if (this.available) s.timer.refresh();
-    }, (ttlSeconds * 1000) / 3);
+    const keepAlive = setInterval(
+      () => {
+        const s = backend.leases.get(id);
+        if (!s) stopKeepAlive();
+        else if (this.available) s.timer.refresh();
+      },
+      (ttlSeconds * 1000) / 3,
+    );
     keepAlive.unref();
     this.keepAlives.add(keepAlive);
     const stopKeepAlive = (): void => {
@@ -302,8 +347,13 @@ export class MemoryStore implements Store {
   async compact(revision: bigint): Promise<void> {
     this.check();
     const backend = this.backend;
-    if (revision > backend.revision) throw new AppError(ErrorCodes.INVALID_INPUT, `cannot compact future revision ${revision} (current ${backend.revision})`);
-    if (revision <= backend.compactRevision) throw new AppError(ErrorCodes.STORE_COMPACTED, `revision ${revision} has already been compacted`);
+    if (revision > backend.revision)
+      throw new AppError(
+        ErrorCodes.INVALID_INPUT,
+        `cannot compact future revision ${revision} (current ${backend.revision})`,
+      );
+    if (revision <= backend.compactRevision)
+      throw new AppError(ErrorCodes.STORE_COMPACTED, `revision ${revision} has already been compacted`);
     backend.compactRevision = revision;
     while (backend.history.length > 0 && backend.history[0]!.revision < revision) backend.history.shift();
   }

@@ -48,9 +48,7 @@ export type TxnOp =
 
 /** One response per op of the branch that ran, in order. */
 export type TxnOpResult =
-  | { type: 'put' }
-  | { type: 'delete' | 'deletePrefix'; deleted: number }
-  | { type: 'get' | 'getPrefix'; kvs: KV[] };
+  { type: 'put' } | { type: 'delete' | 'deletePrefix'; deleted: number } | { type: 'get' | 'getPrefix'; kvs: KV[] };
 
 export interface TxnRequest {
   compare: Compare[];

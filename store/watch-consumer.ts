@@ -124,7 +124,7 @@ export class WatchConsumer {
   }
 
   private setStatus(s: WatchStatus): void {
-    if (s === this.currentStatus || (this.currentStatus === 'stopped')) return;
+    if (s === this.currentStatus || this.currentStatus === 'stopped') return;
     this.currentStatus = s;
     this.log.debug({ status: s, revision: String(this.applied) }, 'watch status');
     for (const cb of this.statusListeners) cb(s);
@@ -145,14 +145,20 @@ export class WatchConsumer {
       } catch (err) {
         if (this.stopped) break;
         if (isAppError(err, ErrorCodes.STORE_COMPACTED)) {
-          this.log.info({ revision: String(this.applied), err: describeError(err) }, 'watch history compacted; re-listing');
+          this.log.info(
+            { revision: String(this.applied), err: describeError(err) },
+            'watch history compacted; re-listing',
+          );
           this.setStatus('resyncing');
           await this.retrying(() => this.resync('resync'));
           continue;
         }
         failures++;
         this.setStatus('disconnected');
-        this.log.warn({ err: describeError(err), failures, revision: String(this.applied) }, 'watch interrupted; will resume');
+        this.log.warn(
+          { err: describeError(err), failures, revision: String(this.applied) },
+          'watch interrupted; will resume',
+        );
         await this.sleep(this.delay(failures));
         await this.retrying(() => this.afterReconnect());
       }
@@ -164,7 +170,10 @@ export class WatchConsumer {
     if (this.stopped) return;
     const revision = await this.store.currentRevision();
     if (revision < this.applied) {
-      this.log.warn({ storeRevision: String(revision), applied: String(this.applied) }, 'store revision went backwards; re-listing');
+      this.log.warn(
+        { storeRevision: String(revision), applied: String(this.applied) },
+        'store revision went backwards; re-listing',
+      );
       this.setStatus('resyncing');
       await this.resync('resync');
     } else {
@@ -177,13 +186,20 @@ export class WatchConsumer {
     if (this.stopped) return;
     const { kvs, revision } = await this.store.list(this.prefix);
     if (revision < this.applied) {
-      this.log.warn({ storeRevision: String(revision), applied: String(this.applied) }, 'store revision is behind what was applied: converging to it');
+      this.log.warn(
+        { storeRevision: String(revision), applied: String(this.applied) },
+        'store revision is behind what was applied: converging to it',
+      );
     }
     const listed = new Map(kvs.map((kv) => [kv.key, kv]));
     const events: WatchEvent[] = [];
     for (const [key, old] of this.view) {
       if (!listed.has(key)) {
-        events.push({ type: 'delete', kv: { key, value: '', createRevision: 0n, modRevision: revision, version: 0 }, prevKv: old });
+        events.push({
+          type: 'delete',
+          kv: { key, value: '', createRevision: 0n, modRevision: revision, version: 0 },
+          prevKv: old,
+        });
       }
     }
     for (const kv of kvs) {
@@ -216,7 +232,10 @@ export class WatchConsumer {
         return;
       } catch (err) {
         if (this.stopped) return;
-        this.log.error({ err: describeError(err), revision: String(ctx.revision), failures }, 'watch handler failed; retrying the same events');
+        this.log.error(
+          { err: describeError(err), revision: String(ctx.revision), failures },
+          'watch handler failed; retrying the same events',
+        );
         await this.sleep(this.delay(failures));
       }
     }

@@ -19,17 +19,34 @@ export interface FdbEntry {
 export class BridgeBatch extends LineBatch {
   /** `append` allows several remote VTEPs for one MAC (the all-zero MAC: flood list). */
   fdbAppend(mac: string, dev: string, opts: { dst?: string; permanent?: boolean } = {}): this {
-    return this.add('fdb', 'append', mac, 'dev', ifname(dev), ...(opts.dst ? ['dst', opts.dst] : []), 'self', ...(opts.permanent === false ? [] : ['permanent']));
+    return this.add(
+      'fdb',
+      'append',
+      mac,
+      'dev',
+      ifname(dev),
+      ...(opts.dst ? ['dst', opts.dst] : []),
+      'self',
+      ...(opts.permanent === false ? [] : ['permanent']),
+    );
   }
 
   fdbReplace(mac: string, dev: string, opts: { dst?: string; permanent?: boolean } = {}): this {
-    return this.add('fdb', 'replace', mac, 'dev', ifname(dev), ...(opts.dst ? ['dst', opts.dst] : []), 'self', ...(opts.permanent === false ? [] : ['permanent']));
+    return this.add(
+      'fdb',
+      'replace',
+      mac,
+      'dev',
+      ifname(dev),
+      ...(opts.dst ? ['dst', opts.dst] : []),
+      'self',
+      ...(opts.permanent === false ? [] : ['permanent']),
+    );
   }
 
   fdbDel(mac: string, dev: string, opts: { dst?: string } = {}): this {
     return this.add('fdb', 'del', mac, 'dev', ifname(dev), ...(opts.dst ? ['dst', opts.dst] : []), 'self');
   }
-
 }
 
 export class BridgeClient {
@@ -39,7 +56,14 @@ export class BridgeClient {
   ) {}
 
   async fdb(opts: { dev?: string; br?: string } = {}): Promise<FdbEntry[]> {
-    const args = ['bridge', '-j', 'fdb', 'show', ...(opts.dev ? ['dev', ifname(opts.dev)] : []), ...(opts.br ? ['br', ifname(opts.br)] : [])];
+    const args = [
+      'bridge',
+      '-j',
+      'fdb',
+      'show',
+      ...(opts.dev ? ['dev', ifname(opts.dev)] : []),
+      ...(opts.br ? ['br', ifname(opts.br)] : []),
+    ];
     const { stdout } = await this.runner.run({ argv: args, netns: this.netns });
     return (stdout.trim() === '' ? [] : JSON.parse(stdout)) as FdbEntry[];
   }

@@ -8,7 +8,8 @@ import { invalidInput } from '../core/errors.js';
  * wrapper is written to a temporary name and renamed, so a runtime never sees half a file.
  */
 export function installCniPlugin(opts: { binDir: string; type: string; script: string; node?: string }): string {
-  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(opts.type)) throw invalidInput(`plugin type "${opts.type}" is not a valid file name`);
+  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(opts.type))
+    throw invalidInput(`plugin type "${opts.type}" is not a valid file name`);
   mkdirSync(opts.binDir, { recursive: true });
   const target = join(opts.binDir, opts.type);
   const tmp = `${target}.tmp-${process.pid}`;

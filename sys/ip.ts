@@ -74,15 +74,28 @@ export class IpBatch extends LineBatch {
   linkAddVeth(
     name: string,
     peer: string,
-    opts: { peerNetns?: string; mtu?: number; group?: number; master?: string; up?: boolean; peerAddress?: string } = {},
+    opts: {
+      peerNetns?: string;
+      mtu?: number;
+      group?: number;
+      master?: string;
+      up?: boolean;
+      peerAddress?: string;
+    } = {},
   ): this {
     return this.add(
-      'link', 'add', ifname(name),
+      'link',
+      'add',
+      ifname(name),
       ...(opts.mtu ? ['mtu', opts.mtu] : []),
       ...(opts.group !== undefined ? ['group', opts.group] : []),
       ...(opts.master !== undefined ? ['master', ifname(opts.master)] : []),
       ...(opts.up ? ['up'] : []),
-      'type', 'veth', 'peer', 'name', ifname(peer),
+      'type',
+      'veth',
+      'peer',
+      'name',
+      ifname(peer),
       ...(opts.peerAddress !== undefined ? ['address', opts.peerAddress] : []),
       ...(opts.mtu ? ['mtu', opts.mtu] : []),
       ...(opts.peerNetns ? ['netns', opts.peerNetns] : []),
@@ -96,15 +109,32 @@ export class IpBatch extends LineBatch {
    */
   linkAddBridge(name: string, opts: { mtu?: number; mcastSnooping?: boolean } = {}): this {
     return this.add(
-      'link', 'add', ifname(name), ...(opts.mtu ? ['mtu', opts.mtu] : []), 'type', 'bridge',
+      'link',
+      'add',
+      ifname(name),
+      ...(opts.mtu ? ['mtu', opts.mtu] : []),
+      'type',
+      'bridge',
       ...(opts.mcastSnooping === false ? ['mcast_snooping', 0] : []),
     );
   }
 
   linkAddVxlan(s: VxlanSpec): this {
     return this.add(
-      'link', 'add', ifname(s.name), ...(s.mtu ? ['mtu', s.mtu] : []),
-      'type', 'vxlan', 'id', s.vni, 'local', s.local, 'dev', ifname(s.dev), 'dstport', s.dstport ?? 4789,
+      'link',
+      'add',
+      ifname(s.name),
+      ...(s.mtu ? ['mtu', s.mtu] : []),
+      'type',
+      'vxlan',
+      'id',
+      s.vni,
+      'local',
+      s.local,
+      'dev',
+      ifname(s.dev),
+      'dstport',
+      s.dstport ?? 4789,
       ...(s.gbp ? ['gbp'] : []),
       s.learning === false ? 'nolearning' : 'learning',
       ...(s.proxy ? ['proxy'] : []),
@@ -129,7 +159,18 @@ export class IpBatch extends LineBatch {
    * reports) when the link comes up. Set it on its own line before `up`: the kernel applies flags
    * before address-family settings within one request.
    */
-  linkSet(name: string, opts: { up?: boolean; master?: string | null; mtu?: number; address?: string; netns?: string; name?: string; addrGenMode?: 'none' | 'eui64' }): this {
+  linkSet(
+    name: string,
+    opts: {
+      up?: boolean;
+      master?: string | null;
+      mtu?: number;
+      address?: string;
+      netns?: string;
+      name?: string;
+      addrGenMode?: 'none' | 'eui64';
+    },
+  ): this {
     const words: Array<string | number> = ['link', 'set', 'dev', ifname(name)];
     if (opts.addrGenMode !== undefined) words.push('addrgenmode', opts.addrGenMode);
     if (opts.netns !== undefined) words.push('netns', opts.netns);
@@ -154,9 +195,14 @@ export class IpBatch extends LineBatch {
     return this.add('addr', 'del', cidr, 'dev', ifname(dev));
   }
 
-  routeReplace(dst: string, opts: { via?: string; dev?: string; onlink?: boolean; table?: number; scope?: string; src?: string } = {}): this {
+  routeReplace(
+    dst: string,
+    opts: { via?: string; dev?: string; onlink?: boolean; table?: number; scope?: string; src?: string } = {},
+  ): this {
     return this.add(
-      'route', 'replace', dst,
+      'route',
+      'replace',
+      dst,
       ...(opts.via ? ['via', opts.via] : []),
       ...(opts.dev ? ['dev', ifname(opts.dev)] : []),
       ...(opts.src ? ['src', opts.src] : []),
@@ -167,11 +213,27 @@ export class IpBatch extends LineBatch {
   }
 
   routeDel(dst: string, opts: { dev?: string; table?: number } = {}): this {
-    return this.add('route', 'del', dst, ...(opts.dev ? ['dev', ifname(opts.dev)] : []), ...(opts.table !== undefined ? ['table', opts.table] : []));
+    return this.add(
+      'route',
+      'del',
+      dst,
+      ...(opts.dev ? ['dev', ifname(opts.dev)] : []),
+      ...(opts.table !== undefined ? ['table', opts.table] : []),
+    );
   }
 
   neighReplace(ip: string, lladdr: string, dev: string, opts: { permanent?: boolean } = {}): this {
-    return this.add('neigh', 'replace', ip, 'lladdr', lladdr, 'dev', ifname(dev), 'nud', opts.permanent === false ? 'reachable' : 'permanent');
+    return this.add(
+      'neigh',
+      'replace',
+      ip,
+      'lladdr',
+      lladdr,
+      'dev',
+      ifname(dev),
+      'nud',
+      opts.permanent === false ? 'reachable' : 'permanent',
+    );
   }
 
   neighDel(ip: string, dev: string): this {
@@ -186,7 +248,6 @@ export class IpBatch extends LineBatch {
   proxyNeighDel(ip: string, dev: string): this {
     return this.add('neigh', 'del', 'proxy', formatIp(parseIp(ip)), 'dev', ifname(dev));
   }
-
 }
 
 export class IpClient {
@@ -225,7 +286,12 @@ export class IpClient {
   }
 
   routes(opts: { family?: 4 | 6; table?: string | number } = {}): Promise<Route[]> {
-    return this.json<Route[]>([...(opts.family ? [`-${opts.family}`] : []), 'route', 'show', ...(opts.table !== undefined ? ['table', token(opts.table)] : [])]);
+    return this.json<Route[]>([
+      ...(opts.family ? [`-${opts.family}`] : []),
+      'route',
+      'show',
+      ...(opts.table !== undefined ? ['table', token(opts.table)] : []),
+    ]);
   }
 
   neighbours(dev?: string): Promise<Neighbour[]> {
@@ -239,7 +305,11 @@ export class IpClient {
 
   async apply(batch: IpBatch, opts: { force?: boolean } = {}): Promise<void> {
     if (batch.empty) return;
-    await this.runner.run({ argv: ['ip', ...(opts.force ? ['-force'] : []), '-batch', '-'], stdin: batch.render(), netns: this.netns });
+    await this.runner.run({
+      argv: ['ip', ...(opts.force ? ['-force'] : []), '-batch', '-'],
+      stdin: batch.render(),
+      netns: this.netns,
+    });
   }
 
   /**
@@ -261,7 +331,9 @@ export class IpClient {
       await this.apply(batch, { force: true });
     } catch (err) {
       if (!isCommandError(err)) throw err;
-      const problems = err.stderr.split('\n').filter((l) => l.trim() && !/^Command failed/.test(l) && classifyFailure(l) !== 'not-found');
+      const problems = err.stderr
+        .split('\n')
+        .filter((l) => l.trim() && !/^Command failed/.test(l) && classifyFailure(l) !== 'not-found');
       if (problems.length > 0) throw err;
     }
   }
@@ -327,7 +399,9 @@ export class IpBatchLane {
     }
   }
 
-  private async flush(group: Array<{ batch: IpBatch; resolve: () => void; reject: (e: unknown) => void }>): Promise<void> {
+  private async flush(
+    group: Array<{ batch: IpBatch; resolve: () => void; reject: (e: unknown) => void }>,
+  ): Promise<void> {
     const argv = ['ip', '-force', '-batch', '-'];
     const owner: number[] = []; // line number (1-based) → index in group
     group.forEach((g, i) => g.batch.lines.forEach(() => owner.push(i)));
@@ -365,7 +439,14 @@ export class IpBatchLane {
       group.forEach((g, i) => {
         const own = stderrOf.get(i);
         if (!own) return g.resolve();
-        g.reject(new CommandError({ argv, exitCode: err.exitCode, stderr: own.join('\n') + '\n', ...(this.netns && { netns: this.netns }) }));
+        g.reject(
+          new CommandError({
+            argv,
+            exitCode: err.exitCode,
+            stderr: own.join('\n') + '\n',
+            ...(this.netns && { netns: this.netns }),
+          }),
+        );
       });
     }
   }

@@ -11,10 +11,63 @@ export type NftFamily = 'ip' | 'ip6' | 'inet' | 'bridge' | 'netdev' | 'arp';
 const FAMILIES: readonly NftFamily[] = ['ip', 'ip6', 'inet', 'bridge', 'netdev', 'arp'];
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_-]{0,63}$/;
 /** Words nft reads as keywords where a name is expected (found the hard way: `fwd`). */
-const RESERVED = new Set(['fwd', 'snat', 'dnat', 'masquerade', 'redirect', 'nat', 'filter', 'route', 'notrack', 'tproxy', 'table', 'chain', 'set', 'map', 'rule', 'element', 'flush', 'add', 'delete', 'insert', 'replace', 'counter', 'quota', 'limit', 'meta', 'ip', 'ip6', 'inet', 'bridge', 'netdev', 'arp', 'accept', 'drop', 'jump', 'goto', 'return', 'queue', 'continue', 'reject', 'log', 'dup', 'ct', 'mark', 'type', 'hook', 'priority', 'policy', 'device', 'flags', 'elements', 'timeout']);
+const RESERVED = new Set([
+  'fwd',
+  'snat',
+  'dnat',
+  'masquerade',
+  'redirect',
+  'nat',
+  'filter',
+  'route',
+  'notrack',
+  'tproxy',
+  'table',
+  'chain',
+  'set',
+  'map',
+  'rule',
+  'element',
+  'flush',
+  'add',
+  'delete',
+  'insert',
+  'replace',
+  'counter',
+  'quota',
+  'limit',
+  'meta',
+  'ip',
+  'ip6',
+  'inet',
+  'bridge',
+  'netdev',
+  'arp',
+  'accept',
+  'drop',
+  'jump',
+  'goto',
+  'return',
+  'queue',
+  'continue',
+  'reject',
+  'log',
+  'dup',
+  'ct',
+  'mark',
+  'type',
+  'hook',
+  'priority',
+  'policy',
+  'device',
+  'flags',
+  'elements',
+  'timeout',
+]);
 
 function name(kind: string, value: string): string {
-  if (!NAME_RE.test(value) || RESERVED.has(value)) throw invalidInput(`nft ${kind} name "${value}" must match ${NAME_RE} and not be an nft keyword`);
+  if (!NAME_RE.test(value) || RESERVED.has(value))
+    throw invalidInput(`nft ${kind} name "${value}" must match ${NAME_RE} and not be an nft keyword`);
   return value;
 }
 
@@ -91,25 +144,33 @@ export class NftTransaction {
 
   addSet(f: NftFamily, table: string, set: string, spec: { type: string; flags?: string[] }): this {
     const flags = spec.flags?.length ? ` flags ${spec.flags.map(statement).join(', ')};` : '';
-    this.commands.push(`add set ${family(f)} ${name('table', table)} ${name('set', set)} { type ${statement(spec.type)};${flags} }`);
+    this.commands.push(
+      `add set ${family(f)} ${name('table', table)} ${name('set', set)} { type ${statement(spec.type)};${flags} }`,
+    );
     return this;
   }
 
   addMap(f: NftFamily, table: string, map: string, spec: { type: string; flags?: string[] }): this {
     const flags = spec.flags?.length ? ` flags ${spec.flags.map(statement).join(', ')};` : '';
-    this.commands.push(`add map ${family(f)} ${name('table', table)} ${name('map', map)} { type ${statement(spec.type)};${flags} }`);
+    this.commands.push(
+      `add map ${family(f)} ${name('table', table)} ${name('map', map)} { type ${statement(spec.type)};${flags} }`,
+    );
     return this;
   }
 
   addElements(f: NftFamily, table: string, setOrMap: string, elements: readonly string[]): this {
     if (elements.length === 0) return this;
-    this.commands.push(`add element ${family(f)} ${name('table', table)} ${name('set', setOrMap)} { ${elements.map(element).join(', ')} }`);
+    this.commands.push(
+      `add element ${family(f)} ${name('table', table)} ${name('set', setOrMap)} { ${elements.map(element).join(', ')} }`,
+    );
     return this;
   }
 
   deleteElements(f: NftFamily, table: string, setOrMap: string, elements: readonly string[]): this {
     if (elements.length === 0) return this;
-    this.commands.push(`delete element ${family(f)} ${name('table', table)} ${name('set', setOrMap)} { ${elements.map(element).join(', ')} }`);
+    this.commands.push(
+      `delete element ${family(f)} ${name('table', table)} ${name('set', setOrMap)} { ${elements.map(element).join(', ')} }`,
+    );
     return this;
   }
 
@@ -190,13 +251,18 @@ export class NftClient {
 
   async tables(): Promise<NftTable[]> {
     const { stdout } = await this.runner.run({ argv: ['nft', '-j', 'list', 'tables'], netns: this.netns });
-    return (JSON.parse(stdout || '{"nftables":[]}') as { nftables: NftJsonEntry[] }).nftables.flatMap((e) => (e.table ? [e.table] : []));
+    return (JSON.parse(stdout || '{"nftables":[]}') as { nftables: NftJsonEntry[] }).nftables.flatMap((e) =>
+      e.table ? [e.table] : [],
+    );
   }
 
   /** The table's chains, sets, maps (with elements) and rules; undefined when there is no such table. */
   async table(f: NftFamily, table: string): Promise<NftTableContents | undefined> {
     try {
-      const { stdout } = await this.runner.run({ argv: ['nft', '-j', 'list', 'table', family(f), name('table', table)], netns: this.netns });
+      const { stdout } = await this.runner.run({
+        argv: ['nft', '-j', 'list', 'table', family(f), name('table', table)],
+        netns: this.netns,
+      });
       return parseNftJson(stdout);
     } catch (err) {
       if (/No such file or directory/.test(String((err as Error).message))) return undefined;

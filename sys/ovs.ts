@@ -21,7 +21,10 @@ export class OvsClient {
   ) {}
 
   private vsctl(args: string[]): Promise<{ stdout: string }> {
-    const global = [`--timeout=${this.opts.timeoutSeconds ?? 5}`, ...(this.opts.dbSocket ? [`--db=unix:${this.opts.dbSocket}`] : [])];
+    const global = [
+      `--timeout=${this.opts.timeoutSeconds ?? 5}`,
+      ...(this.opts.dbSocket ? [`--db=unix:${this.opts.dbSocket}`] : []),
+    ];
     return this.runner.run({ argv: ['ovs-vsctl', ...global, ...args] });
   }
 

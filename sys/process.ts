@@ -84,7 +84,10 @@ export function killDaemon(handle: Pick<DaemonHandle, 'pid' | 'startTime'>, sig:
   if (isRunning(handle)) signal(handle.pid, sig);
 }
 
-export async function waitForExit(handle: Pick<DaemonHandle, 'pid' | 'startTime'>, timeoutMs: number): Promise<boolean> {
+export async function waitForExit(
+  handle: Pick<DaemonHandle, 'pid' | 'startTime'>,
+  timeoutMs: number,
+): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (!isRunning(handle)) return true;

@@ -87,10 +87,19 @@ export function isCommandError(err: unknown, kind?: FailureKind): err is Command
 const FAILURE_PATTERNS: ReadonlyArray<[FailureKind, RegExp]> = [
   // Order matters: "No such file or directory" from nft means a missing object, while
   // "Unknown device type" means a missing kernel feature.
-  ['unsupported', /Unknown device type|not supported|Operation not supported|Unknown qdisc|Unknown filter|Unknown action|Could not find module|No such file or directory.*\/lib\/modules/i],
+  [
+    'unsupported',
+    /Unknown device type|not supported|Operation not supported|Unknown qdisc|Unknown filter|Unknown action|Could not find module|No such file or directory.*\/lib\/modules/i,
+  ],
   ['exists', /File exists|already exists|Address already assigned|RTNETLINK answers: File exists/i],
-  ['not-found', /Cannot find device|does not exist|No such device|No such file or directory|No such process|Cannot find|not found|Invalid handle|Object not found|Cannot delete qdisc with handle of zero|No such table|No such chain/i],
-  ['busy', /Device or resource busy|Resource temporarily unavailable|Another transaction is in progress|locking failed/i],
+  [
+    'not-found',
+    /Cannot find device|does not exist|No such device|No such file or directory|No such process|Cannot find|not found|Invalid handle|Object not found|Cannot delete qdisc with handle of zero|No such table|No such chain/i,
+  ],
+  [
+    'busy',
+    /Device or resource busy|Resource temporarily unavailable|Another transaction is in progress|locking failed/i,
+  ],
 ];
 
 /** Classifies a tool's stderr. Exported for wrappers whose tools report errors on stdout. */
@@ -193,9 +202,21 @@ export class ExecRunner implements CommandRunner {
       });
       child.on('close', (code, sig) => {
         finish(() => {
-          const outcome = commandOutcome({ argv, cmd, exitCode: code, signal: sig, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), timedOut, aborted: signal?.aborted ?? false });
+          const outcome = commandOutcome({
+            argv,
+            cmd,
+            exitCode: code,
+            signal: sig,
+            stdout: Buffer.concat(out).toString('utf8'),
+            stderr: Buffer.concat(err).toString('utf8'),
+            timedOut,
+            aborted: signal?.aborted ?? false,
+          });
           if (outcome instanceof Error) {
-            this.logger?.debug({ argv, exitCode: code, stderr: outcome instanceof CommandError ? outcome.stderr : undefined }, 'exec failed');
+            this.logger?.debug(
+              { argv, exitCode: code, stderr: outcome instanceof CommandError ? outcome.stderr : undefined },
+              'exec failed',
+            );
             reject(outcome);
           } else resolve(outcome);
         });
@@ -219,12 +240,27 @@ function commandOutcome(o: {
   aborted: boolean;
 }): CommandResult | Error {
   if (o.exitCode === 0) return { stdout: o.stdout, stderr: o.stderr };
-  if (o.aborted && !o.timedOut) return new AppError(ErrorCodes.ABORTED, `aborted: ${o.argv.join(' ')}`, { argv: o.argv });
-  return new CommandError({ argv: o.argv, exitCode: o.exitCode, signal: o.signal, stderr: o.stderr, stdout: o.stdout, netns: o.cmd.netns, timedOut: o.timedOut });
+  if (o.aborted && !o.timedOut)
+    return new AppError(ErrorCodes.ABORTED, `aborted: ${o.argv.join(' ')}`, { argv: o.argv });
+  return new CommandError({
+    argv: o.argv,
+    exitCode: o.exitCode,
+    signal: o.signal,
+    stderr: o.stderr,
+    stdout: o.stdout,
+    netns: o.cmd.netns,
+    timedOut: o.timedOut,
+  });
 }
 
 /** A command that could not be started: a missing program is E_UNSUPPORTED. */
-function spawnFailure(argv: string[], cmd: Command, errnoCode: string | undefined, message: string, cause?: unknown): Error {
+function spawnFailure(
+  argv: string[],
+  cmd: Command,
+  errnoCode: string | undefined,
+  message: string,
+  cause?: unknown,
+): Error {
   return errnoCode === 'ENOENT'
     ? new AppError(ErrorCodes.UNSUPPORTED, `${argv[0]} is not installed (spawn ENOENT)`, { argv }, { cause })
     : new CommandError({ argv, exitCode: null, stderr: message, netns: cmd.netns, cause });
@@ -234,7 +270,14 @@ function spawnFailure(argv: string[], cmd: Command, errnoCode: string | undefine
 const SPAWNER_SLOTS = 256;
 const SPAWNER_PATH = fileURLToPath(new URL('./netd-spawner', import.meta.url));
 const ERRNO_NAMES: Record<number, string> = { 2: 'ENOENT', 13: 'EACCES', 11: 'EAGAIN', 22: 'EINVAL', 24: 'EMFILE' };
-const SIGNAL_NAMES: Record<number, NodeJS.Signals> = { 9: 'SIGKILL', 15: 'SIGTERM', 6: 'SIGABRT', 11: 'SIGSEGV', 2: 'SIGINT', 13: 'SIGPIPE' };
+const SIGNAL_NAMES: Record<number, NodeJS.Signals> = {
+  9: 'SIGKILL',
+  15: 'SIGTERM',
+  6: 'SIGABRT',
+  11: 'SIGSEGV',
+  2: 'SIGINT',
+  13: 'SIGPIPE',
+};
 
 interface Pending {
   argv: string[];
@@ -276,7 +319,8 @@ export class SpawnerRunner implements CommandRunner {
     const argv = resolveArgv(cmd);
     const timeoutMs = cmd.timeoutMs ?? this.defaultTimeoutMs;
     this.logger?.debug({ argv, stdin: cmd.stdin, netns: cmd.netns && netnsLabel(cmd.netns) }, 'exec');
-    if (signal?.aborted) return Promise.reject(new AppError(ErrorCodes.ABORTED, `aborted before start: ${argv.join(' ')}`));
+    if (signal?.aborted)
+      return Promise.reject(new AppError(ErrorCodes.ABORTED, `aborted before start: ${argv.join(' ')}`));
     return new Promise((resolve, reject) => {
       const id = this.nextId++;
       if (this.nextId > 0x7fffffff) this.nextId = 1;
@@ -308,7 +352,10 @@ export class SpawnerRunner implements CommandRunner {
 
   private start(): ChildProcessWithoutNullStreams {
     if (this.helper) return this.helper;
-    const helper = spawn(this.path, [], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C', LANG: 'C' } });
+    const helper = spawn(this.path, [], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, LC_ALL: 'C', LANG: 'C' },
+    });
     this.helper = helper;
     helper.stdout.on('data', (chunk: Buffer) => this.receive(chunk));
     helper.stderr.on('data', (chunk: Buffer) => this.logger?.warn({ stderr: chunk.toString('utf8') }, 'netd-spawner'));
@@ -359,7 +406,16 @@ export class SpawnerRunner implements CommandRunner {
       else {
         const exitCode = status >= 0 ? status : null;
         const sig = status < 0 ? (SIGNAL_NAMES[-status] ?? 'SIGKILL') : null;
-        outcome = commandOutcome({ argv: p.argv, cmd: p.cmd, exitCode, signal: sig, stdout, stderr, timedOut, aborted: p.signal?.aborted ?? false });
+        outcome = commandOutcome({
+          argv: p.argv,
+          cmd: p.cmd,
+          exitCode,
+          signal: sig,
+          stdout,
+          stderr,
+          timedOut,
+          aborted: p.signal?.aborted ?? false,
+        });
       }
       if (outcome instanceof Error) {
         this.logger?.debug({ argv: p.argv, status, stderr }, 'exec failed');

@@ -17,7 +17,8 @@ export class SysctlClient {
 
   async set(key: string, value: string | number): Promise<void> {
     const v = String(value);
-    if (!KEY.test(key) || !/^[A-Za-z0-9_ -]{1,64}$/.test(v)) throw new AppError(ErrorCodes.INVALID_INPUT, `bad sysctl ${key}=${v}`);
+    if (!KEY.test(key) || !/^[A-Za-z0-9_ -]{1,64}$/.test(v))
+      throw new AppError(ErrorCodes.INVALID_INPUT, `bad sysctl ${key}=${v}`);
     if (this.netns === undefined) {
       await writeFile(`/proc/sys/${key.replaceAll('.', '/')}`, v);
       return;

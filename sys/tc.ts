@@ -42,7 +42,8 @@ export interface TbfSpec {
 }
 
 function rate(bps: number): string {
-  if (!Number.isSafeInteger(bps) || bps <= 0) throw new RangeError(`rate must be a positive integer (bits/s), got ${bps}`);
+  if (!Number.isSafeInteger(bps) || bps <= 0)
+    throw new RangeError(`rate must be a positive integer (bits/s), got ${bps}`);
   return `${bps}bit`;
 }
 
@@ -50,19 +51,52 @@ export class TcBatch extends LineBatch {
   /** Root token bucket: `replace` makes it an idempotent "ensure". */
   rootTbf(dev: string, s: TbfSpec): this {
     return this.add(
-      'qdisc', 'replace', 'dev', ifname(dev), 'root',
+      'qdisc',
+      'replace',
+      'dev',
+      ifname(dev),
+      'root',
       ...(s.overheadBytes !== undefined ? ['stab', 'overhead', s.overheadBytes] : []),
-      'tbf', 'rate', rate(s.rateBps), 'burst', s.burstBytes,
+      'tbf',
+      'rate',
+      rate(s.rateBps),
+      'burst',
+      s.burstBytes,
       ...(s.limitBytes !== undefined ? ['limit', s.limitBytes] : ['latency', `${s.latencyMs ?? 50}ms`]),
     );
   }
 
   rootHtb(dev: string, opts: { handle?: string; defaultClass?: number } = {}): this {
-    return this.add('qdisc', 'replace', 'dev', ifname(dev), 'root', 'handle', opts.handle ?? '1:', 'htb', 'default', opts.defaultClass ?? 10);
+    return this.add(
+      'qdisc',
+      'replace',
+      'dev',
+      ifname(dev),
+      'root',
+      'handle',
+      opts.handle ?? '1:',
+      'htb',
+      'default',
+      opts.defaultClass ?? 10,
+    );
   }
 
   htbClass(dev: string, parent: string, classid: string, rateBps: number, ceilBps?: number): this {
-    return this.add('class', 'replace', 'dev', ifname(dev), 'parent', parent, 'classid', classid, 'htb', 'rate', rate(rateBps), 'ceil', rate(ceilBps ?? rateBps));
+    return this.add(
+      'class',
+      'replace',
+      'dev',
+      ifname(dev),
+      'parent',
+      parent,
+      'classid',
+      classid,
+      'htb',
+      'rate',
+      rate(rateBps),
+      'ceil',
+      rate(ceilBps ?? rateBps),
+    );
   }
 
   ingress(dev: string): this {
@@ -72,8 +106,27 @@ export class TcBatch extends LineBatch {
   /** Everything arriving on `dev` leaves through `ifb` instead, where a root qdisc shapes it. */
   redirectIngressTo(dev: string, ifb: string): this {
     return this.add(
-      'filter', 'replace', 'dev', ifname(dev), 'parent', 'ffff:', 'protocol', 'all', 'prio', 1,
-      'u32', 'match', 'u32', 0, 0, 'action', 'mirred', 'egress', 'redirect', 'dev', ifname(ifb),
+      'filter',
+      'replace',
+      'dev',
+      ifname(dev),
+      'parent',
+      'ffff:',
+      'protocol',
+      'all',
+      'prio',
+      1,
+      'u32',
+      'match',
+      'u32',
+      0,
+      0,
+      'action',
+      'mirred',
+      'egress',
+      'redirect',
+      'dev',
+      ifname(ifb),
     );
   }
 
@@ -84,7 +137,6 @@ export class TcBatch extends LineBatch {
   deleteIngress(dev: string): this {
     return this.add('qdisc', 'del', 'dev', ifname(dev), 'ingress');
   }
-
 }
 
 const UNITS: Record<string, number> = { bit: 1, kbit: 1e3, mbit: 1e6, gbit: 1e9, tbit: 1e12 };
@@ -149,7 +201,8 @@ export class TcClient {
     try {
       await this.runner.run({ argv: ['tc', 'qdisc', 'del', 'dev', ifname(dev), 'root'], netns: this.netns });
     } catch (err) {
-      if (!isCommandError(err, 'not-found') && !/handle of zero|No such file/i.test(String((err as Error).message))) throw err;
+      if (!isCommandError(err, 'not-found') && !/handle of zero|No such file/i.test(String((err as Error).message)))
+        throw err;
     }
   }
 }

@@ -91,7 +91,8 @@ function parseCount(flag: string, text: string | undefined, fallback: number): n
 function parseComponents(text: string | undefined): Component[] {
   if (!text) return [];
   return text.split(',').map((c) => {
-    if (!(COMPONENTS as readonly string[]).includes(c)) throw invalidInput(`unknown component "${c}" (known: ${COMPONENTS.join(', ')})`);
+    if (!(COMPONENTS as readonly string[]).includes(c))
+      throw invalidInput(`unknown component "${c}" (known: ${COMPONENTS.join(', ')})`);
     return c as Component;
   });
 }

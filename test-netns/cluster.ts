@@ -1,4 +1,13 @@
-import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync, statSync, symlinkSync } from 'node:fs';
+import {
+  mkdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  existsSync,
+  readdirSync,
+  statSync,
+  symlinkSync,
+} from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join, dirname } from 'node:path';
@@ -93,7 +102,11 @@ export class VirtualCluster {
     const log = (deps.logger ?? silentLogger()).child({ component: 'test-netns', prefix });
     const stateDir = names.stateDir(prefix);
     if (existsSync(stateDir) || (await clusterNamespaces(prefix)).length > 0) {
-      throw new AppError(ErrorCodes.ALREADY_EXISTS, `cluster "${prefix}" exists already (run: test-netns down --prefix ${prefix})`, { prefix });
+      throw new AppError(
+        ErrorCodes.ALREADY_EXISTS,
+        `cluster "${prefix}" exists already (run: test-netns down --prefix ${prefix})`,
+        { prefix },
+      );
     }
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     const state: ClusterState = { status: 'creating' };
@@ -155,7 +168,10 @@ function validateOptions(opts: ClusterOptions): void {
     throw new AppError(ErrorCodes.UNSUPPORTED, '--with storaged: storaged is not built yet');
   }
   if ((opts.glusterNodes ?? 0) > 0) {
-    throw new AppError(ErrorCodes.UNSUPPORTED, '--gluster-nodes: gluster nodes arrive with storaged and are not built yet');
+    throw new AppError(
+      ErrorCodes.UNSUPPORTED,
+      '--gluster-nodes: gluster nodes arrive with storaged and are not built yet',
+    );
   }
 }
 
@@ -172,7 +188,10 @@ async function build(
   const fabric = names.fabricNetns(prefix);
   const outside = names.outsideNetns(prefix);
   const hostNames = Array.from({ length: opts.hosts }, (_, i) => names.hostName(i));
-  const edges = [...hostNames.map((h) => ({ port: h, netns: names.hostNetns(prefix, h) })), { port: 'out', netns: outside }];
+  const edges = [
+    ...hostNames.map((h) => ({ port: h, netns: names.hostNetns(prefix, h) })),
+    { port: 'out', netns: outside },
+  ];
 
   // One `ip -batch` creates every namespace; one more wires the whole fabric.
   const ip = new IpClient(runner);
@@ -183,21 +202,30 @@ async function build(
     .linkSet(FABRIC_BRIDGE, { up: true })
     .addrAdd(`${plan.controlIp}/${plan.prefixLength}`, FABRIC_BRIDGE);
   for (const e of edges) {
-    fabricBatch.linkAddVeth(e.port, HOST_UPLINK, { peerNetns: e.netns, mtu }).linkSet(e.port, { master: FABRIC_BRIDGE, up: true });
+    fabricBatch
+      .linkAddVeth(e.port, HOST_UPLINK, { peerNetns: e.netns, mtu })
+      .linkSet(e.port, { master: FABRIC_BRIDGE, up: true });
   }
   await ip.in({ name: fabric }).apply(fabricBatch);
 
   const uplinkBatch = (address: string) =>
-    new IpBatch().linkSet('lo', { up: true }).linkSet(HOST_UPLINK, { up: true }).addrAdd(`${address}/${plan.prefixLength}`, HOST_UPLINK);
+    new IpBatch()
+      .linkSet('lo', { up: true })
+      .linkSet(HOST_UPLINK, { up: true })
+      .addrAdd(`${address}/${plan.prefixLength}`, HOST_UPLINK);
   // Like real hosts, virtual hosts have a default route: the outside world is their gateway.
-  const hostBatch = (address: string) => uplinkBatch(address).routeReplace('default', { via: plan.outsideIp, dev: HOST_UPLINK });
+  const hostBatch = (address: string) =>
+    uplinkBatch(address).routeReplace('default', { via: plan.outsideIp, dev: HOST_UPLINK });
   const hosts: HostDescription[] = [];
   for (const [i, host] of hostNames.entries()) {
     const netns = names.hostNetns(prefix, host);
     const underlayIp = plan.hostIp(i);
     await ip.in({ name: netns }).apply(hostBatch(underlayIp));
     // Hosts route for their containers, as real hosts would.
-    await runner.run({ argv: ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'], netns: { name: netns } });
+    await runner.run({
+      argv: ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'],
+      netns: { name: netns },
+    });
     hosts.push({ name: host, netns, netnsPath: names.netnsPath(netns), underlayIp, uplink: HOST_UPLINK, daemons: {} });
   }
   await ip.in({ name: outside }).apply(uplinkBatch(plan.outsideIp));
@@ -235,7 +263,11 @@ const EXTERNAL_POOL = { name: 'external', cidr: '100.64.0.0/16' };
  * Installs the netd CNI plugin for this cluster, creates the external (eth0) pool, and starts one
  * netd per host in its namespace. Each host's description then names its daemon's socket.
  */
-async function startNetdOnHosts(d: ClusterDescription, deps: ClusterDeps, state: ClusterState): Promise<NonNullable<ClusterDescription['cni']>> {
+async function startNetdOnHosts(
+  d: ClusterDescription,
+  deps: ClusterDeps,
+  state: ClusterState,
+): Promise<NonNullable<ClusterDescription['cni']>> {
   const binDir = join(d.stateDir, 'cni-bin');
   const socketDir = join(d.stateDir, 'netd-sock');
   const logDir = join(d.stateDir, 'logs');
@@ -255,11 +287,26 @@ async function startNetdOnHosts(d: ClusterDescription, deps: ClusterDeps, state:
     const log = join(logDir, `netd-${h.name}.log`);
     const handle = startDaemon({
       argv: [
-        process.execPath, NETD_MAIN,
-        '--host', h.name, '--underlay-ip', h.underlayIp, '--uplink', h.uplink, '--mtu', String(d.underlay.mtu),
-        '--etcd', d.etcd.underlayEndpoints.join(','), '--lease-ttl', '5',
-        '--cni-socket-dir', socketDir, '--external-pool', EXTERNAL_POOL.name,
-        '--api-socket', join(socketDir, `api-${h.name}.sock`),
+        process.execPath,
+        NETD_MAIN,
+        '--host',
+        h.name,
+        '--underlay-ip',
+        h.underlayIp,
+        '--uplink',
+        h.uplink,
+        '--mtu',
+        String(d.underlay.mtu),
+        '--etcd',
+        d.etcd.underlayEndpoints.join(','),
+        '--lease-ttl',
+        '5',
+        '--cni-socket-dir',
+        socketDir,
+        '--external-pool',
+        EXTERNAL_POOL.name,
+        '--api-socket',
+        join(socketDir, `api-${h.name}.sock`),
       ],
       netns: { name: h.netns },
       logFile: log,

@@ -48,7 +48,14 @@ export class Containers {
     const netns = names.containerNetns(this.cluster.prefix, host.name, name);
     const hostIf = names.containerHostIf(name);
     const mtu = spec.mtu ?? this.cluster.description.underlay.mtu;
-    const container: TestContainer = { name, host: host.name, netns, netnsPath: names.netnsPath(netns), hostIf, ifname: 'eth0' };
+    const container: TestContainer = {
+      name,
+      host: host.name,
+      netns,
+      netnsPath: names.netnsPath(netns),
+      hostIf,
+      ifname: 'eth0',
+    };
     await this.ip.addNetns([netns]);
     try {
       const onHost = new IpBatch().linkAddVeth(hostIf, 'eth0', { peerNetns: netns, mtu }).linkSet(hostIf, { up: true });
@@ -76,9 +83,12 @@ export class Containers {
   }
 
   /** Runs argv inside the container's namespace. */
-  exec(container: TestContainer, argv: readonly string[], opts: Omit<Command, 'argv' | 'netns'> = {}): Promise<CommandResult> {
+  exec(
+    container: TestContainer,
+    argv: readonly string[],
+    opts: Omit<Command, 'argv' | 'netns'> = {},
+  ): Promise<CommandResult> {
     if (argv.length === 0) throw new AppError(ErrorCodes.INVALID_INPUT, 'empty argv');
     return this.runner.run({ ...opts, argv, netns: { name: container.netns } });
   }
-
 }

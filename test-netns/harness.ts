@@ -46,7 +46,9 @@ export async function withCluster<T>(opts: WithClusterOptions, fn: (s: ClusterSe
         const own = new Set([d.fabric.netns, d.outside.netns, ...d.hosts.map((h) => h.netns)]);
         const state = readState(prefix);
         // ...and so are the short-lived children of those daemons (a reconcile's `ip -batch`).
-        const ownPids = new Set([state?.etcd?.pid, ...(state?.daemons ?? []).map((x) => x.pid)].filter((x): x is number => x !== undefined));
+        const ownPids = new Set(
+          [state?.etcd?.pid, ...(state?.daemons ?? []).map((x) => x.pid)].filter((x): x is number => x !== undefined),
+        );
         return leaks.filter(
           (l) =>
             !(l.kind === 'netns' && own.has(l.what)) &&

@@ -80,9 +80,11 @@ function processLeaks(namespaces: string[], prefix: string | undefined): Leak[] 
   for (const p of prefixes) {
     const state = readState(p);
     const etcd = state?.etcd;
-    if (etcd && isRunning(etcd)) leaks.push({ kind: 'process', what: `etcd pid ${etcd.pid} of cluster ${p}`, pid: etcd.pid });
+    if (etcd && isRunning(etcd))
+      leaks.push({ kind: 'process', what: `etcd pid ${etcd.pid} of cluster ${p}`, pid: etcd.pid });
     for (const d of state?.daemons ?? []) {
-      if (isRunning(d)) leaks.push({ kind: 'process', what: `${d.component} pid ${d.pid} on ${d.host} of cluster ${p}`, pid: d.pid });
+      if (isRunning(d))
+        leaks.push({ kind: 'process', what: `${d.component} pid ${d.pid} on ${d.host} of cluster ${p}`, pid: d.pid });
     }
   }
   if (inodes.size === 0) return leaks;
@@ -130,13 +132,17 @@ function mountLeaks(netnsStem: string, prefix: string | undefined): Leak[] {
 async function rootLinkLeaks(runner: CommandRunner): Promise<Leak[]> {
   const { stdout } = await runner.run({ argv: ['ip', '-j', 'link', 'show'] });
   const links = JSON.parse(stdout || '[]') as Array<{ ifname: string }>;
-  return links.filter((l) => /^tn[-_]/.test(l.ifname)).map((l) => ({ kind: 'link' as const, what: `root netns link ${l.ifname}` }));
+  return links
+    .filter((l) => /^tn[-_]/.test(l.ifname))
+    .map((l) => ({ kind: 'link' as const, what: `root netns link ${l.ifname}` }));
 }
 
 async function nftLeaks(runner: CommandRunner): Promise<Leak[]> {
   try {
     const { stdout } = await runner.run({ argv: ['nft', '-j', 'list', 'tables'] });
-    const parsed = JSON.parse(stdout || '{"nftables":[]}') as { nftables: Array<{ table?: { family: string; name: string } }> };
+    const parsed = JSON.parse(stdout || '{"nftables":[]}') as {
+      nftables: Array<{ table?: { family: string; name: string } }>;
+    };
     return parsed.nftables
       .flatMap((e) => (e.table ? [e.table] : []))
       .filter((t) => /^tn[-_]/.test(t.name))

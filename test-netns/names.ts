@@ -22,7 +22,9 @@ export function checkPrefix(prefix: string): string {
 
 export function checkContainerName(name: string): string {
   if (!CONTAINER_RE.test(name)) {
-    throw invalidInput(`container name "${name}" must be 1-11 lowercase letters/digits starting with a letter`, { name });
+    throw invalidInput(`container name "${name}" must be 1-11 lowercase letters/digits starting with a letter`, {
+      name,
+    });
   }
   return name;
 }

@@ -37,7 +37,8 @@ export class Podman {
     const root = join(dir, 'rootfs');
     mkdirSync(join(root, 'bin'), { recursive: true });
     copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'));
-    for (const applet of ['sh', 'ping', 'sleep', 'ip', 'cat', 'echo', 'nc', 'true']) symlinkSync('busybox', join(root, 'bin', applet));
+    for (const applet of ['sh', 'ping', 'sleep', 'ip', 'cat', 'echo', 'nc', 'true'])
+      symlinkSync('busybox', join(root, 'bin', applet));
     await runner.run({ argv: ['tar', '-C', root, '-cf', join(dir, 'rootfs.tar'), '.'] });
     const image = `localhost/tn-bb-${uniqueSuffix()}`;
     const p = new Podman(runner, dir, image);
@@ -46,7 +47,10 @@ export class Podman {
   }
 
   addNetwork(conflist: { name: string; cniVersion?: string; plugins: object[] }): void {
-    writeFileSync(join(this.dir, 'net.d', `${conflist.name}.conflist`), JSON.stringify({ cniVersion: '1.0.0', ...conflist }));
+    writeFileSync(
+      join(this.dir, 'net.d', `${conflist.name}.conflist`),
+      JSON.stringify({ cniVersion: '1.0.0', ...conflist }),
+    );
   }
 
   /** podman with our configuration, in `netns` (a host's) when given. */
@@ -59,7 +63,11 @@ export class Podman {
     });
   }
 
-  run(netns: string, opts: { name?: string; networks: string[]; detach?: boolean; rm?: boolean }, command: string[]): Promise<CommandResult> {
+  run(
+    netns: string,
+    opts: { name?: string; networks: string[]; detach?: boolean; rm?: boolean },
+    command: string[],
+  ): Promise<CommandResult> {
     return this.podman(netns, [
       'run',
       ...(opts.detach ? ['-d'] : []),
@@ -67,7 +75,10 @@ export class Podman {
       ...(opts.name ? ['--name', opts.name] : []),
       // Interface names follow the order given (eth0, eth1, ...): podman's own order is not stable.
       ...opts.networks.flatMap((n, i) => ['--network', `${n}:interface_name=eth${i}`]),
-      '--ulimit', 'nofile=10000:10000', '--ulimit', 'nproc=1000:1000',
+      '--ulimit',
+      'nofile=10000:10000',
+      '--ulimit',
+      'nproc=1000:1000',
       this.image,
       ...command,
     ]);

@@ -44,7 +44,10 @@ export class Prober {
   async ping(fromNetns: string, address: string, timeoutMs = 1000): Promise<boolean> {
     const seconds = String(Math.max(1, Math.ceil(timeoutMs / 1000)));
     try {
-      await this.runner.run({ argv: ['ping', '-n', '-q', '-c', '1', '-W', seconds, address], netns: { name: fromNetns } });
+      await this.runner.run({
+        argv: ['ping', '-n', '-q', '-c', '1', '-W', seconds, address],
+        netns: { name: fromNetns },
+      });
       return true;
     } catch (err) {
       // ping exits 1 for "no reply", 2 for other errors (e.g. no route): both mean not delivered.
@@ -54,7 +57,12 @@ export class Prober {
   }
 
   /** Starts an echo server in `netns`; resolves once it listens. */
-  async serve(netns: string, protocol: 'tcp' | 'udp', address: string, port: number): Promise<{ stop(): Promise<void> }> {
+  async serve(
+    netns: string,
+    protocol: 'tcp' | 'udp',
+    address: string,
+    port: number,
+  ): Promise<{ stop(): Promise<void> }> {
     const dir = mkdtempSync(join(tmpdir(), 'tn-probe-'));
     const readyFile = join(dir, 'ready');
     let handle: DaemonHandle | undefined;
@@ -80,7 +88,13 @@ export class Prober {
     }
   }
 
-  async connect(fromNetns: string, protocol: 'tcp' | 'udp', address: string, port: number, timeoutMs = 1000): Promise<boolean> {
+  async connect(
+    fromNetns: string,
+    protocol: 'tcp' | 'udp',
+    address: string,
+    port: number,
+    timeoutMs = 1000,
+  ): Promise<boolean> {
     try {
       await this.runner.run({
         argv: [process.execPath, AGENT, 'connect', protocol, address, String(port), String(timeoutMs)],

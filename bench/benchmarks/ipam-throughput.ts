@@ -43,16 +43,23 @@ interface ClusterContext {
 function combine(summaries: WorkerSummary[], total: number, wallMs: number): Record<string, number> {
   return {
     'allocations/s': (total / wallMs) * 1000,
-    'p50 latency': quantile(summaries.map((s) => s.p50), 0.5),
+    'p50 latency': quantile(
+      summaries.map((s) => s.p50),
+      0.5,
+    ),
     'p99 latency': Math.max(...summaries.map((s) => s.p99)),
   };
 }
 
-async function clusterTrial(ctx: ClusterContext, mode: 'allocate' | 'allocate-shared'): Promise<Record<string, number>> {
+async function clusterTrial(
+  ctx: ClusterContext,
+  mode: 'allocate' | 'allocate-shared',
+): Promise<Record<string, number>> {
   const perHost = mode === 'allocate' ? PER_HOST : SHARED_PER_HOST;
   const pool = `b${ctx.trial++}`;
   const cidr = '10.200.0.0/16';
-  if (mode === 'allocate') await new Ipam({ store: ctx.store, host: 'admin' }).createPool({ name: pool, cidr, kind: 'vpc' });
+  if (mode === 'allocate')
+    await new Ipam({ store: ctx.store, host: 'admin' }).createPool({ name: pool, cidr, kind: 'vpc' });
   const d = ctx.cluster.description;
   const runs = d.hosts.map((host, i) =>
     startWorker({
@@ -80,7 +87,12 @@ function clusterLifecycle(runner: CommandRunner) {
     async setup() {
       const prefix = `bi${uniqueSuffix(2)}`;
       const cluster = await VirtualCluster.up({ prefix, hosts: HOSTS }, { runner });
-      ctx = { cluster, store: new EtcdStore({ endpoints: cluster.description.etcd.endpoints }), dir: mkdtempSync(join(tmpdir(), 'bench-ipam-')), trial: 0 };
+      ctx = {
+        cluster,
+        store: new EtcdStore({ endpoints: cluster.description.etcd.endpoints }),
+        dir: mkdtempSync(join(tmpdir(), 'bench-ipam-')),
+        trial: 0,
+      };
     },
     async teardown() {
       if (!ctx) return;
@@ -163,14 +175,24 @@ export function ipamVsHostLocalBenchmark(runner: CommandRunner): Benchmark {
             await runner.run({
               argv: ['/usr/lib/cni/host-local'],
               stdin: conf,
-              env: { CNI_COMMAND: 'ADD', CNI_CONTAINERID: `c${i}`, CNI_NETNS: '/run/netns/none', CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' },
+              env: {
+                CNI_COMMAND: 'ADD',
+                CNI_CONTAINERID: `c${i}`,
+                CNI_NETNS: '/run/netns/none',
+                CNI_IFNAME: 'eth0',
+                CNI_PATH: '/usr/lib/cni',
+              },
             });
             latencies.push(performance.now() - started);
           }
         }),
       );
       const wall = performance.now() - t0;
-      return { 'allocations/s': (PER_HOST / wall) * 1000, 'p50 latency': quantile(latencies, 0.5), 'p99 latency': quantile(latencies, 0.99) };
+      return {
+        'allocations/s': (PER_HOST / wall) * 1000,
+        'p50 latency': quantile(latencies, 0.5),
+        'p99 latency': quantile(latencies, 0.99),
+      };
     },
   };
 }

@@ -10,12 +10,16 @@ import type { Benchmark } from '../benchmark.js';
 export function linkBatchBenchmark(runner: CommandRunner, pairs = 200): Benchmark {
   const netns = `tn-bench${process.pid}`;
   const group = 77;
-  const createGrouped = Array.from({ length: pairs }, (_, i) => `link add bv${i} group ${group} type veth peer name bp${i}`);
+  const createGrouped = Array.from(
+    { length: pairs },
+    (_, i) => `link add bv${i} group ${group} type veth peer name bp${i}`,
+  );
   const create = Array.from({ length: pairs }, (_, i) => `link add bv${i} type veth peer name bp${i}`);
   const remove = Array.from({ length: pairs }, (_, i) => `link del bv${i}`);
   let batchedSingleDeletes: number[] = [];
   const ns = { name: netns };
-  const batch = (lines: string[]) => runner.run({ argv: ['ip', '-batch', '-'], stdin: lines.join('\n') + '\n', netns: ns });
+  const batch = (lines: string[]) =>
+    runner.run({ argv: ['ip', '-batch', '-'], stdin: lines.join('\n') + '\n', netns: ns });
   const oneByOne = async (lines: string[]) => {
     for (const line of lines) await runner.run({ argv: ['ip', ...line.split(' ')], netns: ns });
   };
@@ -67,7 +71,7 @@ export function linkBatchBenchmark(runner: CommandRunner, pairs = 200): Benchmar
       return [
         `Deleting the ${pairs} links as ${pairs} separate lines of one \`ip -batch\` took ${median.toFixed(0)} ms (median): ` +
           'the kernel waits for an RCU grace period per unregistered link (~16 ms here), so batching lines alone ' +
-          'barely helps deletes; deleting a link group (or a namespace\'s links together) does.',
+          "barely helps deletes; deleting a link group (or a namespace's links together) does.",
       ];
     },
     async teardown() {

@@ -17,8 +17,13 @@ export function netdCniLatencyBenchmark(runner: CommandRunner): Benchmark {
   const host = new NetdBenchHost(runner);
   let trial = 0;
   const rss: number[] = [];
-  const invoke = async (plugin: string, command: 'ADD' | 'DEL', config: object, containerId: string, netnsPath: string) =>
-    (await host.invoke({ plugin, command, config, containerId, ifname: 'eth1', netnsPath })).ms;
+  const invoke = async (
+    plugin: string,
+    command: 'ADD' | 'DEL',
+    config: object,
+    containerId: string,
+    netnsPath: string,
+  ) => (await host.invoke({ plugin, command, config, containerId, ifname: 'eth1', netnsPath })).ms;
 
   return {
     name: 'netd-cni-latency',
@@ -49,22 +54,39 @@ export function netdCniLatencyBenchmark(runner: CommandRunner): Benchmark {
       const config =
         side === 'subject'
           ? { cniVersion: '1.0.0', name: 'bench', type: 'netd', vpc: 'bench' }
-          : { cniVersion: '1.0.0', name: 'bench', type: 'bridge', bridge: 'cni-bench', ipam: { type: 'host-local', ranges: [[{ subnet: '10.129.0.0/16' }]], dataDir: join(host.dir, 'host-local') } };
+          : {
+              cniVersion: '1.0.0',
+              name: 'bench',
+              type: 'bridge',
+              bridge: 'cni-bench',
+              ipam: {
+                type: 'host-local',
+                ranges: [[{ subnet: '10.129.0.0/16' }]],
+                dataDir: join(host.dir, 'host-local'),
+              },
+            };
       const plugin = side === 'subject' ? 'netd' : 'bridge';
       const add: number[] = [];
       const del: number[] = [];
       try {
-        for (const [i, ns] of names.entries()) add.push(await invoke(plugin, 'ADD', config, `c${n}-${i}`, `/run/netns/${ns}`));
+        for (const [i, ns] of names.entries())
+          add.push(await invoke(plugin, 'ADD', config, `c${n}-${i}`, `/run/netns/${ns}`));
         if (side === 'subject') rss.push(host.rssKb());
-        for (const [i, ns] of names.entries()) del.push(await invoke(plugin, 'DEL', config, `c${n}-${i}`, `/run/netns/${ns}`));
+        for (const [i, ns] of names.entries())
+          del.push(await invoke(plugin, 'DEL', config, `c${n}-${i}`, `/run/netns/${ns}`));
       } finally {
         await ip.deleteNetns(names);
       }
-      return { 'ADD p50': quantile(add, 0.5), 'ADD p99': quantile(add, 0.99), 'DEL p50': quantile(del, 0.5), 'DEL p99': quantile(del, 0.99) };
+      return {
+        'ADD p50': quantile(add, 0.5),
+        'ADD p99': quantile(add, 0.99),
+        'DEL p50': quantile(del, 0.5),
+        'DEL p99': quantile(del, 0.99),
+      };
     },
     teardown: () => host.teardown(),
     notes() {
-      return rss.length ? [`netd RSS with ${CONTAINERS} endpoints: ${Math.max(...rss) / 1024 | 0} MiB.`] : [];
+      return rss.length ? [`netd RSS with ${CONTAINERS} endpoints: ${(Math.max(...rss) / 1024) | 0} MiB.`] : [];
     },
   };
 }

@@ -13,7 +13,12 @@ import { NetdBenchHost } from './netd-host.js';
  */
 
 const CONTAINERS = 30;
-const BANDWIDTH = { ingressRate: 100_000_000, ingressBurst: 1_000_000, egressRate: 100_000_000, egressBurst: 1_000_000 };
+const BANDWIDTH = {
+  ingressRate: 100_000_000,
+  ingressBurst: 1_000_000,
+  egressRate: 100_000_000,
+  egressBurst: 1_000_000,
+};
 
 export function netdFullAddBenchmark(runner: CommandRunner): Benchmark {
   const host = new NetdBenchHost(runner);
@@ -21,15 +26,39 @@ export function netdFullAddBenchmark(runner: CommandRunner): Benchmark {
   const lists = (side: 'subject' | 'peer') => {
     if (side === 'subject') {
       return [
-        { ifname: 'eth0', list: { cniVersion: '1.0.0', name: 'external', plugins: [{ type: 'netd', external: true, capabilities: { bandwidth: true } }] } },
-        { ifname: 'eth1', list: { cniVersion: '1.0.0', name: 'vpc-bench', plugins: [{ type: 'netd', vpc: 'bench', capabilities: { bandwidth: true } }] } },
+        {
+          ifname: 'eth0',
+          list: {
+            cniVersion: '1.0.0',
+            name: 'external',
+            plugins: [{ type: 'netd', external: true, capabilities: { bandwidth: true } }],
+          },
+        },
+        {
+          ifname: 'eth1',
+          list: {
+            cniVersion: '1.0.0',
+            name: 'vpc-bench',
+            plugins: [{ type: 'netd', vpc: 'bench', capabilities: { bandwidth: true } }],
+          },
+        },
       ];
     }
     const chain = (name: string, bridge: string, subnet: string, gateway: boolean) => ({
       cniVersion: '1.0.0',
       name,
       plugins: [
-        { type: 'bridge', bridge, isGateway: gateway, ipam: { type: 'host-local', ranges: [[{ subnet }]], dataDir: join(host.dir, 'host-local'), ...(gateway && { routes: [{ dst: '0.0.0.0/0' }] }) } },
+        {
+          type: 'bridge',
+          bridge,
+          isGateway: gateway,
+          ipam: {
+            type: 'host-local',
+            ranges: [[{ subnet }]],
+            dataDir: join(host.dir, 'host-local'),
+            ...(gateway && { routes: [{ dst: '0.0.0.0/0' }] }),
+          },
+        },
         { type: 'bandwidth', capabilities: { bandwidth: true } },
       ],
     });
@@ -71,18 +100,35 @@ export function netdFullAddBenchmark(runner: CommandRunner): Benchmark {
       try {
         for (const [i, ns] of names.entries()) {
           let ms = 0;
-          for (const { ifname, list } of networks) ms += await host.invokeList(list, 'ADD', { containerId: `f${n}-${i}`, ifname, netnsPath: `/run/netns/${ns}` }, { bandwidth: BANDWIDTH });
+          for (const { ifname, list } of networks)
+            ms += await host.invokeList(
+              list,
+              'ADD',
+              { containerId: `f${n}-${i}`, ifname, netnsPath: `/run/netns/${ns}` },
+              { bandwidth: BANDWIDTH },
+            );
           add.push(ms);
         }
         for (const [i, ns] of names.entries()) {
           let ms = 0;
-          for (const { ifname, list } of [...networks].reverse()) ms += await host.invokeList(list, 'DEL', { containerId: `f${n}-${i}`, ifname, netnsPath: `/run/netns/${ns}` }, { bandwidth: BANDWIDTH });
+          for (const { ifname, list } of [...networks].reverse())
+            ms += await host.invokeList(
+              list,
+              'DEL',
+              { containerId: `f${n}-${i}`, ifname, netnsPath: `/run/netns/${ns}` },
+              { bandwidth: BANDWIDTH },
+            );
           del.push(ms);
         }
       } finally {
         await ip.deleteNetns(names);
       }
-      return { 'ADD p50': quantile(add, 0.5), 'ADD p99': quantile(add, 0.99), 'DEL p50': quantile(del, 0.5), 'DEL p99': quantile(del, 0.99) };
+      return {
+        'ADD p50': quantile(add, 0.5),
+        'ADD p99': quantile(add, 0.99),
+        'DEL p50': quantile(del, 0.5),
+        'DEL p99': quantile(del, 0.99),
+      };
     },
     teardown: () => host.teardown(),
   };

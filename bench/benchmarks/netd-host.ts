@@ -58,7 +58,10 @@ export class NetdBenchHost {
     const d = this.cluster.description;
     const store = new EtcdStore({ endpoints: d.etcd.endpoints });
     try {
-      await store.put(netdKeys.vpc('bench'), JSON.stringify({ name: 'bench', tenant: 't', mode: 'vxlan', cidr: opts.vpcCidr, vni: 4000 }));
+      await store.put(
+        netdKeys.vpc('bench'),
+        JSON.stringify({ name: 'bench', tenant: 't', mode: 'vxlan', cidr: opts.vpcCidr, vni: 4000 }),
+      );
       const ipam = new Ipam({ store, host: 'admin' });
       await ipam.createPool({ name: 'bench', cidr: opts.vpcCidr, kind: 'vpc' });
       if (opts.externalCidr) await ipam.createPool({ name: 'ext', cidr: opts.externalCidr, kind: 'external' });
@@ -71,9 +74,18 @@ export class NetdBenchHost {
     const log = join(this.dir, 'netd.log');
     this.daemon = startDaemon({
       argv: [
-        process.execPath, MAIN,
-        '--host', 'h1', '--underlay-ip', h.underlayIp, '--uplink', h.uplink, '--etcd', d.etcd.underlayEndpoints.join(','),
-        '--cni-socket-dir', join(this.dir, 'sock'),
+        process.execPath,
+        MAIN,
+        '--host',
+        'h1',
+        '--underlay-ip',
+        h.underlayIp,
+        '--uplink',
+        h.uplink,
+        '--etcd',
+        d.etcd.underlayEndpoints.join(','),
+        '--cni-socket-dir',
+        join(this.dir, 'sock'),
         ...(opts.externalCidr ? ['--external-pool', 'ext'] : []),
       ],
       netns: { name: h.netns },
@@ -81,7 +93,8 @@ export class NetdBenchHost {
       env: { LOG_LEVEL: 'warn' },
     });
     for (let i = 0; i < 300 && !readFileSync(log, 'utf8').includes('ready'); i++) await sleep(50);
-    if (!readFileSync(log, 'utf8').includes('ready')) throw new Error(`netd did not start: ${readFileSync(log, 'utf8').slice(-2000)}`);
+    if (!readFileSync(log, 'utf8').includes('ready'))
+      throw new Error(`netd did not start: ${readFileSync(log, 'utf8').slice(-2000)}`);
   }
 
   /** Runs one plugin call; returns its stdout (parsed) and how long it took. */
@@ -91,24 +104,44 @@ export class NetdBenchHost {
       argv: [join(this.binDir, call.plugin)],
       stdin: JSON.stringify(call.config),
       netns: { name: this.netns },
-      env: { CNI_COMMAND: call.command, CNI_CONTAINERID: call.containerId, CNI_NETNS: call.netnsPath, CNI_IFNAME: call.ifname, CNI_PATH: this.binDir },
+      env: {
+        CNI_COMMAND: call.command,
+        CNI_CONTAINERID: call.containerId,
+        CNI_NETNS: call.netnsPath,
+        CNI_IFNAME: call.ifname,
+        CNI_PATH: this.binDir,
+      },
       timeoutMs: 120_000,
     });
-    return { ms: performance.now() - started, result: stdout.trim() ? (JSON.parse(stdout) as Record<string, unknown>) : {} };
+    return {
+      ms: performance.now() - started,
+      result: stdout.trim() ? (JSON.parse(stdout) as Record<string, unknown>) : {},
+    };
   }
 
   /**
    * Runs a network config list the way libcni does: ADD through the plugins in order, each given
    * the previous result; DEL in reverse order. Capabilities go in as runtimeConfig.
    */
-  async invokeList(list: { cniVersion: string; name: string; plugins: Array<Record<string, unknown>> }, command: 'ADD' | 'DEL', at: Omit<CniCall, 'plugin' | 'command' | 'config'>, runtimeConfig: Record<string, unknown> = {}): Promise<number> {
+  async invokeList(
+    list: { cniVersion: string; name: string; plugins: Array<Record<string, unknown>> },
+    command: 'ADD' | 'DEL',
+    at: Omit<CniCall, 'plugin' | 'command' | 'config'>,
+    runtimeConfig: Record<string, unknown> = {},
+  ): Promise<number> {
     const started = performance.now();
     const plugins = command === 'ADD' ? list.plugins : [...list.plugins].reverse();
     let prevResult: Record<string, unknown> | undefined;
     for (const p of plugins) {
       const caps = (p.capabilities ?? {}) as Record<string, boolean>;
       const rc = Object.fromEntries(Object.entries(runtimeConfig).filter(([k]) => caps[k]));
-      const config = { cniVersion: list.cniVersion, name: list.name, ...p, ...(Object.keys(rc).length && { runtimeConfig: rc }), ...(prevResult && { prevResult }) };
+      const config = {
+        cniVersion: list.cniVersion,
+        name: list.name,
+        ...p,
+        ...(Object.keys(rc).length && { runtimeConfig: rc }),
+        ...(prevResult && { prevResult }),
+      };
       const { result } = await this.invoke({ ...at, plugin: String(p.type), command, config });
       if (command === 'ADD') prevResult = result;
     }

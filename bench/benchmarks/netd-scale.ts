@@ -38,15 +38,30 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
     const names = Array.from({ length: containers }, (_, i) => `tn-bcs${process.pid}-f-${i}`);
     await ip.addNetns(names);
     await waitQuiet();
-    await ip.in({ name: hostNs }).apply(new IpBatch().linkAddBridge('nbfloor', { mcastSnooping: false }).linkSet('nbfloor', { up: true }));
+    await ip
+      .in({ name: hostNs })
+      .apply(new IpBatch().linkAddBridge('nbfloor', { mcastSnooping: false }).linkSet('nbfloor', { up: true }));
     try {
       const { wall } = await all(async (i) => {
         const started = performance.now();
         const mac = `02:fe:00:00:${((i >> 8) & 255).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`;
         await ip.in({ name: hostNs }).apply(
-          new IpBatch().linkAddVeth(`nf${i}`, 'eth1', { mtu: 1450, master: 'nbfloor', peerNetns: `/run/netns/${names[i]}`, peerAddress: mac }).linkSet(`nf${i}`, { addrGenMode: 'none' }).linkSet(`nf${i}`, { up: true }),
+          new IpBatch()
+            .linkAddVeth(`nf${i}`, 'eth1', {
+              mtu: 1450,
+              master: 'nbfloor',
+              peerNetns: `/run/netns/${names[i]}`,
+              peerAddress: mac,
+            })
+            .linkSet(`nf${i}`, { addrGenMode: 'none' })
+            .linkSet(`nf${i}`, { up: true }),
         );
-        await ip.in({ name: names[i]! }).apply(new IpBatch().linkSet('eth1', { addrGenMode: 'none' }).linkSet('eth1', { up: true }).addrAdd(`10.200.${((i + 1) >> 8) & 255}.${(i + 1) & 255}/16`, 'eth1'));
+        await ip.in({ name: names[i]! }).apply(
+          new IpBatch()
+            .linkSet('eth1', { addrGenMode: 'none' })
+            .linkSet('eth1', { up: true })
+            .addrAdd(`10.200.${((i + 1) >> 8) & 255}.${(i + 1) & 255}/16`, 'eth1'),
+        );
         return performance.now() - started;
       });
       return wall;
@@ -70,7 +85,9 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
   }
 
   async function left(): Promise<string> {
-    const ports = (await new IpClient(runner, { name: host.netns }).links()).filter((l) => /^(n[ie]|veth)/.test(l.ifname)).length;
+    const ports = (await new IpClient(runner, { name: host.netns }).links()).filter((l) =>
+      /^(n[ie]|veth)/.test(l.ifname),
+    ).length;
     const store = new EtcdStore({ endpoints: host.cluster!.description.etcd.endpoints });
     try {
       const records = (await store.list(netdKeys.endpoints())).kvs.length;
@@ -110,10 +127,29 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
       const config =
         side === 'subject'
           ? { cniVersion: '1.0.0', name: 'bench', type: 'netd', vpc: 'bench' }
-          : { cniVersion: '1.0.0', name: 'bench', type: 'bridge', bridge: 'cni-bench', ipam: { type: 'host-local', ranges: [[{ subnet: '10.129.0.0/16' }]], dataDir: join(host.dir, 'host-local') } };
+          : {
+              cniVersion: '1.0.0',
+              name: 'bench',
+              type: 'bridge',
+              bridge: 'cni-bench',
+              ipam: {
+                type: 'host-local',
+                ranges: [[{ subnet: '10.129.0.0/16' }]],
+                dataDir: join(host.dir, 'host-local'),
+              },
+            };
       const plugin = side === 'subject' ? 'netd' : 'bridge';
       const call = async (command: 'ADD' | 'DEL', i: number) =>
-        (await host.invoke({ plugin, command, config, containerId: `s${n}-${i}`, ifname: 'eth1', netnsPath: `/run/netns/${names[i]}` })).ms;
+        (
+          await host.invoke({
+            plugin,
+            command,
+            config,
+            containerId: `s${n}-${i}`,
+            ifname: 'eth1',
+            netnsPath: `/run/netns/${names[i]}`,
+          })
+        ).ms;
       try {
         const cpu0 = host.cpuSeconds();
         const add = await all((i) => call('ADD', i));
@@ -123,7 +159,12 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
           cpu.push(host.cpuSeconds() - cpu0);
           leftovers.push(await left());
         }
-        return { 'ADD wall': add.wall, 'ADD p50': quantile(add.latencies, 0.5), 'ADD p99': quantile(add.latencies, 0.99), 'DEL wall': del.wall };
+        return {
+          'ADD wall': add.wall,
+          'ADD p50': quantile(add.latencies, 0.5),
+          'ADD p99': quantile(add.latencies, 0.99),
+          'DEL wall': del.wall,
+        };
       } finally {
         await ip.deleteNetns(names);
       }
@@ -137,7 +178,11 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
     },
     notes() {
       return [
-        ...(floorSeconds !== undefined ? [`The kernel and \`ip\` alone (bare commands, same wiring, 16 in flight, no IPAM or plugins): ${floorSeconds.toFixed(2)} s for ${containers} containers.`] : []),
+        ...(floorSeconds !== undefined
+          ? [
+              `The kernel and \`ip\` alone (bare commands, same wiring, 16 in flight, no IPAM or plugins): ${floorSeconds.toFixed(2)} s for ${containers} containers.`,
+            ]
+          : []),
         `netd RSS with ${containers} endpoints: ${rss.map((k) => `${(k / 1024) | 0} MiB`).join(', ')}; netd CPU for ${containers} ADDs + DELs: ${cpu.map((c) => `${c.toFixed(1)} s`).join(', ')}.`,
         `Left after each netd trial: ${leftovers.join('; ')}.`,
       ];

@@ -28,7 +28,18 @@ export function startWorker(opts: {
   const out = join(opts.dir, `${opts.tag}.out`);
   const log = join(opts.dir, `${opts.tag}.log`);
   const handle = startDaemon({
-    argv: [process.execPath, WORKER, opts.mode, opts.endpoints.join(','), opts.host.name, opts.pool, opts.prefix, String(opts.count), String(opts.concurrency), out],
+    argv: [
+      process.execPath,
+      WORKER,
+      opts.mode,
+      opts.endpoints.join(','),
+      opts.host.name,
+      opts.pool,
+      opts.prefix,
+      String(opts.count),
+      String(opts.concurrency),
+      out,
+    ],
     netns: { name: opts.host.netns },
     logFile: log,
   });

@@ -25,10 +25,12 @@ export class NetdApiClient {
   }
 
   private async request<T>(method: string, path: string, body: unknown, json: boolean): Promise<T> {
-    const target = this.endpoint.startsWith('unix://') ? { socketPath: this.endpoint.slice('unix://'.length) } : (() => {
-      const u = new URL(this.endpoint);
-      return { host: u.hostname, port: Number(u.port) };
-    })();
+    const target = this.endpoint.startsWith('unix://')
+      ? { socketPath: this.endpoint.slice('unix://'.length) }
+      : (() => {
+          const u = new URL(this.endpoint);
+          return { host: u.hostname, port: Number(u.port) };
+        })();
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise<T>((resolve, reject) => {
       const req = request(
@@ -38,7 +40,10 @@ export class NetdApiClient {
           path,
           headers: {
             ...(this.token && { authorization: `Bearer ${this.token}` }),
-            ...(payload !== undefined && { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }),
+            ...(payload !== undefined && {
+              'content-type': 'application/json',
+              'content-length': Buffer.byteLength(payload),
+            }),
           },
           timeout: 10_000,
         },
@@ -52,13 +57,21 @@ export class NetdApiClient {
             const parsed = text ? (JSON.parse(text) as unknown) : undefined;
             if (failed) {
               const e = (parsed ?? {}) as { code?: ErrorCode; message?: string };
-              reject(new AppError(e.code ?? ErrorCodes.INTERNAL, `${method} ${path}: ${res.statusCode} ${e.message ?? text}`, { status: res.statusCode }));
+              reject(
+                new AppError(
+                  e.code ?? ErrorCodes.INTERNAL,
+                  `${method} ${path}: ${res.statusCode} ${e.message ?? text}`,
+                  { status: res.statusCode },
+                ),
+              );
             } else resolve(parsed as T);
           });
         },
       );
       req.on('timeout', () => req.destroy(new Error('netd API timed out')));
-      req.on('error', (err) => reject(new AppError(ErrorCodes.STORE_UNAVAILABLE, `netd API unreachable: ${err.message}`, {}, { cause: err })));
+      req.on('error', (err) =>
+        reject(new AppError(ErrorCodes.STORE_UNAVAILABLE, `netd API unreachable: ${err.message}`, {}, { cause: err })),
+      );
       if (payload !== undefined) req.write(payload);
       req.end();
     });

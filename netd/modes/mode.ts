@@ -62,5 +62,12 @@ export interface NetworkMode {
 }
 
 export function emptyDesired(): DesiredL2 {
-  return { bridges: new Map(), vxlans: new Map(), ports: new Map(), fdb: new Map(), neighbours: new Map(), ifbs: new Set() };
+  return {
+    bridges: new Map(),
+    vxlans: new Map(),
+    ports: new Map(),
+    fdb: new Map(),
+    neighbours: new Map(),
+    ifbs: new Set(),
+  };
 }

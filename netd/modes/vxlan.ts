@@ -25,14 +25,23 @@ export const vxlanMode: NetworkMode = {
     for (const vpcName of localVpcs) {
       const vpc = view.vpcs.get(vpcName);
       if (!vpc || vpc.mode !== 'vxlan') continue;
-      if (!Number.isInteger(vpc.vni) || vpc.vni < 1 || vpc.vni > 0xffffff) throw invalidInput(`VPC ${vpc.name}: VNI ${vpc.vni} outside 1..16777215`);
+      if (!Number.isInteger(vpc.vni) || vpc.vni < 1 || vpc.vni > 0xffffff)
+        throw invalidInput(`VPC ${vpc.name}: VNI ${vpc.vni} outside 1..16777215`);
       const mtu = vpc.mtu ?? view.self.underlayMtu - VXLAN_OVERHEAD;
       const bridge = linkNames.bridge(vpc.vni);
       const vxlan = linkNames.vxlan(vpc.vni);
       desired.bridges.set(bridge, { name: bridge, mtu });
       // ARP suppression on IPv4 VPCs (their MACs follow addresses: attach.ts); IPv6 VPCs flood ND.
       const suppress = parseCidr(vpc.cidr).family === 4;
-      desired.vxlans.set(vxlan, { name: vxlan, vni: vpc.vni, local: view.self.underlayIp, dev: view.self.uplink, mtu, master: bridge, proxy: suppress });
+      desired.vxlans.set(vxlan, {
+        name: vxlan,
+        vni: vpc.vni,
+        local: view.self.underlayIp,
+        dev: view.self.uplink,
+        mtu,
+        master: bridge,
+        proxy: suppress,
+      });
       for (const e of local.filter((x) => x.vpc === vpcName)) desired.ports.set(e.hostIf, bridge);
       for (const e of view.endpoints) {
         if (e.vpc !== vpcName || e.host === self) continue;

@@ -39,11 +39,20 @@ export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): N
   const log = join(opts.dir, `netd-${host}-${Date.now()}.log`);
   const handle = startDaemon({
     argv: [
-      process.execPath, MAIN,
-      '--host', h.name, '--underlay-ip', h.underlayIp, '--uplink', h.uplink,
-      '--etcd', s.cluster.description.etcd.underlayEndpoints.join(','),
-      '--lease-ttl', String(opts.leaseTtl ?? 2),
-      '--cni-socket-dir', opts.socketDir,
+      process.execPath,
+      MAIN,
+      '--host',
+      h.name,
+      '--underlay-ip',
+      h.underlayIp,
+      '--uplink',
+      h.uplink,
+      '--etcd',
+      s.cluster.description.etcd.underlayEndpoints.join(','),
+      '--lease-ttl',
+      String(opts.leaseTtl ?? 2),
+      '--cni-socket-dir',
+      opts.socketDir,
       ...(opts.externalPool ? ['--external-pool', opts.externalPool] : []),
       ...(opts.externalMode ? ['--external-mode', opts.externalMode] : []),
       ...(opts.extraArgs ?? []),
@@ -62,7 +71,8 @@ export async function waitReady(n: NetdHost, timeoutMs = 15_000): Promise<boolea
 export async function startNetdEverywhere(s: ClusterSession, opts: NetdOptions): Promise<NetdHost[]> {
   const all = s.cluster.description.hosts.map((h) => startNetd(s, h.name, opts));
   for (const n of all) {
-    if (!(await waitReady(n))) throw new Error(`netd on ${n.host} did not start: ${readFileSync(n.log, 'utf8').slice(-2000)}`);
+    if (!(await waitReady(n)))
+      throw new Error(`netd on ${n.host} did not start: ${readFileSync(n.log, 'utf8').slice(-2000)}`);
   }
   return all;
 }
@@ -89,9 +99,18 @@ export async function invokePlugin(
       env: { CNI_COMMAND: command, CNI_PATH: binDir, ...cniEnv },
       timeoutMs: 60_000,
     });
-    return { ok: true, out: stdout.trim() ? (JSON.parse(stdout) as Record<string, unknown>) : {}, ms: performance.now() - started };
+    return {
+      ok: true,
+      out: stdout.trim() ? (JSON.parse(stdout) as Record<string, unknown>) : {},
+      ms: performance.now() - started,
+    };
   } catch (err) {
-    if (isCommandError(err)) return { ok: false, out: JSON.parse(err.stdout || '{}') as Record<string, unknown>, ms: performance.now() - started };
+    if (isCommandError(err))
+      return {
+        ok: false,
+        out: JSON.parse(err.stdout || '{}') as Record<string, unknown>,
+        ms: performance.now() - started,
+      };
     throw err;
   }
 }

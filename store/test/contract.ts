@@ -18,7 +18,12 @@ export interface StoreFixture {
 export type FixtureFactory = (t: Test) => Promise<StoreFixture>;
 
 /** Collects a watch until `count` batches arrived (then aborts it) or it throws. */
-async function collect(store: Store, prefix: string, from: bigint, count: number): Promise<{ batches: WatchBatch[]; error?: unknown }> {
+async function collect(
+  store: Store,
+  prefix: string,
+  from: bigint,
+  count: number,
+): Promise<{ batches: WatchBatch[]; error?: unknown }> {
   const ac = new AbortController();
   const batches: WatchBatch[] = [];
   try {
@@ -40,11 +45,19 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     t.ok(r2 > r1, 'revisions increase');
     t.same(await store.get('/c/a'), { key: '/c/a', value: '1', createRevision: r1, modRevision: r1, version: 1 });
     const r3 = await store.put('/c/a', '1b');
-    t.same(await store.get('/c/a'), { key: '/c/a', value: '1b', createRevision: r1, modRevision: r3, version: 2 }, 'create revision stays');
+    t.same(
+      await store.get('/c/a'),
+      { key: '/c/a', value: '1b', createRevision: r1, modRevision: r3, version: 2 },
+      'create revision stays',
+    );
     await store.put('/d/x', 'other prefix');
     await store.put('/c', 'the prefix itself without slash');
     const listed = await store.list('/c/');
-    t.same(listed.kvs.map((kv) => kv.key), ['/c/a', '/c/b'], 'sorted, only the prefix');
+    t.same(
+      listed.kvs.map((kv) => kv.key),
+      ['/c/a', '/c/b'],
+      'sorted, only the prefix',
+    );
     t.equal(listed.revision, await store.currentRevision(), 'list carries the header revision');
     t.same((await store.listKeys('/c/')).keys, ['/c/a', '/c/b']);
     const rd = await store.delete('/c/a');
@@ -61,7 +74,10 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     const { store, direct } = await factory(t);
     const rev = await store.put('/cas/k', 'v0');
     const attempt = (s: Store, v: string) =>
-      s.txn({ compare: [{ key: '/cas/k', target: 'modRevision', op: '=', value: rev }], success: [{ type: 'put', key: '/cas/k', value: v }] });
+      s.txn({
+        compare: [{ key: '/cas/k', target: 'modRevision', op: '=', value: rev }],
+        success: [{ type: 'put', key: '/cas/k', value: v }],
+      });
     const [x, y] = await Promise.all([attempt(store, 'x'), attempt(direct, 'y')]);
     t.equal([x.succeeded, y.succeeded].filter(Boolean).length, 1, 'one winner');
     t.equal((await store.get('/cas/k'))?.value, x.succeeded ? 'x' : 'y');
@@ -69,7 +85,10 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
 
     // Create-if-absent: mod revision 0 means "no such key".
     const create = (v: string) =>
-      store.txn({ compare: [{ key: '/cas/new', target: 'modRevision', op: '=', value: 0n }], success: [{ type: 'put', key: '/cas/new', value: v }] });
+      store.txn({
+        compare: [{ key: '/cas/new', target: 'modRevision', op: '=', value: 0n }],
+        success: [{ type: 'put', key: '/cas/new', value: v }],
+      });
     const [c1, c2] = await Promise.all([create('first'), create('second')]);
     t.equal([c1.succeeded, c2.succeeded].filter(Boolean).length, 1, 'one creator');
     t.equal((await store.get('/cas/new'))?.version, 1);
@@ -97,7 +116,8 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     t.same(r.responses[4], { type: 'delete', deleted: 1 });
 
     // Other targets; a value compare on a missing key is false whatever the operator (etcd).
-    const cmp = (c: Parameters<Store['txn']>[0]['compare'][number]) => store.txn({ compare: [c], success: [] }).then((x) => x.succeeded);
+    const cmp = (c: Parameters<Store['txn']>[0]['compare'][number]) =>
+      store.txn({ compare: [c], success: [] }).then((x) => x.succeeded);
     t.ok(await cmp({ key: '/cas/f1', target: 'version', op: '=', value: 1 }));
     t.ok(await cmp({ key: '/cas/f1', target: 'createRevision', op: '>', value: 0n }));
     t.ok(await cmp({ key: '/cas/f1', target: 'value', op: '!=', value: 'x' }));
@@ -106,7 +126,13 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     t.ok(await cmp({ key: '/cas/missing', target: 'version', op: '=', value: 0 }));
 
     await t.rejects(
-      store.txn({ compare: [], success: [{ type: 'put', key: '/cas/d', value: '1' }, { type: 'put', key: '/cas/d', value: '2' }] }),
+      store.txn({
+        compare: [],
+        success: [
+          { type: 'put', key: '/cas/d', value: '1' },
+          { type: 'put', key: '/cas/d', value: '2' },
+        ],
+      }),
       { code: ErrorCodes.INVALID_INPUT },
       'two puts of one key in one transaction are refused',
     );
@@ -122,13 +148,21 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     await store.put('/lease/dying', 'x', { lease: dying.id });
     dying.release(); // the holder "dies": no more keep-alives
     const start = Date.now();
-    await eventually(async () => (await direct.get('/lease/dying')) === undefined, (dying.ttlSeconds + 5) * 1000, 'lease expiry');
+    await eventually(
+      async () => (await direct.get('/lease/dying')) === undefined,
+      (dying.ttlSeconds + 5) * 1000,
+      'lease expiry',
+    );
     const took = Date.now() - start;
     t.ok(took >= (dying.ttlSeconds - 1) * 1000, `not before the TTL (${took} ms)`);
     t.ok(await direct.get('/lease/kept'), 'a kept-alive lease outlives its TTL');
     await kept.revoke();
     t.equal(await direct.get('/lease/kept'), undefined, 'revoke deletes at once');
-    await t.rejects(store.put('/lease/x', 'y', { lease: kept.id }), { code: ErrorCodes.NOT_FOUND }, 'a revoked lease cannot be used');
+    await t.rejects(
+      store.put('/lease/x', 'y', { lease: kept.id }),
+      { code: ErrorCodes.NOT_FOUND },
+      'a revoked lease cannot be used',
+    );
   });
 
   t.test(`${name}: a partitioned holder loses its lease and is told so`, async (t) => {
@@ -138,12 +172,20 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     let lost: Error | undefined;
     lease.onLost((err) => (lost = err));
     await cut();
-    await eventually(async () => (await direct.get('/lp/k')) === undefined, (lease.ttlSeconds + 5) * 1000, 'key of the unrenewed lease gone');
+    await eventually(
+      async () => (await direct.get('/lp/k')) === undefined,
+      (lease.ttlSeconds + 5) * 1000,
+      'key of the unrenewed lease gone',
+    );
     await eventually(() => lost !== undefined, (2 * lease.ttlSeconds + 5) * 1000, 'onLost');
     t.ok(lost, `onLost called: ${lost?.message}`);
     await restore();
     const unavailable = (e: unknown) => isAppError(e, ErrorCodes.STORE_UNAVAILABLE); // still reconnecting
-    await t.rejects(retry(() => store.put('/lp/k', 'y', { lease: lease.id }), 15_000, unavailable), { code: ErrorCodes.NOT_FOUND }, 'the lost lease is gone on the server too');
+    await t.rejects(
+      retry(() => store.put('/lp/k', 'y', { lease: lease.id }), 15_000, unavailable),
+      { code: ErrorCodes.NOT_FOUND },
+      'the lost lease is gone on the server too',
+    );
   });
 
   t.test(`${name}: watch delivers every change in order, with previous values`, async (t) => {
@@ -151,22 +193,50 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     const start = (await store.currentRevision()) + 1n;
     const r1 = await direct.put('/w/a', '1');
     await direct.put('/w/a', '2');
-    const tx = await direct.txn({ compare: [], success: [{ type: 'put', key: '/w/b', value: 'b' }, { type: 'delete', key: '/w/a' }] });
+    const tx = await direct.txn({
+      compare: [],
+      success: [
+        { type: 'put', key: '/w/b', value: 'b' },
+        { type: 'delete', key: '/w/a' },
+      ],
+    });
     await direct.put('/other', 'ignored');
     const live = collect(store, '/w/', start, 4);
     await direct.put('/w/c', 'live');
     const { batches, error } = await live;
     t.equal(error, undefined);
-    const flat = batches.flatMap((b) => b.events.map((e) => `${e.type} ${e.kv.key}=${e.kv.value} prev=${e.prevKv?.value ?? '-'}`));
-    t.same(flat, ['put /w/a=1 prev=-', 'put /w/a=2 prev=1', 'put /w/b=b prev=-', 'delete /w/a= prev=2', 'put /w/c=live prev=-']);
+    const flat = batches.flatMap((b) =>
+      b.events.map((e) => `${e.type} ${e.kv.key}=${e.kv.value} prev=${e.prevKv?.value ?? '-'}`),
+    );
+    t.same(flat, [
+      'put /w/a=1 prev=-',
+      'put /w/a=2 prev=1',
+      'put /w/b=b prev=-',
+      'delete /w/a= prev=2',
+      'put /w/c=live prev=-',
+    ]);
     t.equal(batches[0]!.revision, r1);
     t.equal(batches[2]!.revision, tx.revision, "a transaction's events arrive together, at its revision");
-    t.same(batches[2]!.events[1]!.kv, { key: '/w/a', value: '', createRevision: 0n, modRevision: tx.revision, version: 0 }, 'a delete carries its revision');
-    t.same(batches[1]!.events[0]!.kv, { key: '/w/a', value: '2', createRevision: r1, modRevision: r1 + 1n, version: 2 });
+    t.same(
+      batches[2]!.events[1]!.kv,
+      { key: '/w/a', value: '', createRevision: 0n, modRevision: tx.revision, version: 0 },
+      'a delete carries its revision',
+    );
+    t.same(batches[1]!.events[0]!.kv, {
+      key: '/w/a',
+      value: '2',
+      createRevision: r1,
+      modRevision: r1 + 1n,
+      version: 2,
+    });
     t.equal(batches[2]!.events[1]!.prevKv?.modRevision, r1 + 1n);
-    for (const b of batches) for (const e of b.events) t.equal(e.kv.modRevision, b.revision, 'event revision = batch revision');
+    for (const b of batches)
+      for (const e of b.events) t.equal(e.kv.modRevision, b.revision, 'event revision = batch revision');
     const revs = batches.map((b) => b.revision);
-    t.ok(revs.every((r, i) => i === 0 || r > revs[i - 1]!), 'strictly increasing revisions');
+    t.ok(
+      revs.every((r, i) => i === 0 || r > revs[i - 1]!),
+      'strictly increasing revisions',
+    );
   });
 
   t.test(`${name}: watching compacted history fails with E_STORE_COMPACTED`, async (t) => {
@@ -179,7 +249,10 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     t.same(batches, []);
     t.ok(isAppError(error, ErrorCodes.STORE_COMPACTED), `got ${String(error)}`);
     const compactRevision = isAppError(error) ? BigInt(String(error.details.compactRevision)) : 0n;
-    t.ok(compactRevision > early && compactRevision <= late, `details.compactRevision ${compactRevision} in (${early}, ${late}]`);
+    t.ok(
+      compactRevision > early && compactRevision <= late,
+      `details.compactRevision ${compactRevision} in (${early}, ${late}]`,
+    );
     const atCompaction = await collect(store, '/k/', late, 1);
     t.equal(atCompaction.batches[0]?.revision, late, 'the compact revision itself is still watchable');
     await t.rejects(store.compact(late), { code: ErrorCodes.STORE_COMPACTED }, 'compacting again is refused');
@@ -245,17 +318,30 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     for (let i = 0; i < 10; i++) await direct.delete(`/vc/k${i}`);
     for (let i = 10; i < 20; i++) await direct.put(`/vc/k${i}`, `changed${i}`);
     for (let i = 0; i < 5; i++) await direct.put(`/vc/new${i}`, `n${i}`);
-    await direct.txn({ compare: [], success: [{ type: 'delete', key: '/vc/live' }, { type: 'put', key: '/vc/k10', value: 'twice' }] });
+    await direct.txn({
+      compare: [],
+      success: [
+        { type: 'delete', key: '/vc/live' },
+        { type: 'put', key: '/vc/k10', value: 'twice' },
+      ],
+    });
     await direct.compact(await direct.currentRevision());
     await restore();
 
     const truth = async () => (await direct.list('/vc/')).kvs;
-    await eventually(async () => consumer.status === 'synced' && consumer.lastAppliedRevision >= (await direct.currentRevision()), 20_000, 'resync');
+    await eventually(
+      async () => consumer.status === 'synced' && consumer.lastAppliedRevision >= (await direct.currentRevision()),
+      20_000,
+      'resync',
+    );
     t.same(sortedKvs(consumer.state()), await truth(), 'consumer state equals a fresh list, exactly');
     const replayed = new Map(snapshot);
     for (const l of later) applyEvents(replayed, l.events);
     t.same(sortedKvs(replayed), await truth(), 'handler events replayed onto the snapshot give the same state');
-    t.ok(later.some((l) => l.kind === 'resync'), 'it re-listed');
+    t.ok(
+      later.some((l) => l.kind === 'resync'),
+      'it re-listed',
+    );
     t.ok(statuses.includes('resyncing') || statuses.includes('disconnected'), `statuses ${statuses.join(',')}`);
 
     await direct.put('/vc/after', 'y');

@@ -11,7 +11,11 @@ export interface TeardownHost {
 }
 
 /** Polls `check` every 20 ms until it holds; fails after `timeoutMs` (never a fixed sleep). */
-export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+export async function eventually(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
@@ -20,7 +24,11 @@ export async function eventually(check: () => boolean | Promise<boolean>, timeou
 }
 
 /** Retries `fn` while it fails with an error `retryable` accepts (e.g. while a client reconnects); bounded. */
-export async function retry<T>(fn: () => Promise<T>, timeoutMs = 10_000, retryable: (err: unknown) => boolean = () => true): Promise<T> {
+export async function retry<T>(
+  fn: () => Promise<T>,
+  timeoutMs = 10_000,
+  retryable: (err: unknown) => boolean = () => true,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {

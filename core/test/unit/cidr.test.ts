@@ -1,7 +1,19 @@
 import t from 'tap';
 import {
-  parseCidr, parseIp, formatCidr, formatIp, cidrSize, contains, overlaps, addressAt, offsetOf,
-  blockCount, blockAt, blockOf, cidrKey, lastAddress,
+  parseCidr,
+  parseIp,
+  formatCidr,
+  formatIp,
+  cidrSize,
+  contains,
+  overlaps,
+  addressAt,
+  offsetOf,
+  blockCount,
+  blockAt,
+  blockOf,
+  cidrKey,
+  lastAddress,
 } from '../../cidr.js';
 import { ErrorCodes } from '../../errors.js';
 
@@ -19,7 +31,18 @@ t.test('parses and formats both families', async (t) => {
 });
 
 t.test('rejects bad input with E_INVALID_INPUT', async (t) => {
-  for (const bad of ['10.0.0.0', '10.0.0.0/33', '10.0.0.1/24', '300.0.0.0/8', 'x/8', '10.0.0/8', '/8', '10.0.0.0/-1', 'fd00::/129', '10.0.0.0/08x']) {
+  for (const bad of [
+    '10.0.0.0',
+    '10.0.0.0/33',
+    '10.0.0.1/24',
+    '300.0.0.0/8',
+    'x/8',
+    '10.0.0/8',
+    '/8',
+    '10.0.0.0/-1',
+    'fd00::/129',
+    '10.0.0.0/08x',
+  ]) {
     t.throws(() => parseCidr(bad), { code: ErrorCodes.INVALID_INPUT }, bad);
   }
   for (const bad of ['', '1.2.3', '1.2.3.4/32', 'fe80::1::2', 'a'.repeat(100)]) {

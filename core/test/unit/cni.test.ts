@@ -10,7 +10,11 @@ t.test('valid requests parse', async (t) => {
   t.equal(r.command, 'ADD');
   t.same(r.args, { A: '1', IP: '10.0.0.5' });
   t.equal(parseCniRequest({ CNI_COMMAND: 'VERSION' }, '').command, 'VERSION');
-  t.equal(parseCniRequest({ CNI_COMMAND: 'DEL', CNI_CONTAINERID: 'abc', CNI_IFNAME: 'eth0' }, conf).netns, '', 'DEL without a netns is allowed');
+  t.equal(
+    parseCniRequest({ CNI_COMMAND: 'DEL', CNI_CONTAINERID: 'abc', CNI_IFNAME: 'eth0' }, conf).netns,
+    '',
+    'DEL without a netns is allowed',
+  );
   t.same(parseCniArgs(''), {});
 });
 
@@ -37,18 +41,40 @@ t.test('each kind of bad input has its spec code', async (t) => {
     } catch (err) {
       got = err;
     }
-    t.ok(got instanceof CniFailure && got.code === code, `${JSON.stringify(e).slice(0, 60)} ${stdin.slice(0, 40)} -> ${code}`);
+    t.ok(
+      got instanceof CniFailure && got.code === code,
+      `${JSON.stringify(e).slice(0, 60)} ${stdin.slice(0, 40)} -> ${code}`,
+    );
   }
 });
 
 t.test('500 random malformed inputs: always a CniFailure, never a crash', async (t) => {
   let seed = 42;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const rand = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
   const pick = <T>(xs: T[]): T => xs[Math.floor(rand() * xs.length)]!;
-  const junk = ['', '{', 'null', '1', '"s"', '[]', '{}', '{"cniVersion":1}', '{"cniVersion":"1.0.0"}', '{"cniVersion":"1.0.0","name":"","type":"x"}', '\u0000', '{"cniVersion":"1.0.0","name":"n","type":"t"', JSON.stringify({ cniVersion: '0.1.0', name: 'n', type: 't' })];
+  const junk = [
+    '',
+    '{',
+    'null',
+    '1',
+    '"s"',
+    '[]',
+    '{}',
+    '{"cniVersion":1}',
+    '{"cniVersion":"1.0.0"}',
+    '{"cniVersion":"1.0.0","name":"","type":"x"}',
+    '\u0000',
+    '{"cniVersion":"1.0.0","name":"n","type":"t"',
+    JSON.stringify({ cniVersion: '0.1.0', name: 'n', type: 't' }),
+  ];
   let failures = 0;
   for (let i = 0; i < 500; i++) {
-    const e: Record<string, string> = { CNI_COMMAND: pick(['ADD', 'DEL', 'CHECK', 'add', '', 'GC']), CNI_CONTAINERID: pick(['', 'ok', '-x', 'a'.repeat(300)]), CNI_IFNAME: pick(['eth0', '', 'toolongname12345', 'a b']), CNI_NETNS: pick(['', '/x']) };
+    const e: Record<string, string> = {
+      CNI_COMMAND: pick(['ADD', 'DEL', 'CHECK', 'add', '', 'GC']),
+      CNI_CONTAINERID: pick(['', 'ok', '-x', 'a'.repeat(300)]),
+      CNI_IFNAME: pick(['eth0', '', 'toolongname12345', 'a b']),
+      CNI_NETNS: pick(['', '/x']),
+    };
     if (rand() < 0.3) e.CNI_ARGS = pick(['=', 'a', 'K=V;;', ';=x']);
     const stdin = pick(junk);
     try {

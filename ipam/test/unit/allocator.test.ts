@@ -11,10 +11,16 @@ function setup(t: { teardown(fn: () => unknown): void }, hosts = ['h1']) {
 }
 
 t.test('allocation is idempotent per handle and release is idempotent', async (t) => {
-  const { store, ipams: [ipam] } = setup(t);
+  const {
+    store,
+    ipams: [ipam],
+  } = setup(t);
   await ipam!.createPool({ name: 'vpc1', cidr: '10.1.0.0/24', kind: 'vpc' });
   const a = await ipam!.allocate({ pool: 'vpc1', handle: 'c1:eth1', owner: { containerId: 'c1', ifname: 'eth1' } });
-  t.notOk(['10.1.0.0', '10.1.0.1', '10.1.0.2', '10.1.0.3', '10.1.0.255'].includes(a.ip), 'reserved addresses are skipped');
+  t.notOk(
+    ['10.1.0.0', '10.1.0.1', '10.1.0.2', '10.1.0.3', '10.1.0.255'].includes(a.ip),
+    'reserved addresses are skipped',
+  );
   t.equal(a.cidr, `${a.ip}/24`);
   t.equal(a.gateway, '10.1.0.1');
   const again = await ipam!.allocate({ pool: 'vpc1', handle: 'c1:eth1' });
@@ -29,7 +35,9 @@ t.test('concurrent allocation from several hosts never hands out an address twic
   const { store, ipams } = setup(t, ['h1', 'h2', 'h3', 'h4']);
   await ipams[0]!.createPool({ name: 'p', cidr: '10.8.0.0/20', kind: 'vpc' });
   const all = await Promise.all(
-    ipams.flatMap((ipam, h) => Array.from({ length: 250 }, (_, i) => ipam.allocate({ pool: 'p', handle: `h${h}-c${i}:eth0` }))),
+    ipams.flatMap((ipam, h) =>
+      Array.from({ length: 250 }, (_, i) => ipam.allocate({ pool: 'p', handle: `h${h}-c${i}:eth0` })),
+    ),
   );
   const ips = all.map((a) => a.ip);
   t.equal(new Set(ips).size, 1000, '1000 distinct addresses');
@@ -37,14 +45,19 @@ t.test('concurrent allocation from several hosts never hands out an address twic
   const owners = new Map<string, string>();
   for (const b of blocks) for (const a of Object.values(b.allocations)) owners.set(a.h, b.affinity ?? '');
   t.equal(owners.size, 1000);
-  t.ok(blocks.every((b) => b.affinity !== null), 'every block has a host');
+  t.ok(
+    blocks.every((b) => b.affinity !== null),
+    'every block has a host',
+  );
   await Promise.all(all.map((a, i) => ipams[Math.floor(i / 250)]!.releaseHandle(a.handle)));
   t.same((await store.list(ipamKeys.allBlocks())).kvs, [], 'releasing all leaves no block');
   t.same((await store.list(ipamKeys.allHandles())).kvs, [], 'and no handle');
 });
 
 t.test('when the pool has no free block, hosts borrow from others unless strict', async (t) => {
-  const { ipams: [h1, h2] } = setup(t, ['h1', 'h2']);
+  const {
+    ipams: [h1, h2],
+  } = setup(t, ['h1', 'h2']);
   await h1!.createPool({ name: 'tiny', cidr: '10.9.0.0/27', kind: 'vpc', blockPrefix: 28 }); // 2 blocks of 16
   await h1!.allocate({ pool: 'tiny', handle: 'a' });
   await h2!.allocate({ pool: 'tiny', handle: 'b' });
@@ -52,15 +65,25 @@ t.test('when the pool has no free block, hosts borrow from others unless strict'
   const got: Array<{ ip: string; block: string }> = [];
   for (let i = 0; i < 20; i++) got.push(await h2!.allocate({ pool: 'tiny', handle: `x${i}` }));
   t.equal(new Set(got.map((g) => g.ip)).size, 20);
-  t.ok(got.some((g) => g.block !== got[0]!.block), 'some came from the other host\'s block');
+  t.ok(
+    got.some((g) => g.block !== got[0]!.block),
+    "some came from the other host's block",
+  );
   await h1!.createPool({ name: 'strict', cidr: '10.9.1.0/28', kind: 'vpc', strictAffinity: true });
   const s1 = await h1!.allocate({ pool: 'strict', handle: 's1' });
   t.ok(s1.ip);
-  await t.rejects(h2!.allocate({ pool: 'strict', handle: 's2' }), { code: ErrorCodes.POOL_EXHAUSTED }, 'strict: no borrowing');
+  await t.rejects(
+    h2!.allocate({ pool: 'strict', handle: 's2' }),
+    { code: ErrorCodes.POOL_EXHAUSTED },
+    'strict: no borrowing',
+  );
 });
 
 t.test('exhaustion is a clear error that writes nothing', async (t) => {
-  const { store, ipams: [ipam] } = setup(t);
+  const {
+    store,
+    ipams: [ipam],
+  } = setup(t);
   await ipam!.createPool({ name: 'x', cidr: '10.7.0.0/29', kind: 'vpc' }); // 8 - 5 reserved = 3
   for (let i = 0; i < 3; i++) await ipam!.allocate({ pool: 'x', handle: `h${i}` });
   const before = (await store.list('/netd/')).kvs.length;
@@ -71,28 +94,45 @@ t.test('exhaustion is a clear error that writes nothing', async (t) => {
 });
 
 t.test('static and sticky addresses', async (t) => {
-  const { ipams: [h1, h2] } = setup(t, ['h1', 'h2']);
+  const {
+    ipams: [h1, h2],
+  } = setup(t, ['h1', 'h2']);
   await h1!.createPool({ name: 'p', cidr: '10.3.0.0/24', kind: 'vpc' });
   const s = await h1!.allocate({ pool: 'p', handle: 'web:eth1', ip: '10.3.0.200' });
   t.equal(s.ip, '10.3.0.200');
   await t.rejects(h2!.allocate({ pool: 'p', handle: 'other', ip: '10.3.0.200' }), { code: ErrorCodes.ADDRESS_IN_USE });
   await t.rejects(h2!.allocate({ pool: 'p', handle: 'other', ip: '10.4.0.1' }), { code: ErrorCodes.INVALID_INPUT });
-  await t.rejects(h2!.allocate({ pool: 'p', handle: 'other', ip: '10.3.0.1' }), { code: ErrorCodes.ADDRESS_IN_USE }, 'gateway');
+  await t.rejects(
+    h2!.allocate({ pool: 'p', handle: 'other', ip: '10.3.0.1' }),
+    { code: ErrorCodes.ADDRESS_IN_USE },
+    'gateway',
+  );
   // Sticky: the named workload keeps its address across a restart on another host.
   const first = await h1!.allocate({ pool: 'p', handle: 'db-1:eth1', sticky: 'db-0' });
   await h1!.releaseHandle('db-1:eth1');
-  const meanwhile = await Promise.all(Array.from({ length: 30 }, (_, i) => h2!.allocate({ pool: 'p', handle: `n${i}` })));
-  t.notOk(meanwhile.some((m) => m.ip === first.ip), 'nobody else gets the sticky address while it waits');
+  const meanwhile = await Promise.all(
+    Array.from({ length: 30 }, (_, i) => h2!.allocate({ pool: 'p', handle: `n${i}` })),
+  );
+  t.notOk(
+    meanwhile.some((m) => m.ip === first.ip),
+    'nobody else gets the sticky address while it waits',
+  );
   const back = await h2!.allocate({ pool: 'p', handle: 'db-2:eth1', sticky: 'db-0' });
   t.equal(back.ip, first.ip, 'same address after restart, on another host');
   await h2!.releaseHandle('db-2:eth1');
   await h2!.releaseSticky('p', 'db-0');
   const blocks = await h1!.blocks('p');
-  t.notOk(blocks.some((b) => Object.values(b.allocations).some((a) => a.h === 'sticky:db-0')), 'unpinned');
+  t.notOk(
+    blocks.some((b) => Object.values(b.allocations).some((a) => a.h === 'sticky:db-0')),
+    'unpinned',
+  );
 });
 
 t.test('a stale release cannot free a re-allocated address', async (t) => {
-  const { store, ipams: [ipam] } = setup(t);
+  const {
+    store,
+    ipams: [ipam],
+  } = setup(t);
   await ipam!.createPool({ name: 'p', cidr: '10.5.0.0/24', kind: 'vpc' });
   const old = await ipam!.allocate({ pool: 'p', handle: 'old', owner: { containerId: 'c', ifname: 'e' } });
   const [oldRec] = await ipam!.getHandle('old');
@@ -104,40 +144,68 @@ t.test('a stale release cannot free a re-allocated address', async (t) => {
   const current = await store.get(ipamKeys.handleInPool('old', 'p'));
   t.notOk(await ipam!.releaseRecord(oldRec!, current!.modRevision), 'refused by sequence number');
   t.notOk(await ipam!.releaseRecord(oldRec!, 2n), 'refused by handle revision');
-  t.same((await ipam!.getHandle('old')).map((h) => h.ip), [old.ip], 'still held by the new allocation');
+  t.same(
+    (await ipam!.getHandle('old')).map((h) => h.ip),
+    [old.ip],
+    'still held by the new allocation',
+  );
 });
 
-t.test('GC releases attachments the runtime no longer lists; the sweeper releases gone owners after grace', async (t) => {
-  const { ipams: [h1, h2] } = setup(t, ['h1', 'h2']);
-  await h1!.createPool({ name: 'p', cidr: '10.6.0.0/24', kind: 'vpc' });
-  await h1!.allocate({ pool: 'p', handle: 'a:eth0', owner: { containerId: 'a', ifname: 'eth0' } });
-  await h1!.allocate({ pool: 'p', handle: 'b:eth0', owner: { containerId: 'b', ifname: 'eth0' } });
-  await h2!.allocate({ pool: 'p', handle: 'c:eth0', owner: { containerId: 'c', ifname: 'eth0' } });
-  t.same(await h1!.gcAttachments('p', [{ containerId: 'a', ifname: 'eth0' }]), ['b:eth0'], 'only h1\'s unlisted attachment');
-  t.equal((await h2!.getHandle('c:eth0')).length, 1, "another host's handle is not h1's to collect");
+t.test(
+  'GC releases attachments the runtime no longer lists; the sweeper releases gone owners after grace',
+  async (t) => {
+    const {
+      ipams: [h1, h2],
+    } = setup(t, ['h1', 'h2']);
+    await h1!.createPool({ name: 'p', cidr: '10.6.0.0/24', kind: 'vpc' });
+    await h1!.allocate({ pool: 'p', handle: 'a:eth0', owner: { containerId: 'a', ifname: 'eth0' } });
+    await h1!.allocate({ pool: 'p', handle: 'b:eth0', owner: { containerId: 'b', ifname: 'eth0' } });
+    await h2!.allocate({ pool: 'p', handle: 'c:eth0', owner: { containerId: 'c', ifname: 'eth0' } });
+    t.same(
+      await h1!.gcAttachments('p', [{ containerId: 'a', ifname: 'eth0' }]),
+      ['b:eth0'],
+      "only h1's unlisted attachment",
+    );
+    t.equal((await h2!.getHandle('c:eth0')).length, 1, "another host's handle is not h1's to collect");
 
-  // h2 dies: after the grace period its addresses are released by a live host.
-  const check = { hostAlive: (h: string) => h !== 'h2', netnsExists: () => true };
-  let now = 1_000_000;
-  const clocked = new Ipam({ store: (h1 as unknown as { store: MemoryStore }).store, host: 'h1', now: () => new Date(now) });
-  let pass = await clocked.sweep(check, new Map(), 30_000);
-  t.same(pass.released, [], 'first sighting: only suspected');
-  now += 10_000;
-  pass = await clocked.sweep(check, pass.suspects, 30_000);
-  t.same(pass.released, [], 'within grace');
-  now += 25_000;
-  pass = await clocked.sweep(check, pass.suspects, 30_000);
-  t.same(pass.released.map((r) => r.handle), ['c:eth0'], 'after grace');
-  t.equal((await h1!.getHandle('a:eth0')).length, 1, 'live owners keep theirs');
-});
+    // h2 dies: after the grace period its addresses are released by a live host.
+    const check = { hostAlive: (h: string) => h !== 'h2', netnsExists: () => true };
+    let now = 1_000_000;
+    const clocked = new Ipam({
+      store: (h1 as unknown as { store: MemoryStore }).store,
+      host: 'h1',
+      now: () => new Date(now),
+    });
+    let pass = await clocked.sweep(check, new Map(), 30_000);
+    t.same(pass.released, [], 'first sighting: only suspected');
+    now += 10_000;
+    pass = await clocked.sweep(check, pass.suspects, 30_000);
+    t.same(pass.released, [], 'within grace');
+    now += 25_000;
+    pass = await clocked.sweep(check, pass.suspects, 30_000);
+    t.same(
+      pass.released.map((r) => r.handle),
+      ['c:eth0'],
+      'after grace',
+    );
+    t.equal((await h1!.getHandle('a:eth0')).length, 1, 'live owners keep theirs');
+  },
+);
 
 t.test("alsoWrite: the caller's record is written in the allocation's own transaction", async (t) => {
-  const { store, ipams: [ipam] } = setup(t);
+  const {
+    store,
+    ipams: [ipam],
+  } = setup(t);
   await ipam!.createPool({ name: 'vpc1', cidr: '10.1.0.0/24', kind: 'vpc' });
   const before = await store.currentRevision();
   const record = (key: string) => (a: { ip: string }) => ({ key, value: JSON.stringify({ ip: a.ip }) });
   // Concurrent requests coalesce: every record rides in the same transaction as its address.
-  const many = await Promise.all(Array.from({ length: 30 }, (_, i) => ipam!.allocate({ pool: 'vpc1', handle: `c${i}:eth1`, alsoWrite: record(`/test/ep/c${i}`) })));
+  const many = await Promise.all(
+    Array.from({ length: 30 }, (_, i) =>
+      ipam!.allocate({ pool: 'vpc1', handle: `c${i}:eth1`, alsoWrite: record(`/test/ep/c${i}`) }),
+    ),
+  );
   for (const [i, a] of many.entries()) {
     t.equal(a.wroteAlso, true);
     const kv = await store.get(`/test/ep/c${i}`);
@@ -153,7 +221,12 @@ t.test("alsoWrite: the caller's record is written in the allocation's own transa
   t.notOk(again.wroteAlso);
   t.equal(await store.get('/test/ep/c0'), undefined);
   // A static address takes the record along too.
-  const fixed = await ipam!.allocate({ pool: 'vpc1', handle: 'static:eth1', ip: '10.1.0.200', alsoWrite: record('/test/ep/static') });
+  const fixed = await ipam!.allocate({
+    pool: 'vpc1',
+    handle: 'static:eth1',
+    ip: '10.1.0.200',
+    alsoWrite: record('/test/ep/static'),
+  });
   t.equal(fixed.wroteAlso, true);
   t.same(JSON.parse((await store.get('/test/ep/static'))!.value), { ip: '10.1.0.200' });
 });

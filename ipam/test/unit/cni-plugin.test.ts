@@ -6,7 +6,11 @@ import { parseCniRequest, toCniError, CniErrorCodes } from '../../../core/cni.js
 import { contains, parseCidr, parseIp } from '../../../core/cidr.js';
 
 /** Runs the plugin logic on a MemoryStore the way netd-ipam runs it on etcd. */
-async function invoke(store: MemoryStore, env: Record<string, string>, config: object): Promise<{ out?: unknown; error?: { code: number; msg: string } }> {
+async function invoke(
+  store: MemoryStore,
+  env: Record<string, string>,
+  config: object,
+): Promise<{ out?: unknown; error?: { code: number; msg: string } }> {
   try {
     const req = parseCniRequest(env, JSON.stringify(config));
     const noClose = Object.assign(Object.create(store) as MemoryStore, { close: async () => undefined });
@@ -20,17 +24,33 @@ const conf = (extra: object = {}, version = '1.0.0') => ({
   cniVersion: version,
   name: 'n1',
   type: 'bridge',
-  ipam: { type: 'netd-ipam', pool: 'p', host: 'h1', etcdEndpoints: ['http://127.0.0.1:1'], routes: [{ dst: '0.0.0.0/0' }] },
+  ipam: {
+    type: 'netd-ipam',
+    pool: 'p',
+    host: 'h1',
+    etcdEndpoints: ['http://127.0.0.1:1'],
+    routes: [{ dst: '0.0.0.0/0' }],
+  },
   ...extra,
 });
-const add = (id: string, extra: Record<string, string> = {}) => ({ CNI_COMMAND: 'ADD', CNI_CONTAINERID: id, CNI_IFNAME: 'eth1', CNI_NETNS: `/run/netns/${id}`, ...extra });
+const add = (id: string, extra: Record<string, string> = {}) => ({
+  CNI_COMMAND: 'ADD',
+  CNI_CONTAINERID: id,
+  CNI_IFNAME: 'eth1',
+  CNI_NETNS: `/run/netns/${id}`,
+  ...extra,
+});
 
 t.test('ADD returns a spec result; static addresses from the ips capability and CNI_ARGS; sticky names', async (t) => {
   const store = new MemoryStore();
   t.teardown(() => store.close());
   await new Ipam({ store, host: 'admin' }).createPool({ name: 'p', cidr: '10.40.0.0/24', kind: 'vpc' });
   const r = await invoke(store, add('c1'), conf());
-  t.match(r.out, { cniVersion: '1.0.0', ips: [{ address: /^10\.40\.0\.\d+\/24$/, gateway: '10.40.0.1' }], routes: [{ dst: '0.0.0.0/0' }] });
+  t.match(r.out, {
+    cniVersion: '1.0.0',
+    ips: [{ address: /^10\.40\.0\.\d+\/24$/, gateway: '10.40.0.1' }],
+    routes: [{ dst: '0.0.0.0/0' }],
+  });
   const legacy = await invoke(store, add('c0'), conf({}, '0.3.1'));
   t.match(legacy.out, { ips: [{ version: '4' }] }, '0.3.x results carry the IP version');
   const cap = await invoke(store, add('c2'), conf({ runtimeConfig: { ips: ['10.40.0.77/24'] } }));
@@ -42,7 +62,11 @@ t.test('ADD returns a spec result; static addresses from the ips capability and 
   const sticky1 = await invoke(store, add('db-a', { CNI_ARGS: 'NETD_STICKY=db-0' }), conf());
   await invoke(store, { ...add('db-a'), CNI_COMMAND: 'DEL' }, conf());
   const sticky2 = await invoke(store, add('db-b', { CNI_ARGS: 'NETD_STICKY=db-0' }), conf());
-  t.same((sticky2.out as { ips: unknown[] }).ips, (sticky1.out as { ips: unknown[] }).ips, 'sticky name keeps its address');
+  t.same(
+    (sticky2.out as { ips: unknown[] }).ips,
+    (sticky1.out as { ips: unknown[] }).ips,
+    'sticky name keeps its address',
+  );
 });
 
 t.test('CHECK, DEL, GC and STATUS', async (t) => {
@@ -50,8 +74,16 @@ t.test('CHECK, DEL, GC and STATUS', async (t) => {
   t.teardown(() => store.close());
   await new Ipam({ store, host: 'admin' }).createPool({ name: 'p', cidr: '10.41.0.0/24', kind: 'vpc' });
   const r = await invoke(store, add('c1'), conf());
-  t.equal((await invoke(store, { ...add('c1'), CNI_COMMAND: 'CHECK' }, conf({ prevResult: r.out }))).error, undefined, 'CHECK ok');
-  const wrong = await invoke(store, { ...add('c1'), CNI_COMMAND: 'CHECK' }, conf({ prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.41.0.200/24' }] } }));
+  t.equal(
+    (await invoke(store, { ...add('c1'), CNI_COMMAND: 'CHECK' }, conf({ prevResult: r.out }))).error,
+    undefined,
+    'CHECK ok',
+  );
+  const wrong = await invoke(
+    store,
+    { ...add('c1'), CNI_COMMAND: 'CHECK' },
+    conf({ prevResult: { cniVersion: '1.0.0', ips: [{ address: '10.41.0.200/24' }] } }),
+  );
   t.equal(wrong.error?.code, CniErrorCodes.CONTAINER_UNKNOWN, 'CHECK catches a mismatch');
   t.equal((await invoke(store, { ...add('c1'), CNI_COMMAND: 'DEL' }, conf())).error, undefined);
   t.equal((await invoke(store, { ...add('c1'), CNI_COMMAND: 'DEL' }, conf())).error, undefined, 'DEL twice');
@@ -59,7 +91,11 @@ t.test('CHECK, DEL, GC and STATUS', async (t) => {
   t.equal(missing.error?.code, CniErrorCodes.CONTAINER_UNKNOWN);
   await invoke(store, add('keep'), conf());
   await invoke(store, add('drop'), conf());
-  await invoke(store, { CNI_COMMAND: 'GC' }, conf({ 'cni.dev/valid-attachments': [{ containerID: 'keep', ifname: 'eth1' }] }, '1.1.0'));
+  await invoke(
+    store,
+    { CNI_COMMAND: 'GC' },
+    conf({ 'cni.dev/valid-attachments': [{ containerID: 'keep', ifname: 'eth1' }] }, '1.1.0'),
+  );
   const ipam = new Ipam({ store, host: 'h1' });
   t.equal((await ipam.getHandle('keep:eth1')).length, 1);
   t.equal((await ipam.getHandle('drop:eth1')).length, 0, 'GC released the unlisted one');
@@ -88,7 +124,10 @@ t.test('dual-stack: one attachment, an IPv4 and an IPv6 pool', async (t) => {
   const a4 = await ipam.allocate({ pool: 'v4', handle: 'c:eth1' });
   const a6 = await ipam.allocate({ pool: 'v6', handle: 'c:eth1' });
   t.match(a4.cidr, /^10\.43\.0\.\d+\/24$/);
-  t.ok(contains(parseCidr('fd00:43::/64'), parseIp(a6.ip)) && a6.cidr.endsWith('/64'), `${a6.cidr} is in the IPv6 pool`);
+  t.ok(
+    contains(parseCidr('fd00:43::/64'), parseIp(a6.ip)) && a6.cidr.endsWith('/64'),
+    `${a6.cidr} is in the IPv6 pool`,
+  );
   t.equal(a6.gateway, 'fd00:43::1');
   t.equal((await ipam.blocks('v6'))[0]?.cidr.endsWith('/122'), true, 'IPv6 blocks are /122');
   t.equal(await ipam.releaseHandle('c:eth1'), 2, 'both families released by handle');

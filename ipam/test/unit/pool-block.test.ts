@@ -14,7 +14,11 @@ t.test('a pool reserves network, broadcast, gateway and service addresses', asyn
   const v6 = buildPool({ name: 'v6', cidr: 'fd00:1::/64', kind: 'vpc' });
   t.equal(v6.spec.blockPrefix, 122);
   t.equal(v6.spec.gateway, 'fd00:1::1');
-  t.equal(buildPool({ name: 'small', cidr: '10.2.0.0/28', kind: 'external' }).spec.blockPrefix, 28, 'a pool smaller than a block is one block');
+  t.equal(
+    buildPool({ name: 'small', cidr: '10.2.0.0/28', kind: 'external' }).spec.blockPrefix,
+    28,
+    'a pool smaller than a block is one block',
+  );
 });
 
 t.test('bad pools are refused with stable codes', async (t) => {
@@ -27,7 +31,8 @@ t.test('bad pools are refused with stable codes', async (t) => {
     { name: 'x', cidr: '10.0.0.0/24', kind: 'vpc', blockPrefix: 31 },
     { name: 'x', cidr: '10.0.0.0/24', kind: 'vpc', blockPrefix: 16 },
   ];
-  for (const spec of bad) t.throws(() => buildPool(spec as never), { code: ErrorCodes.INVALID_INPUT }, JSON.stringify(spec));
+  for (const spec of bad)
+    t.throws(() => buildPool(spec as never), { code: ErrorCodes.INVALID_INPUT }, JSON.stringify(spec));
   const a = buildPool({ name: 'a', cidr: '10.0.0.0/16', kind: 'vpc', routed: true });
   const b = buildPool({ name: 'b', cidr: '10.0.128.0/17', kind: 'vpc', routed: true });
   const c = buildPool({ name: 'c', cidr: '10.0.0.0/16', kind: 'vpc' });
@@ -39,12 +44,22 @@ t.test('blocks hand out the lowest free non-reserved addresses with rising seque
   const pool = buildPool({ name: 'p', cidr: '10.1.0.0/24', kind: 'vpc' });
   const b0 = emptyBlock('10.1.0.0/26', 'p', 'h1', 0);
   const { record, granted } = allocate(b0, ['a', 'b'], pool.reservedValues);
-  t.same(granted.map((g) => [g.handle, formatIp(g.ip), g.seq]), [['a', '10.1.0.4', 1], ['b', '10.1.0.5', 2]]);
+  t.same(
+    granted.map((g) => [g.handle, formatIp(g.ip), g.seq]),
+    [
+      ['a', '10.1.0.4', 1],
+      ['b', '10.1.0.5', 2],
+    ],
+  );
   t.equal(allocatedCount(record), 2);
   t.equal(allocatedCount(b0), 0, 'the input record is not mutated');
   t.equal(freeOffsets(record, pool.reservedValues).length, 64 - 4 - 2);
   // Fill up: only 58 fit.
-  const big = allocate(record, Array.from({ length: 100 }, (_, i) => `h${i}`), pool.reservedValues);
+  const big = allocate(
+    record,
+    Array.from({ length: 100 }, (_, i) => `h${i}`),
+    pool.reservedValues,
+  );
   t.equal(big.granted.length, 58);
   t.same(freeOffsets(big.record, pool.reservedValues), []);
 });
@@ -67,7 +82,17 @@ t.test('static addresses', async (t) => {
   const b = emptyBlock('10.1.0.0/26', 'p', 'h1', 0);
   const one = allocateAt(b, parseIp('10.1.0.10'), 'x', pool.reservedValues);
   t.equal(one.granted.seq, 1);
-  t.equal(allocateAt(one.record, parseIp('10.1.0.10'), 'x', pool.reservedValues).granted.seq, 1, 'same handle again: same grant');
-  t.throws(() => allocateAt(one.record, parseIp('10.1.0.10'), 'y', pool.reservedValues), { code: ErrorCodes.ADDRESS_IN_USE });
-  t.throws(() => allocateAt(b, parseIp('10.1.0.1'), 'y', pool.reservedValues), { code: ErrorCodes.ADDRESS_IN_USE }, 'gateway');
+  t.equal(
+    allocateAt(one.record, parseIp('10.1.0.10'), 'x', pool.reservedValues).granted.seq,
+    1,
+    'same handle again: same grant',
+  );
+  t.throws(() => allocateAt(one.record, parseIp('10.1.0.10'), 'y', pool.reservedValues), {
+    code: ErrorCodes.ADDRESS_IN_USE,
+  });
+  t.throws(
+    () => allocateAt(b, parseIp('10.1.0.1'), 'y', pool.reservedValues),
+    { code: ErrorCodes.ADDRESS_IN_USE },
+    'gateway',
+  );
 });

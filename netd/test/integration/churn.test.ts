@@ -19,7 +19,10 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
     const cni = d.cni!;
     const store = new EtcdStore({ endpoints: d.etcd.endpoints });
     t.teardown(() => store.close());
-    await store.put(netdKeys.vpc('a'), JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.51.0.0/16', vni: 51 }));
+    await store.put(
+      netdKeys.vpc('a'),
+      JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.51.0.0/16', vni: 51 }),
+    );
     await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.51.0.0/16', kind: 'vpc' });
     const h1 = s.cluster.host('h1');
     const ip = new IpClient(s.runner);
@@ -33,7 +36,13 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
         argv: [join(cni.binDir, 'netd')],
         stdin: conf,
         netns: { name: h1.netns },
-        env: { CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_NETNS: `/run/netns/${netns}`, CNI_IFNAME: 'eth1', CNI_PATH: cni.binDir },
+        env: {
+          CNI_COMMAND: command,
+          CNI_CONTAINERID: id,
+          CNI_NETNS: `/run/netns/${netns}`,
+          CNI_IFNAME: 'eth1',
+          CNI_PATH: cni.binDir,
+        },
         timeoutMs: 60_000,
       });
     let next = 0;
@@ -56,19 +65,38 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
       }),
     );
     const seconds = (Date.now() - started) / 1000;
-    t.comment(`${CYCLES} cycles in ${seconds.toFixed(1)} s (${((CYCLES * 2) / seconds).toFixed(0)} CNI calls/s, ${IN_FLIGHT} in flight)`);
-    t.equal(failures, 0, `every ADD and DEL succeeded${reasons.length ? `; first failures: ${reasons.join(' || ')}` : ''}`);
+    t.comment(
+      `${CYCLES} cycles in ${seconds.toFixed(1)} s (${((CYCLES * 2) / seconds).toFixed(0)} CNI calls/s, ${IN_FLIGHT} in flight)`,
+    );
+    t.equal(
+      failures,
+      0,
+      `every ADD and DEL succeeded${reasons.length ? `; first failures: ${reasons.join(' || ')}` : ''}`,
+    );
     // The daemon counted every call it served (its /metrics, on its API socket).
     const metrics = await new NetdApiClient(h1.daemons.netdApi!).text('/metrics');
-    const served = (verb: string) => Number(new RegExp(`netd_cni_request_duration_seconds_count\\{verb="${verb}",result="ok"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
-    t.ok(served('ADD') >= CYCLES && served('DEL') >= CYCLES, `/metrics counted ${served('ADD')} ADDs and ${served('DEL')} DELs`);
+    const served = (verb: string) =>
+      Number(
+        new RegExp(`netd_cni_request_duration_seconds_count\\{verb="${verb}",result="ok"\\} (\\d+)`).exec(
+          metrics,
+        )?.[1] ?? 0,
+      );
+    t.ok(
+      served('ADD') >= CYCLES && served('DEL') >= CYCLES,
+      `/metrics counted ${served('ADD')} ADDs and ${served('DEL')} DELs`,
+    );
     // (The view follows etcd: the last DEL's watch event may still be on its way.)
     const api = new NetdApiClient(h1.daemons.netdApi!);
-    t.ok(await eventually(async () => /netd_endpoints\{kind="vpc"\} 0\n/.test(await api.text('/metrics')), 5_000), '/metrics: no endpoint left on the host');
+    t.ok(
+      await eventually(async () => /netd_endpoints\{kind="vpc"\} 0\n/.test(await api.text('/metrics')), 5_000),
+      '/metrics: no endpoint left on the host',
+    );
     t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record');
     t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address handle');
     t.same((await store.list('/netd/v1/ipam/blocks/a/')).kvs, [], 'no block left claimed');
-    const links = (await new IpClient(s.runner, { name: h1.netns }).links()).map((l) => l.ifname).filter((n) => /^n[ieq]/.test(n));
+    const links = (await new IpClient(s.runner, { name: h1.netns }).links())
+      .map((l) => l.ifname)
+      .filter((n) => /^n[ieq]/.test(n));
     t.same(links, [], 'no container port or ifb left on the host');
     for (const slot of slots) {
       const inside = (await new IpClient(s.runner, { name: slot }).links()).map((l) => l.ifname);

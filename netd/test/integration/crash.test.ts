@@ -17,92 +17,125 @@ import { startNetd, waitReady, eventually } from '../netd-hosts.js';
 const ADDS = 200;
 const IN_FLIGHT = 16;
 
-t.test('SIGKILL netd during a burst of 200 ADDs: after restart every container is fully wired or fully absent, no address leaked', async (t) => {
-  if (!requireRoot(t)) return;
-  await withCluster({ hosts: 1, with: ['netd'] }, async (s) => {
-    const d = s.cluster.description;
-    const cni = d.cni!;
-    const store = new EtcdStore({ endpoints: d.etcd.endpoints });
-    t.teardown(() => store.close());
-    await store.put(netdKeys.vpc('a'), JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.50.0.0/16', vni: 50 }));
-    await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.50.0.0/16', kind: 'vpc' });
-    const h1 = s.cluster.host('h1');
-    const ip = new IpClient(s.runner);
-    const names = Array.from({ length: ADDS }, (_, i) => `tn-${d.prefix}-k${i}`);
-    await ip.addNetns(names);
-    t.teardown(() => ip.deleteNetns(names));
-    const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'vpc-a', type: 'netd', vpc: 'a' });
-    const call = (command: string, i: number) =>
-      s.runner
-        .run({
-          argv: [join(cni.binDir, 'netd')],
-          stdin: conf,
-          netns: { name: h1.netns },
-          env: { CNI_COMMAND: command, CNI_CONTAINERID: `k${i}`, CNI_NETNS: `/run/netns/${names[i]}`, CNI_IFNAME: 'eth1', CNI_PATH: cni.binDir },
-          timeoutMs: 60_000,
-        })
-        .then(() => true, () => false);
+t.test(
+  'SIGKILL netd during a burst of 200 ADDs: after restart every container is fully wired or fully absent, no address leaked',
+  async (t) => {
+    if (!requireRoot(t)) return;
+    await withCluster({ hosts: 1, with: ['netd'] }, async (s) => {
+      const d = s.cluster.description;
+      const cni = d.cni!;
+      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      t.teardown(() => store.close());
+      await store.put(
+        netdKeys.vpc('a'),
+        JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.50.0.0/16', vni: 50 }),
+      );
+      await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.50.0.0/16', kind: 'vpc' });
+      const h1 = s.cluster.host('h1');
+      const ip = new IpClient(s.runner);
+      const names = Array.from({ length: ADDS }, (_, i) => `tn-${d.prefix}-k${i}`);
+      await ip.addNetns(names);
+      t.teardown(() => ip.deleteNetns(names));
+      const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'vpc-a', type: 'netd', vpc: 'a' });
+      const call = (command: string, i: number) =>
+        s.runner
+          .run({
+            argv: [join(cni.binDir, 'netd')],
+            stdin: conf,
+            netns: { name: h1.netns },
+            env: {
+              CNI_COMMAND: command,
+              CNI_CONTAINERID: `k${i}`,
+              CNI_NETNS: `/run/netns/${names[i]}`,
+              CNI_IFNAME: 'eth1',
+              CNI_PATH: cni.binDir,
+            },
+            timeoutMs: 60_000,
+          })
+          .then(
+            () => true,
+            () => false,
+          );
 
-    // The burst, with netd SIGKILLed in the middle of it.
-    const daemon = readState(d.prefix)!.daemons!.find((x) => x.host === 'h1')!;
-    let next = 0;
-    let succeeded = 0;
-    const answered = new Set<string>();
-    const burst = Promise.all(
-      Array.from({ length: IN_FLIGHT }, async () => {
-        for (;;) {
-          const i = next++;
-          if (i >= ADDS) return;
-          if (await call('ADD', i)) {
-            succeeded++;
-            answered.add(`k${i}:eth1`);
+      // The burst, with netd SIGKILLed in the middle of it.
+      const daemon = readState(d.prefix)!.daemons!.find((x) => x.host === 'h1')!;
+      let next = 0;
+      let succeeded = 0;
+      const answered = new Set<string>();
+      const burst = Promise.all(
+        Array.from({ length: IN_FLIGHT }, async () => {
+          for (;;) {
+            const i = next++;
+            if (i >= ADDS) return;
+            if (await call('ADD', i)) {
+              succeeded++;
+              answered.add(`k${i}:eth1`);
+            }
           }
-        }
-      }),
-    );
-    await eventually(async () => succeeded >= 40, 30_000, 20);
-    killDaemon(daemon, 'SIGKILL');
-    await burst;
-    t.ok(succeeded >= 40 && succeeded < ADDS, `the kill interrupted the burst (${succeeded} of ${ADDS} ADDs answered)`);
-    t.notOk(isRunning(daemon), 'netd is dead');
+        }),
+      );
+      await eventually(async () => succeeded >= 40, 30_000, 20);
+      killDaemon(daemon, 'SIGKILL');
+      await burst;
+      t.ok(
+        succeeded >= 40 && succeeded < ADDS,
+        `the kill interrupted the burst (${succeeded} of ${ADDS} ADDs answered)`,
+      );
+      t.notOk(isRunning(daemon), 'netd is dead');
 
-    // Restart netd on h1 (the same arguments as test-netns uses) and let it settle.
-    const dir = join(d.stateDir, 'logs');
-    const restarted = startNetd(s, 'h1', { dir, socketDir: cni.socketDir, leaseTtl: 5, externalPool: cni.externalPool });
-    t.teardown(() => killDaemon(restarted.handle, 'SIGTERM'));
-    t.ok(await waitReady(restarted), 'netd restarted');
+      // Restart netd on h1 (the same arguments as test-netns uses) and let it settle.
+      const dir = join(d.stateDir, 'logs');
+      const restarted = startNetd(s, 'h1', {
+        dir,
+        socketDir: cni.socketDir,
+        leaseTtl: 5,
+        externalPool: cni.externalPool,
+      });
+      t.teardown(() => killDaemon(restarted.handle, 'SIGTERM'));
+      t.ok(await waitReady(restarted), 'netd restarted');
 
-    const records = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
-    const handles = (await new Ipam({ store, host: 'h1' }).handles({ host: 'h1' })).map((h) => h.record.handle);
-    t.same(handles.sort(), records.map((r) => r.id).sort(), 'every address has an endpoint record, and every record an address');
-    const hostLinks = new Set((await new IpClient(s.runner, { name: h1.netns }).links()).map((l) => l.ifname));
-    let wired = 0;
-    let absent = 0;
-    const broken: string[] = [];
-    for (let i = 0; i < ADDS; i++) {
-      const id = `k${i}:eth1`;
-      const record = records.find((r) => r.id === id);
-      const inside = (await new IpClient(s.runner, { name: names[i]! }).links()).filter((l) => l.ifname !== 'lo');
-      const port = hostLinks.has(linkNames.internalPort(id));
-      if (record) {
-        const addrs = await new IpClient(s.runner, { name: names[i]! }).addresses('eth1').catch(() => []);
-        if (port && addrs.some((a) => a.addr_info.some((x) => x.local === record.ip))) wired++;
-        else broken.push(`${id}: record without complete wiring`);
-      } else if (!port && inside.length === 0) absent++;
-      else broken.push(`${id}: no record but ${port ? 'a host port' : ''} ${inside.map((l) => l.ifname).join(',')}`);
-    }
-    t.same(broken, [], 'nothing half-wired');
-    t.equal(wired + absent, ADDS);
-    t.comment(`after restart: ${wired} fully wired, ${absent} fully absent`);
-    const lost = [...answered].filter((id) => !records.some((r) => r.id === id));
-    if (lost.length) t.comment(readFileSync(restarted.log, 'utf8').split('\n').filter((l) => l.includes('settled')).join('\n'));
-    t.same(lost, [], 'every ADD that was answered is still wired');
+      const records = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+      const handles = (await new Ipam({ store, host: 'h1' }).handles({ host: 'h1' })).map((h) => h.record.handle);
+      t.same(
+        handles.sort(),
+        records.map((r) => r.id).sort(),
+        'every address has an endpoint record, and every record an address',
+      );
+      const hostLinks = new Set((await new IpClient(s.runner, { name: h1.netns }).links()).map((l) => l.ifname));
+      let wired = 0;
+      let absent = 0;
+      const broken: string[] = [];
+      for (let i = 0; i < ADDS; i++) {
+        const id = `k${i}:eth1`;
+        const record = records.find((r) => r.id === id);
+        const inside = (await new IpClient(s.runner, { name: names[i]! }).links()).filter((l) => l.ifname !== 'lo');
+        const port = hostLinks.has(linkNames.internalPort(id));
+        if (record) {
+          const addrs = await new IpClient(s.runner, { name: names[i]! }).addresses('eth1').catch(() => []);
+          if (port && addrs.some((a) => a.addr_info.some((x) => x.local === record.ip))) wired++;
+          else broken.push(`${id}: record without complete wiring`);
+        } else if (!port && inside.length === 0) absent++;
+        else broken.push(`${id}: no record but ${port ? 'a host port' : ''} ${inside.map((l) => l.ifname).join(',')}`);
+      }
+      t.same(broken, [], 'nothing half-wired');
+      t.equal(wired + absent, ADDS);
+      t.comment(`after restart: ${wired} fully wired, ${absent} fully absent`);
+      const lost = [...answered].filter((id) => !records.some((r) => r.id === id));
+      if (lost.length)
+        t.comment(
+          readFileSync(restarted.log, 'utf8')
+            .split('\n')
+            .filter((l) => l.includes('settled'))
+            .join('\n'),
+        );
+      t.same(lost, [], 'every ADD that was answered is still wired');
 
-    // DEL everything (the runtime's cleanup), then nothing is left.
-    for (let i = 0; i < ADDS; i++) await call('DEL', i);
-    t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record');
-    t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address');
-    await sleep(200);
-    await store.deletePrefix(netdKeys.vpcs());
-  });
-});
+      // DEL everything (the runtime's cleanup), then nothing is left.
+      for (let i = 0; i < ADDS; i++) await call('DEL', i);
+      t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record');
+      t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address');
+      await sleep(200);
+      await store.deletePrefix(netdKeys.vpcs());
+    });
+  },
+);

@@ -13,73 +13,94 @@ import { netdKeys } from '../../keys.js';
 import type { EndpointRecord } from '../../model.js';
 import { startNetdEverywhere, stopNetd, eventually } from '../netd-hosts.js';
 
-t.test('podman containers on two hosts talk inside their VPC and not across VPCs; podman rm leaves nothing', async (t) => {
-  if (!requireRoot(t)) return;
-  const dir = mkdtempSync(join(tmpdir(), 'netd-podman-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const socketDir = join(dir, 'sock');
-  const bin = join(dir, 'bin');
-  installNetdPlugin(bin, socketDir);
-  await withCluster({ hosts: 2 }, async (s) => {
-    const d = s.cluster.description;
-    const store = new EtcdStore({ endpoints: d.etcd.endpoints });
-    t.teardown(() => store.close());
-    const ipam = new Ipam({ store, host: 'admin' });
-    for (const [name, tenant, vni] of [['a', 't1', 700], ['b', 't2', 701]] as const) {
-      await store.put(netdKeys.vpc(name), JSON.stringify({ name, tenant, mode: 'vxlan', cidr: '10.70.0.0/24', vni }));
-      await ipam.createPool({ name, cidr: '10.70.0.0/24', kind: 'vpc' });
-    }
-    await ipam.createPool({ name: 'ext', cidr: '100.64.0.0/24', kind: 'external' });
-    const daemons = await startNetdEverywhere(s, { dir, socketDir, externalPool: 'ext' });
-    t.teardown(() => stopNetd(daemons));
-    const podman = await Podman.create(s.runner, { pluginDir: bin });
-    t.teardown(() => podman.cleanup());
-    podman.addNetwork({ name: 'vpc-a', plugins: [{ type: 'netd', vpc: 'a' }] });
-    podman.addNetwork({ name: 'vpc-b', plugins: [{ type: 'netd', vpc: 'b' }] });
-    podman.addNetwork({ name: 'external', plugins: [{ type: 'netd', external: true }] });
+t.test(
+  'podman containers on two hosts talk inside their VPC and not across VPCs; podman rm leaves nothing',
+  async (t) => {
+    if (!requireRoot(t)) return;
+    const dir = mkdtempSync(join(tmpdir(), 'netd-podman-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const socketDir = join(dir, 'sock');
+    const bin = join(dir, 'bin');
+    installNetdPlugin(bin, socketDir);
+    await withCluster({ hosts: 2 }, async (s) => {
+      const d = s.cluster.description;
+      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      t.teardown(() => store.close());
+      const ipam = new Ipam({ store, host: 'admin' });
+      for (const [name, tenant, vni] of [
+        ['a', 't1', 700],
+        ['b', 't2', 701],
+      ] as const) {
+        await store.put(netdKeys.vpc(name), JSON.stringify({ name, tenant, mode: 'vxlan', cidr: '10.70.0.0/24', vni }));
+        await ipam.createPool({ name, cidr: '10.70.0.0/24', kind: 'vpc' });
+      }
+      await ipam.createPool({ name: 'ext', cidr: '100.64.0.0/24', kind: 'external' });
+      const daemons = await startNetdEverywhere(s, { dir, socketDir, externalPool: 'ext' });
+      t.teardown(() => stopNetd(daemons));
+      const podman = await Podman.create(s.runner, { pluginDir: bin });
+      t.teardown(() => podman.cleanup());
+      podman.addNetwork({ name: 'vpc-a', plugins: [{ type: 'netd', vpc: 'a' }] });
+      podman.addNetwork({ name: 'vpc-b', plugins: [{ type: 'netd', vpc: 'b' }] });
+      podman.addNetwork({ name: 'external', plugins: [{ type: 'netd', external: true }] });
 
-    const h1 = s.cluster.host('h1').netns;
-    const h2 = s.cluster.host('h2').netns;
-    const server = `tn-a2-${uniqueSuffix()}`;
-    t.teardown(() => podman.remove(h2, server).catch(() => undefined));
-    await podman.run(h2, { name: server, networks: ['vpc-a'], detach: true }, ['sleep', '300']);
-    const records = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
-    t.equal(records.length, 1, 'podman run created one endpoint');
-    const target = records[0]!;
-    t.equal(target.host, 'h2');
+      const h1 = s.cluster.host('h1').netns;
+      const h2 = s.cluster.host('h2').netns;
+      const server = `tn-a2-${uniqueSuffix()}`;
+      t.teardown(() => podman.remove(h2, server).catch(() => undefined));
+      await podman.run(h2, { name: server, networks: ['vpc-a'], detach: true }, ['sleep', '300']);
+      const records = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+      t.equal(records.length, 1, 'podman run created one endpoint');
+      const target = records[0]!;
+      t.equal(target.host, 'h2');
 
-    const ping = (network: string) =>
-      podman.run(h1, { networks: [network], rm: true }, ['ping', '-c', '1', '-W', '2', target.ip]).then(
-        () => true,
-        (err: unknown) => (isCommandError(err) ? false : Promise.reject(err)),
-      );
-    t.ok(await eventually(() => ping('vpc-a'), 20_000, 200), `a container on h1 in VPC a pings ${target.ip} on h2`);
-    t.notOk(await ping('vpc-b'), 'a container in VPC b (same CIDR, other tenant) does not');
+      const ping = (network: string) =>
+        podman.run(h1, { networks: [network], rm: true }, ['ping', '-c', '1', '-W', '2', target.ip]).then(
+          () => true,
+          (err: unknown) => (isCommandError(err) ? false : Promise.reject(err)),
+        );
+      t.ok(await eventually(() => ping('vpc-a'), 20_000, 200), `a container on h1 in VPC a pings ${target.ip} on h2`);
+      t.notOk(await ping('vpc-b'), 'a container in VPC b (same CIDR, other tenant) does not');
 
-    // eth0 (external) reaches the outside world; eth1 (the VPC) never does.
-    const outside = d.outside.address;
-    const run = (networks: string[], cmd: string[]) =>
-      podman.run(h1, { networks, rm: true }, cmd).then(
-        () => true,
-        (err: unknown) => (isCommandError(err) ? false : Promise.reject(err)),
-      );
-    t.ok(await run(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', outside]), `eth0 reaches outside (${outside})`);
-    t.notOk(await run(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '1', '-I', 'eth1', outside]), 'eth1 does not');
-    t.notOk(await run(['vpc-a'], ['ping', '-c', '1', '-W', '1', outside]), 'a VPC-only container does not either');
-    t.ok(await run(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', target.ip]), 'with both interfaces, the VPC peer is still reached over eth1');
-
-    await podman.remove(h2, server);
-    t.ok(await eventually(async () => (await store.list(netdKeys.endpoints())).kvs.length === 0, 10_000), 'podman rm: no endpoint record left');
-    t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left (internal or external)');
-    t.same((await store.list('/netd/v1/external/')).kvs, [], 'no external endpoint left');
-    for (const h of [h1, h2]) {
+      // eth0 (external) reaches the outside world; eth1 (the VPC) never does.
+      const outside = d.outside.address;
+      const run = (networks: string[], cmd: string[]) =>
+        podman.run(h1, { networks, rm: true }, cmd).then(
+          () => true,
+          (err: unknown) => (isCommandError(err) ? false : Promise.reject(err)),
+        );
       t.ok(
-        await eventually(async () => !(await s.runner.run({ argv: ['ip', '-o', 'link'], netns: { name: h } })).stdout.match(/: n[bxie][0-9a-f]+[@:]/), 10_000),
-        `${h}: no netd link left`,
+        await run(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', outside]),
+        `eth0 reaches outside (${outside})`,
       );
-    }
-    await stopNetd(daemons);
-    await store.deletePrefix('/netd/v1/');
-    t.same(await s.residue(), []);
-  });
-});
+      t.notOk(await run(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '1', '-I', 'eth1', outside]), 'eth1 does not');
+      t.notOk(await run(['vpc-a'], ['ping', '-c', '1', '-W', '1', outside]), 'a VPC-only container does not either');
+      t.ok(
+        await run(['external', 'vpc-a'], ['ping', '-c', '1', '-W', '2', target.ip]),
+        'with both interfaces, the VPC peer is still reached over eth1',
+      );
+
+      await podman.remove(h2, server);
+      t.ok(
+        await eventually(async () => (await store.list(netdKeys.endpoints())).kvs.length === 0, 10_000),
+        'podman rm: no endpoint record left',
+      );
+      t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left (internal or external)');
+      t.same((await store.list('/netd/v1/external/')).kvs, [], 'no external endpoint left');
+      for (const h of [h1, h2]) {
+        t.ok(
+          await eventually(
+            async () =>
+              !(await s.runner.run({ argv: ['ip', '-o', 'link'], netns: { name: h } })).stdout.match(
+                /: n[bxie][0-9a-f]+[@:]/,
+              ),
+            10_000,
+          ),
+          `${h}: no netd link left`,
+        );
+      }
+      await stopNetd(daemons);
+      await store.deletePrefix('/netd/v1/');
+      t.same(await s.residue(), []);
+    });
+  },
+);

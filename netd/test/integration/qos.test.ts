@@ -18,19 +18,48 @@ interface Interval {
 }
 
 /** iperf3 from `from` to `server` (or the reverse direction with reverse=true), per-second rates. */
-async function iperf(s: ClusterSession, from: string, serverNetns: string, serverIp: string, seconds: number, reverse: boolean, port: number): Promise<{ intervals: Interval[]; received: number }> {
+async function iperf(
+  s: ClusterSession,
+  from: string,
+  serverNetns: string,
+  serverIp: string,
+  seconds: number,
+  reverse: boolean,
+  port: number,
+): Promise<{ intervals: Interval[]; received: number }> {
   const dir = mkdtempSync(join(tmpdir(), 'iperf-'));
-  const server = startDaemon({ argv: ['iperf3', '-s', '-1', '-B', serverIp, '-p', String(port)], netns: { name: serverNetns }, logFile: join(dir, 'server.log') });
+  const server = startDaemon({
+    argv: ['iperf3', '-s', '-1', '-B', serverIp, '-p', String(port)],
+    netns: { name: serverNetns },
+    logFile: join(dir, 'server.log'),
+  });
   try {
     for (let attempt = 0; ; attempt++) {
       try {
         const { stdout } = await s.runner.run({
           // -O 1: the first second (slow start, filling the bucket) is left out of the summary.
-          argv: ['iperf3', '-c', serverIp, '-p', String(port), '-t', String(seconds), '-O', '1', '-i', '1', '-J', ...(reverse ? ['-R'] : [])],
+          argv: [
+            'iperf3',
+            '-c',
+            serverIp,
+            '-p',
+            String(port),
+            '-t',
+            String(seconds),
+            '-O',
+            '1',
+            '-i',
+            '1',
+            '-J',
+            ...(reverse ? ['-R'] : []),
+          ],
           netns: { name: from },
           timeoutMs: (seconds + 20) * 1000,
         });
-        const report = JSON.parse(stdout) as { intervals: Array<{ sum: { bits_per_second: number; omitted: boolean } }>; end: { sum_received: { bits_per_second: number } } };
+        const report = JSON.parse(stdout) as {
+          intervals: Array<{ sum: { bits_per_second: number; omitted: boolean } }>;
+          end: { sum_received: { bits_per_second: number } };
+        };
         return {
           intervals: report.intervals.filter((i) => !i.sum.omitted).map((i) => ({ bps: i.sum.bits_per_second })),
           received: report.end.sum_received.bits_per_second,
@@ -48,62 +77,93 @@ async function iperf(s: ClusterSession, from: string, serverNetns: string, serve
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
-t.test('QoS: 10, 100 and 500 Mbit/s in each direction within 5%, and a change through etcd takes effect on a running flow', async (t) => {
-  if (!requireRoot(t)) return;
-  const dir = mkdtempSync(join(tmpdir(), 'netd-qos-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  await withCluster({ hosts: 1 }, async (s) => {
-    const d = s.cluster.description;
-    const store = new EtcdStore({ endpoints: d.etcd.endpoints });
-    t.teardown(() => store.close());
-    await store.put(netdKeys.vpc('a'), JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.90.0.0/24', vni: 900 }));
-    await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.90.0.0/24', kind: 'vpc' });
-    const h = s.cluster.host('h1');
-    const host: HostRecord = { name: 'h1', underlayIp: h.underlayIp, uplink: h.uplink, underlayMtu: d.underlay.mtu };
-    const deps = { store, ipam: new Ipam({ store, host: 'h1' }), runner: s.runner, host, hostNetns: { name: h.netns } };
-    const limited = await s.containers.add({ host: 'h1', name: 'lim' });
-    const peer = await s.containers.add({ host: 'h1', name: 'peer' });
-    const a = await attachInternal({ containerId: 'lim', ifname: 'eth1', netnsPath: limited.netnsPath, vpc: 'a' }, deps);
-    const b = await attachInternal({ containerId: 'peer', ifname: 'eth1', netnsPath: peer.netnsPath, vpc: 'a' }, deps);
-    // netd starts after the CNI side (outside a daemon nothing claims a port while it is wired).
-    const daemons = await startNetdEverywhere(s, { dir, socketDir: join(dir, 'sock') });
-    t.teardown(() => stopNetd(daemons));
-    t.ok(await eventually(() => s.probe.ping(limited.netns, b.allocation.ip, 500), 20_000), 'the two containers talk');
+t.test(
+  'QoS: 10, 100 and 500 Mbit/s in each direction within 5%, and a change through etcd takes effect on a running flow',
+  async (t) => {
+    if (!requireRoot(t)) return;
+    const dir = mkdtempSync(join(tmpdir(), 'netd-qos-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    await withCluster({ hosts: 1 }, async (s) => {
+      const d = s.cluster.description;
+      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      t.teardown(() => store.close());
+      await store.put(
+        netdKeys.vpc('a'),
+        JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.90.0.0/24', vni: 900 }),
+      );
+      await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.90.0.0/24', kind: 'vpc' });
+      const h = s.cluster.host('h1');
+      const host: HostRecord = { name: 'h1', underlayIp: h.underlayIp, uplink: h.uplink, underlayMtu: d.underlay.mtu };
+      const deps = {
+        store,
+        ipam: new Ipam({ store, host: 'h1' }),
+        runner: s.runner,
+        host,
+        hostNetns: { name: h.netns },
+      };
+      const limited = await s.containers.add({ host: 'h1', name: 'lim' });
+      const peer = await s.containers.add({ host: 'h1', name: 'peer' });
+      const a = await attachInternal(
+        { containerId: 'lim', ifname: 'eth1', netnsPath: limited.netnsPath, vpc: 'a' },
+        deps,
+      );
+      const b = await attachInternal(
+        { containerId: 'peer', ifname: 'eth1', netnsPath: peer.netnsPath, vpc: 'a' },
+        deps,
+      );
+      // netd starts after the CNI side (outside a daemon nothing claims a port while it is wired).
+      const daemons = await startNetdEverywhere(s, { dir, socketDir: join(dir, 'sock') });
+      t.teardown(() => stopNetd(daemons));
+      t.ok(
+        await eventually(() => s.probe.ping(limited.netns, b.allocation.ip, 500), 20_000),
+        'the two containers talk',
+      );
 
-    const setQos = async (mbit: number) => {
-      const key = netdKeys.endpoint('a', a.endpoint.id);
-      const rec = JSON.parse((await store.get(key))!.value) as EndpointRecord;
-      await store.put(key, JSON.stringify({ ...rec, qos: { ingressBps: mbit * 1e6, egressBps: mbit * 1e6 } }));
-      await sleep(300); // the daemon's watch and reconcile
-    };
-    let port = 5201;
-    for (const mbit of [10, 100, 500]) {
-      await setQos(mbit);
-      for (const [direction, reverse] of [['out of the container', false], ['into the container', true]] as const) {
-        const started = Date.now();
-        const measured = (await iperf(s, limited.netns, peer.netns, b.allocation.ip, 3, reverse, port++)).received / 1e6;
-        t.comment(`iperf3 took ${Date.now() - started} ms`);
-        const error = Math.abs(measured - mbit) / mbit;
-        t.ok(error <= 0.05, `${mbit} Mbit/s ${direction}: measured ${measured.toFixed(1)} Mbit/s (${(error * 100).toFixed(1)}% off)`);
+      const setQos = async (mbit: number) => {
+        const key = netdKeys.endpoint('a', a.endpoint.id);
+        const rec = JSON.parse((await store.get(key))!.value) as EndpointRecord;
+        await store.put(key, JSON.stringify({ ...rec, qos: { ingressBps: mbit * 1e6, egressBps: mbit * 1e6 } }));
+        await sleep(300); // the daemon's watch and reconcile
+      };
+      let port = 5201;
+      for (const mbit of [10, 100, 500]) {
+        await setQos(mbit);
+        for (const [direction, reverse] of [
+          ['out of the container', false],
+          ['into the container', true],
+        ] as const) {
+          const started = Date.now();
+          const measured =
+            (await iperf(s, limited.netns, peer.netns, b.allocation.ip, 3, reverse, port++)).received / 1e6;
+          t.comment(`iperf3 took ${Date.now() - started} ms`);
+          const error = Math.abs(measured - mbit) / mbit;
+          t.ok(
+            error <= 0.05,
+            `${mbit} Mbit/s ${direction}: measured ${measured.toFixed(1)} Mbit/s (${(error * 100).toFixed(1)}% off)`,
+          );
+        }
       }
-    }
 
-    // A running flow: 10 Mbit/s, then raised to 100 through etcd (what the API does) mid-flow.
-    // (Raising, not lowering: iperf3's own control connection shares the shaped path, and a sudden
-    // tenfold cut can starve its end-of-test exchange.)
-    await setQos(10);
-    const flow = iperf(s, limited.netns, peer.netns, b.allocation.ip, 7, false, port++);
-    await sleep(3500);
-    await setQos(100);
-    const { intervals } = await flow;
-    t.comment(`per-second rates: ${intervals.map((i) => (i.bps / 1e6).toFixed(1)).join(', ')}`);
-    const before = mean(intervals.slice(0, 1).map((i) => i.bps)) / 1e6;
-    const after = mean(intervals.slice(-2).map((i) => i.bps)) / 1e6;
-    t.ok(before > 6 && before < 14 && after > 85 && after < 106, `the same flow went from ${before.toFixed(1)} to ${after.toFixed(1)} Mbit/s without reconnecting`);
+      // A running flow: 10 Mbit/s, then raised to 100 through etcd (what the API does) mid-flow.
+      // (Raising, not lowering: iperf3's own control connection shares the shaped path, and a sudden
+      // tenfold cut can starve its end-of-test exchange.)
+      await setQos(10);
+      const flow = iperf(s, limited.netns, peer.netns, b.allocation.ip, 7, false, port++);
+      await sleep(3500);
+      await setQos(100);
+      const { intervals } = await flow;
+      t.comment(`per-second rates: ${intervals.map((i) => (i.bps / 1e6).toFixed(1)).join(', ')}`);
+      const before = mean(intervals.slice(0, 1).map((i) => i.bps)) / 1e6;
+      const after = mean(intervals.slice(-2).map((i) => i.bps)) / 1e6;
+      t.ok(
+        before > 6 && before < 14 && after > 85 && after < 106,
+        `the same flow went from ${before.toFixed(1)} to ${after.toFixed(1)} Mbit/s without reconnecting`,
+      );
 
-    await stopNetd(daemons);
-    await store.deletePrefix('/netd/v1/');
-    await s.containers.remove(limited);
-    await s.containers.remove(peer);
-  });
-});
+      await stopNetd(daemons);
+      await store.deletePrefix('/netd/v1/');
+      await s.containers.remove(limited);
+      await s.containers.remove(peer);
+    });
+  },
+);

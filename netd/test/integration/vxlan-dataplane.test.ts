@@ -15,7 +15,13 @@ const vpcs = new Map<string, VpcRecord>([
 ]);
 
 /** Wires a bare container's eth1 the way netd's CNI ADD will: a veth whose host end joins nothing yet. */
-async function attach(s: ClusterSession, host: string, name: string, vpc: string, cidr: string): Promise<{ record: EndpointRecord; netns: string; container: TestContainer }> {
+async function attach(
+  s: ClusterSession,
+  host: string,
+  name: string,
+  vpc: string,
+  cidr: string,
+): Promise<{ record: EndpointRecord; netns: string; container: TestContainer }> {
   const c = await s.containers.add({ host, name });
   const id = `${name}:eth1`;
   const hostIf = linkNames.internalPort(id);
@@ -28,68 +34,100 @@ async function attach(s: ClusterSession, host: string, name: string, vpc: string
   return { record: { vpc, id, host, ip: cidr.split('/')[0]!, mac, hostIf }, netns: c.netns, container: c };
 }
 
-t.test('vxlan mode: same-VPC containers talk across hosts; equal CIDRs in two VPCs stay apart; orphans are removed', async (t) => {
-  if (!requireRoot(t)) return;
-  await withCluster({ hosts: 2 }, async (s) => {
-    const d = s.cluster.description;
-    const hosts = new Map<string, HostRecord>(d.hosts.map((h) => [h.name, { name: h.name, underlayIp: h.underlayIp, uplink: h.uplink, underlayMtu: d.underlay.mtu }]));
-    const a1 = await attach(s, 'h1', 'a1', 'a', '10.0.0.11/24');
-    const b1 = await attach(s, 'h1', 'b1', 'b', '10.0.0.11/24'); // the same address as a1, other VPC
-    const a2 = await attach(s, 'h2', 'a2', 'a', '10.0.0.12/24');
-    const b2 = await attach(s, 'h2', 'b2', 'b', '10.0.0.12/24');
-    let endpoints = [a1, b1, a2, b2].map((x) => x.record);
-    const converge = async (host: string) => {
-      const view: HostView = { self: hosts.get(host)!, hosts, vpcs, endpoints };
-      const netns = { name: s.cluster.host(host).netns };
-      return reconcile(vxlanMode.render(view), { ip: new IpClient(s.runner, netns), bridge: new BridgeClient(s.runner, netns) });
-    };
-    for (const h of ['h1', 'h2']) t.notOk(isEmptyPlan(await converge(h)), `${h}: first reconcile changes the data path`);
-    for (const h of ['h1', 'h2']) t.ok(isEmptyPlan(await converge(h)), `${h}: second reconcile sends nothing`);
+t.test(
+  'vxlan mode: same-VPC containers talk across hosts; equal CIDRs in two VPCs stay apart; orphans are removed',
+  async (t) => {
+    if (!requireRoot(t)) return;
+    await withCluster({ hosts: 2 }, async (s) => {
+      const d = s.cluster.description;
+      const hosts = new Map<string, HostRecord>(
+        d.hosts.map((h) => [
+          h.name,
+          { name: h.name, underlayIp: h.underlayIp, uplink: h.uplink, underlayMtu: d.underlay.mtu },
+        ]),
+      );
+      const a1 = await attach(s, 'h1', 'a1', 'a', '10.0.0.11/24');
+      const b1 = await attach(s, 'h1', 'b1', 'b', '10.0.0.11/24'); // the same address as a1, other VPC
+      const a2 = await attach(s, 'h2', 'a2', 'a', '10.0.0.12/24');
+      const b2 = await attach(s, 'h2', 'b2', 'b', '10.0.0.12/24');
+      let endpoints = [a1, b1, a2, b2].map((x) => x.record);
+      const converge = async (host: string) => {
+        const view: HostView = { self: hosts.get(host)!, hosts, vpcs, endpoints };
+        const netns = { name: s.cluster.host(host).netns };
+        return reconcile(vxlanMode.render(view), {
+          ip: new IpClient(s.runner, netns),
+          bridge: new BridgeClient(s.runner, netns),
+        });
+      };
+      for (const h of ['h1', 'h2'])
+        t.notOk(isEmptyPlan(await converge(h)), `${h}: first reconcile changes the data path`);
+      for (const h of ['h1', 'h2']) t.ok(isEmptyPlan(await converge(h)), `${h}: second reconcile sends nothing`);
 
-    const h1 = new IpClient(s.runner, { name: s.cluster.host('h1').netns });
-    const vx = await h1.link(linkNames.vxlan(100));
-    t.equal(vx?.mtu, 1450, 'MTU = underlay - 50');
-    t.equal(vx?.linkinfo?.info_data?.gbp, true);
-    t.equal(vx?.linkinfo?.info_data?.learning, false);
-    const routes = await h1.routes({ family: 4 });
-    t.notOk(routes.some((r) => r.dst.startsWith('10.0.0.')), "the VPCs' CIDR is not in the host's routing table");
+      const h1 = new IpClient(s.runner, { name: s.cluster.host('h1').netns });
+      const vx = await h1.link(linkNames.vxlan(100));
+      t.equal(vx?.mtu, 1450, 'MTU = underlay - 50');
+      t.equal(vx?.linkinfo?.info_data?.gbp, true);
+      t.equal(vx?.linkinfo?.info_data?.learning, false);
+      const routes = await h1.routes({ family: 4 });
+      t.notOk(
+        routes.some((r) => r.dst.startsWith('10.0.0.')),
+        "the VPCs' CIDR is not in the host's routing table",
+      );
 
-    t.ok(await s.probe.ping(a1.netns, '10.0.0.12'), 'a1 -> a2 across hosts (icmp)');
-    t.ok(await s.probe.delivered({ from: a1.netns, to: a2.netns, address: '10.0.0.12', protocol: 'tcp', port: 8080 }), 'a1 -> a2 (tcp)');
-    t.ok(await s.probe.delivered({ from: b1.netns, to: b2.netns, address: '10.0.0.12', protocol: 'tcp', port: 8080 }), 'b1 -> b2 (tcp), same addresses as VPC a');
-    // The server listens only in a2: from VPC b the same address must not reach it.
-    const server = await s.probe.serve(a2.netns, 'tcp', '10.0.0.12', 9090);
-    try {
-      t.ok(await s.probe.connect(a1.netns, 'tcp', '10.0.0.12', 9090), 'a1 reaches the server in a2');
-      t.notOk(await s.probe.connect(b1.netns, 'tcp', '10.0.0.12', 9090, 800), 'b1 does not: another VPC');
-    } finally {
-      await server.stop();
-    }
+      t.ok(await s.probe.ping(a1.netns, '10.0.0.12'), 'a1 -> a2 across hosts (icmp)');
+      t.ok(
+        await s.probe.delivered({ from: a1.netns, to: a2.netns, address: '10.0.0.12', protocol: 'tcp', port: 8080 }),
+        'a1 -> a2 (tcp)',
+      );
+      t.ok(
+        await s.probe.delivered({ from: b1.netns, to: b2.netns, address: '10.0.0.12', protocol: 'tcp', port: 8080 }),
+        'b1 -> b2 (tcp), same addresses as VPC a',
+      );
+      // The server listens only in a2: from VPC b the same address must not reach it.
+      const server = await s.probe.serve(a2.netns, 'tcp', '10.0.0.12', 9090);
+      try {
+        t.ok(await s.probe.connect(a1.netns, 'tcp', '10.0.0.12', 9090), 'a1 reaches the server in a2');
+        t.notOk(await s.probe.connect(b1.netns, 'tcp', '10.0.0.12', 9090, 800), 'b1 does not: another VPC');
+      } finally {
+        await server.stop();
+      }
 
-    // a2 goes away: h2 drops VPC a's devices, h1 drops its FDB entries towards h2 for VPC a.
-    endpoints = endpoints.filter((e) => e.id !== 'a2:eth1');
-    await s.containers.remove(a2.container);
-    await converge('h1');
-    await converge('h2');
-    const h2 = new IpClient(s.runner, { name: s.cluster.host('h2').netns });
-    t.equal(await h2.link(linkNames.bridge(100)), undefined, 'h2 removed the bridge of a VPC it no longer hosts');
-    t.equal(await h2.link(linkNames.vxlan(100)), undefined, 'and its vxlan device');
-    const fdb = await new BridgeClient(s.runner, { name: s.cluster.host('h1').netns }).fdb({ dev: linkNames.vxlan(100) });
-    t.same(fdb.filter((e) => e.dst), [], 'h1 has no FDB entry left for VPC a');
-    t.ok(await s.probe.ping(b1.netns, '10.0.0.12'), 'VPC b unaffected');
+      // a2 goes away: h2 drops VPC a's devices, h1 drops its FDB entries towards h2 for VPC a.
+      endpoints = endpoints.filter((e) => e.id !== 'a2:eth1');
+      await s.containers.remove(a2.container);
+      await converge('h1');
+      await converge('h2');
+      const h2 = new IpClient(s.runner, { name: s.cluster.host('h2').netns });
+      t.equal(await h2.link(linkNames.bridge(100)), undefined, 'h2 removed the bridge of a VPC it no longer hosts');
+      t.equal(await h2.link(linkNames.vxlan(100)), undefined, 'and its vxlan device');
+      const fdb = await new BridgeClient(s.runner, { name: s.cluster.host('h1').netns }).fdb({
+        dev: linkNames.vxlan(100),
+      });
+      t.same(
+        fdb.filter((e) => e.dst),
+        [],
+        'h1 has no FDB entry left for VPC a',
+      );
+      t.ok(await s.probe.ping(b1.netns, '10.0.0.12'), 'VPC b unaffected');
 
-    // An orphan of ours (a bridge nobody wants) is removed; other links are left alone.
-    await h1.apply(new IpBatch().linkAddBridge('nbfff').linkAddBridge('keepme'));
-    await converge('h1');
-    t.equal(await h1.link('nbfff'), undefined, 'orphan removed');
-    t.ok(await h1.link('keepme'), "someone else's bridge untouched");
-    await h1.deleteLinkIfExists('keepme');
+      // An orphan of ours (a bridge nobody wants) is removed; other links are left alone.
+      await h1.apply(new IpBatch().linkAddBridge('nbfff').linkAddBridge('keepme'));
+      await converge('h1');
+      t.equal(await h1.link('nbfff'), undefined, 'orphan removed');
+      t.ok(await h1.link('keepme'), "someone else's bridge untouched");
+      await h1.deleteLinkIfExists('keepme');
 
-    endpoints = [];
-    for (const c of [a1, b1, b2]) await s.containers.remove(c.container);
-    await converge('h1');
-    await converge('h2');
-    for (const h of [h1, h2]) t.same((await h.links()).filter((l) => /^n[bxie]/.test(l.ifname)).map((l) => l.ifname), [], 'nothing of netd left');
-    t.same(await s.residue(), []);
-  });
-});
+      endpoints = [];
+      for (const c of [a1, b1, b2]) await s.containers.remove(c.container);
+      await converge('h1');
+      await converge('h2');
+      for (const h of [h1, h2])
+        t.same(
+          (await h.links()).filter((l) => /^n[bxie]/.test(l.ifname)).map((l) => l.ifname),
+          [],
+          'nothing of netd left',
+        );
+      t.same(await s.residue(), []);
+    });
+  },
+);

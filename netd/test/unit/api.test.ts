@@ -12,7 +12,12 @@ async function setup(t: { teardown(fn: () => unknown): void }) {
     await store.close();
   });
   const call = (method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, token?: string, payload?: unknown) =>
-    app.inject({ method, url, headers: token ? { authorization: `Bearer ${token}` } : {}, ...(payload !== undefined && { payload: payload as object }) });
+    app.inject({
+      method,
+      url,
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+      ...(payload !== undefined && { payload: payload as object }),
+    });
   return { store, app, call };
 }
 
@@ -34,44 +39,86 @@ t.test('tenants: only the admin creates them; tokens are shown once and stored h
   t.same((await call('GET', '/v1/tenants', 'admin-secret')).json(), [{ name: 'acme', tag: body.tag }]);
 });
 
-t.test('VPCs are per tenant: another tenant gets 404; input is validated; delete is refused with endpoints', async (t) => {
-  const { store, call } = await setup(t);
-  const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
-  const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
-  const created = await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24', qos: { ingressBps: 10_000_000 } });
-  t.equal(created.statusCode, 201);
-  t.match(created.json(), { name: 'web', id: 'a.web', tenant: 'a', cidr: '10.0.0.0/24', mode: 'vxlan', qos: { ingressBps: 10_000_000 } });
-  t.equal((await call('POST', '/v1/vpcs', b, { name: 'web', cidr: '10.0.0.0/24' })).statusCode, 201, 'same name and CIDR for another tenant');
-  t.not(created.json().vni, (await call('GET', '/v1/vpcs/web', b)).json().vni, 'distinct VNIs');
-  t.same((await call('GET', '/v1/vpcs', a)).json().map((v: { id: string }) => v.id), ['a.web']);
-  t.equal((await call('GET', '/v1/vpcs/web', b)).json().id, 'b.web');
-  t.equal((await call('GET', '/v1/vpcs/nope', a)).statusCode, 404);
-  t.equal((await call('DELETE', '/v1/vpcs/web', 'b.forged-token')).statusCode, 401);
-  for (const body of [{ name: 'x', cidr: '10.0.0.1/24' }, { name: 'x', cidr: 'nonsense' }, { name: 'x', cidr: '10.0.0.0/24', extra: 1 }, { name: 'x', cidr: '10.0.0.0/24', qos: { ingressBps: -1 } }, { name: 'x', cidr: '10.0.0.0/24', mtu: 99999 }]) {
-    const r = await call('POST', '/v1/vpcs', a, body);
-    t.equal(r.statusCode, 400, JSON.stringify(body));
-    t.equal(r.json().code, 'E_INVALID_INPUT');
-  }
-  t.equal((await store.list('/netd/v1/vpcs/')).kvs.length, 2, 'bad input wrote nothing');
+t.test(
+  'VPCs are per tenant: another tenant gets 404; input is validated; delete is refused with endpoints',
+  async (t) => {
+    const { store, call } = await setup(t);
+    const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
+    const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
+    const created = await call('POST', '/v1/vpcs', a, {
+      name: 'web',
+      cidr: '10.0.0.0/24',
+      qos: { ingressBps: 10_000_000 },
+    });
+    t.equal(created.statusCode, 201);
+    t.match(created.json(), {
+      name: 'web',
+      id: 'a.web',
+      tenant: 'a',
+      cidr: '10.0.0.0/24',
+      mode: 'vxlan',
+      qos: { ingressBps: 10_000_000 },
+    });
+    t.equal(
+      (await call('POST', '/v1/vpcs', b, { name: 'web', cidr: '10.0.0.0/24' })).statusCode,
+      201,
+      'same name and CIDR for another tenant',
+    );
+    t.not(created.json().vni, (await call('GET', '/v1/vpcs/web', b)).json().vni, 'distinct VNIs');
+    t.same(
+      (await call('GET', '/v1/vpcs', a)).json().map((v: { id: string }) => v.id),
+      ['a.web'],
+    );
+    t.equal((await call('GET', '/v1/vpcs/web', b)).json().id, 'b.web');
+    t.equal((await call('GET', '/v1/vpcs/nope', a)).statusCode, 404);
+    t.equal((await call('DELETE', '/v1/vpcs/web', 'b.forged-token')).statusCode, 401);
+    for (const body of [
+      { name: 'x', cidr: '10.0.0.1/24' },
+      { name: 'x', cidr: 'nonsense' },
+      { name: 'x', cidr: '10.0.0.0/24', extra: 1 },
+      { name: 'x', cidr: '10.0.0.0/24', qos: { ingressBps: -1 } },
+      { name: 'x', cidr: '10.0.0.0/24', mtu: 99999 },
+    ]) {
+      const r = await call('POST', '/v1/vpcs', a, body);
+      t.equal(r.statusCode, 400, JSON.stringify(body));
+      t.equal(r.json().code, 'E_INVALID_INPUT');
+    }
+    t.equal((await store.list('/netd/v1/vpcs/')).kvs.length, 2, 'bad input wrote nothing');
 
-  // An endpoint in a.web (as a host's netd would record it): delete refused; QoS patched.
-  const ep = { vpc: 'a.web', id: 'c1:eth1', host: 'h1', ip: '10.0.0.5', mac: '02:00:00:00:00:05', hostIf: 'ni0123456789' };
-  await store.put(netdKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
-  t.same((await call('GET', '/v1/vpcs/web/endpoints', a)).json(), [ep]);
-  t.same((await call('GET', '/v1/vpcs/web/endpoints', b)).json(), [], "b's web is another VPC");
-  const del = await call('DELETE', '/v1/vpcs/web', a);
-  t.equal(del.statusCode, 409);
-  t.equal(del.json().code, 'E_CONFLICT');
-  const patched = await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1', a, { qos: { ingressBps: 20_000_000, egressBps: 5_000_000 } });
-  t.equal(patched.statusCode, 200);
-  t.same(JSON.parse((await store.get(netdKeys.endpoint('a.web', 'c1:eth1')))!.value).qos, { ingressBps: 20_000_000, egressBps: 5_000_000 });
-  t.equal((await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1', b, { qos: {} })).statusCode, 404, 'not in b\'s VPC');
-  t.match((await call('GET', '/v1/vpcs/web/cni-config', a)).json(), { name: 'vpc-a.web', plugins: [{ type: 'netd', vpc: 'a.web' }] });
-  await store.delete(netdKeys.endpoint('a.web', 'c1:eth1'));
-  t.equal((await call('DELETE', '/v1/vpcs/web', a)).statusCode, 204);
-  t.equal((await call('GET', '/v1/vpcs/web', a)).statusCode, 404);
-  t.equal((await store.list('/netd/v1/ipam/pools/a.web')).kvs.length, 0, 'its address pool went too');
-});
+    // An endpoint in a.web (as a host's netd would record it): delete refused; QoS patched.
+    const ep = {
+      vpc: 'a.web',
+      id: 'c1:eth1',
+      host: 'h1',
+      ip: '10.0.0.5',
+      mac: '02:00:00:00:00:05',
+      hostIf: 'ni0123456789',
+    };
+    await store.put(netdKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
+    t.same((await call('GET', '/v1/vpcs/web/endpoints', a)).json(), [ep]);
+    t.same((await call('GET', '/v1/vpcs/web/endpoints', b)).json(), [], "b's web is another VPC");
+    const del = await call('DELETE', '/v1/vpcs/web', a);
+    t.equal(del.statusCode, 409);
+    t.equal(del.json().code, 'E_CONFLICT');
+    const patched = await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1', a, {
+      qos: { ingressBps: 20_000_000, egressBps: 5_000_000 },
+    });
+    t.equal(patched.statusCode, 200);
+    t.same(JSON.parse((await store.get(netdKeys.endpoint('a.web', 'c1:eth1')))!.value).qos, {
+      ingressBps: 20_000_000,
+      egressBps: 5_000_000,
+    });
+    t.equal((await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1', b, { qos: {} })).statusCode, 404, "not in b's VPC");
+    t.match((await call('GET', '/v1/vpcs/web/cni-config', a)).json(), {
+      name: 'vpc-a.web',
+      plugins: [{ type: 'netd', vpc: 'a.web' }],
+    });
+    await store.delete(netdKeys.endpoint('a.web', 'c1:eth1'));
+    t.equal((await call('DELETE', '/v1/vpcs/web', a)).statusCode, 204);
+    t.equal((await call('GET', '/v1/vpcs/web', a)).statusCode, 404);
+    t.equal((await store.list('/netd/v1/ipam/pools/a.web')).kvs.length, 0, 'its address pool went too');
+  },
+);
 
 t.test('health and readiness', async (t) => {
   const { store, call } = await setup(t);
@@ -120,7 +167,11 @@ t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document a
   t.match(res.body, /netd_reconciles_total\{result="ok"\} 1/);
   t.match(res.body, /netd_endpoints\{kind="vpc"\} 12/);
   t.match(res.body, /netd_endpoints\{kind="external"\} 3/);
-  const doc = (await app.inject({ method: 'GET', url: '/docs/json' })).json() as { openapi: string; paths: Record<string, Record<string, { security?: unknown }>>; components: { securitySchemes: Record<string, { scheme: string }> } };
+  const doc = (await app.inject({ method: 'GET', url: '/docs/json' })).json() as {
+    openapi: string;
+    paths: Record<string, Record<string, { security?: unknown }>>;
+    components: { securitySchemes: Record<string, { scheme: string }> };
+  };
   t.match(doc.openapi, /^3\./);
   t.ok(doc.paths['/v1/vpcs']?.post, 'POST /v1/vpcs is documented');
   t.ok(doc.paths['/v1/vpcs/{vpc}/endpoints/{endpoint}']?.patch, 'PATCH endpoint is documented');
@@ -141,32 +192,92 @@ t.test('VPC default QoS changes through PATCH; modes other than vxlan are refuse
   const vlan = await call('POST', '/v1/vpcs', a, { name: 'v', cidr: '10.0.1.0/24', mode: 'vlan' });
   t.equal(vlan.statusCode, 400);
   t.equal(vlan.json().code, 'E_UNSUPPORTED');
-  t.equal((await call('POST', '/v1/vpcs', a, { name: 'v', cidr: '10.0.1.0/24', mode: 'ovs' })).json().code, 'E_INVALID_INPUT');
+  t.equal(
+    (await call('POST', '/v1/vpcs', a, { name: 'v', cidr: '10.0.1.0/24', mode: 'ovs' })).json().code,
+    'E_INVALID_INPUT',
+  );
   const patched = await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: 8_000_000 } });
   t.equal(patched.statusCode, 200);
   t.same(patched.json().qos, { ingressBps: 8_000_000 });
-  t.same(JSON.parse((await store.get(netdKeys.vpc('a.web')))!.value).qos, { ingressBps: 8_000_000 }, 'stored for the hosts to apply');
+  t.same(
+    JSON.parse((await store.get(netdKeys.vpc('a.web')))!.value).qos,
+    { ingressBps: 8_000_000 },
+    'stored for the hosts to apply',
+  );
   t.equal((await call('PATCH', '/v1/vpcs/web', b, { qos: {} })).statusCode, 404, "another tenant's VPC is a 404");
   t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: -1 } })).statusCode, 400);
-  t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: {} })).json().qos, undefined, 'empty limits remove the defaults');
+  t.equal(
+    (await call('PATCH', '/v1/vpcs/web', a, { qos: {} })).json().qos,
+    undefined,
+    'empty limits remove the defaults',
+  );
 });
 
-t.test("a container's eth0 is listed with its VPC endpoint, and its limits change through the VPC's tenant", async (t) => {
-  const { store, call } = await setup(t);
-  const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
-  const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
-  await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24' });
-  await call('POST', '/v1/vpcs', b, { name: 'web', cidr: '10.0.0.0/24' });
-  const ep = { vpc: 'a.web', id: 'c1:eth1', host: 'h1', ip: '10.0.0.5', mac: '02:00:00:00:00:05', hostIf: 'ni1', containerId: 'c1', ifname: 'eth1' };
-  await store.put(netdKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
-  await store.put(netdKeys.endpoint('a.web', 'c2:eth1'), JSON.stringify({ ...ep, id: 'c2:eth1', containerId: 'c2', ip: '10.0.0.6' }));
-  const ext = { id: 'c1:eth0', host: 'h1', pool: 'external', ip: '100.64.0.9', mac: '02:00:00:00:00:09', hostIf: 'ne1', containerId: 'c1', ifname: 'eth0', netns: '/x' };
-  await store.put('/netd/v1/external/h1/c1:eth0', JSON.stringify(ext));
-  const listed = (await call('GET', '/v1/vpcs/web/endpoints', a)).json() as Array<{ id: string; external?: { ip: string } }>;
-  t.same(listed.map((e) => [e.id, e.external?.ip]), [['c1:eth1', '100.64.0.9'], ['c2:eth1', undefined]], "c1's eth0 shows beside its eth1");
-  const patched = await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1/external', a, { qos: { egressBps: 50_000_000 } });
-  t.equal(patched.statusCode, 200);
-  t.same(JSON.parse((await store.get('/netd/v1/external/h1/c1:eth0'))!.value).qos, { egressBps: 50_000_000 }, 'stored on the eth0 record, for its host to apply');
-  t.equal((await call('PATCH', '/v1/vpcs/web/endpoints/c2:eth1/external', a, { qos: {} })).json().code, 'E_NOT_FOUND', 'no eth0: 404');
-  t.equal((await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1/external', b, { qos: {} })).statusCode, 404, "another tenant cannot touch it (its own VPC has no such endpoint)");
-});
+t.test(
+  "a container's eth0 is listed with its VPC endpoint, and its limits change through the VPC's tenant",
+  async (t) => {
+    const { store, call } = await setup(t);
+    const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
+    const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
+    await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24' });
+    await call('POST', '/v1/vpcs', b, { name: 'web', cidr: '10.0.0.0/24' });
+    const ep = {
+      vpc: 'a.web',
+      id: 'c1:eth1',
+      host: 'h1',
+      ip: '10.0.0.5',
+      mac: '02:00:00:00:00:05',
+      hostIf: 'ni1',
+      containerId: 'c1',
+      ifname: 'eth1',
+    };
+    await store.put(netdKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
+    await store.put(
+      netdKeys.endpoint('a.web', 'c2:eth1'),
+      JSON.stringify({ ...ep, id: 'c2:eth1', containerId: 'c2', ip: '10.0.0.6' }),
+    );
+    const ext = {
+      id: 'c1:eth0',
+      host: 'h1',
+      pool: 'external',
+      ip: '100.64.0.9',
+      mac: '02:00:00:00:00:09',
+      hostIf: 'ne1',
+      containerId: 'c1',
+      ifname: 'eth0',
+      netns: '/x',
+    };
+    await store.put('/netd/v1/external/h1/c1:eth0', JSON.stringify(ext));
+    const listed = (await call('GET', '/v1/vpcs/web/endpoints', a)).json() as Array<{
+      id: string;
+      external?: { ip: string };
+    }>;
+    t.same(
+      listed.map((e) => [e.id, e.external?.ip]),
+      [
+        ['c1:eth1', '100.64.0.9'],
+        ['c2:eth1', undefined],
+      ],
+      "c1's eth0 shows beside its eth1",
+    );
+    const patched = await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1/external', a, {
+      qos: { egressBps: 50_000_000 },
+    });
+    t.equal(patched.statusCode, 200);
+    t.same(
+      JSON.parse((await store.get('/netd/v1/external/h1/c1:eth0'))!.value).qos,
+      { egressBps: 50_000_000 },
+      'stored on the eth0 record, for its host to apply',
+    );
+    t.equal(
+      (await call('PATCH', '/v1/vpcs/web/endpoints/c2:eth1/external', a, { qos: {} })).json().code,
+      'E_NOT_FOUND',
+      'no eth0: 404',
+    );
+    t.equal(
+      (await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1/external', b, { qos: {} })).statusCode,
+      404,
+      'another tenant cannot touch it (its own VPC has no such endpoint)',
+    );
+  },
+);

@@ -13,36 +13,87 @@ t.test('rates: bits per second with k/m/g', async (t) => {
   t.equal(parseRate('500kbit'), 500_000);
   t.equal(parseRate('2.5m'), 2_500_000);
   t.equal(parseRate('2500000'), 2_500_000);
-  for (const bad of ['', 'fast', '10 tbit', '-5mbit', '0', '1000g']) t.throws(() => parseRate(bad), { code: 'E_INVALID_INPUT' }, bad);
+  for (const bad of ['', 'fast', '10 tbit', '-5mbit', '0', '1000g'])
+    t.throws(() => parseRate(bad), { code: 'E_INVALID_INPUT' }, bad);
 });
 
 t.test('parsing: commands, flags, environment defaults; bad usage is E_INVALID_INPUT before any call', async (t) => {
   const env = { NETD_API: 'http://127.0.0.1:9999', NETD_TOKEN: 'a.secret' };
-  t.same(parseCommand(['vpc', 'list'], env), { api: 'http://127.0.0.1:9999', token: 'a.secret', json: false, command: { kind: 'vpc-list' } });
+  t.same(parseCommand(['vpc', 'list'], env), {
+    api: 'http://127.0.0.1:9999',
+    token: 'a.secret',
+    json: false,
+    command: { kind: 'vpc-list' },
+  });
   t.same(parseCommand(['--api', 'unix:///x.sock', '--token', 't', '--json', 'tenant', 'create', 'acme'], env), {
-    api: 'unix:///x.sock', token: 't', json: true, command: { kind: 'tenant-create', name: 'acme' },
+    api: 'unix:///x.sock',
+    token: 't',
+    json: true,
+    command: { kind: 'tenant-create', name: 'acme' },
   });
-  t.same(parseCommand(['vpc', 'create', 'web', '--cidr', '10.0.0.0/24', '--mtu', '1400', '--ingress', '10mbit'], {}).command, {
-    kind: 'vpc-create', name: 'web', cidr: '10.0.0.0/24', mtu: 1400, qos: { ingressBps: 10_000_000 },
+  t.same(
+    parseCommand(['vpc', 'create', 'web', '--cidr', '10.0.0.0/24', '--mtu', '1400', '--ingress', '10mbit'], {}).command,
+    {
+      kind: 'vpc-create',
+      name: 'web',
+      cidr: '10.0.0.0/24',
+      mtu: 1400,
+      qos: { ingressBps: 10_000_000 },
+    },
+  );
+  t.same(parseCommand(['endpoint', 'qos', 'web', 'c1:eth1', '--egress', '1g'], {}).command, {
+    kind: 'endpoint-qos',
+    vpc: 'web',
+    endpoint: 'c1:eth1',
+    qos: { egressBps: 1e9 },
+    external: false,
   });
-  t.same(parseCommand(['endpoint', 'qos', 'web', 'c1:eth1', '--egress', '1g'], {}).command, { kind: 'endpoint-qos', vpc: 'web', endpoint: 'c1:eth1', qos: { egressBps: 1e9 }, external: false });
-  t.same(parseCommand(['endpoint', 'qos', 'web', 'c1:eth1', '--external', '--ingress', '1m'], {}).command, { kind: 'endpoint-qos', vpc: 'web', endpoint: 'c1:eth1', qos: { ingressBps: 1e6 }, external: true });
-  t.same(parseCommand(['vpc', 'qos', 'web', '--ingress', '5mbit'], {}).command, { kind: 'vpc-qos', name: 'web', qos: { ingressBps: 5_000_000 } });
+  t.same(parseCommand(['endpoint', 'qos', 'web', 'c1:eth1', '--external', '--ingress', '1m'], {}).command, {
+    kind: 'endpoint-qos',
+    vpc: 'web',
+    endpoint: 'c1:eth1',
+    qos: { ingressBps: 1e6 },
+    external: true,
+  });
+  t.same(parseCommand(['vpc', 'qos', 'web', '--ingress', '5mbit'], {}).command, {
+    kind: 'vpc-qos',
+    name: 'web',
+    qos: { ingressBps: 5_000_000 },
+  });
   t.same(parseCommand(['cni-config', '--external'], {}).command, { kind: 'cni-config' });
   t.same(parseCommand(['cni-config', 'web'], {}).command, { kind: 'cni-config', vpc: 'web' });
   t.equal(parseCommand(['health'], {}).api, 'unix:///run/netd/api.sock');
   const bad = [
-    [], ['vpc'], ['vpc', 'create', 'web'], ['vpc', 'create', 'web', '--cidr'], ['vpc', 'list', '--cidr', 'x'], ['tenant', 'show'],
-    ['tenant', 'show', 'a', 'b'], ['nope'], ['vpc', 'list', '--frobnicate'], ['cni-config'], ['cni-config', 'web', '--external'],
-    ['vpc', 'create', 'w', '--cidr', '10.0.0.0/24', '--ingress', 'fast'], ['vpc', 'create', 'w', '--cidr', '10.0.0.0/24', '--mtu', '1.5'],
+    [],
+    ['vpc'],
+    ['vpc', 'create', 'web'],
+    ['vpc', 'create', 'web', '--cidr'],
+    ['vpc', 'list', '--cidr', 'x'],
+    ['tenant', 'show'],
+    ['tenant', 'show', 'a', 'b'],
+    ['nope'],
+    ['vpc', 'list', '--frobnicate'],
+    ['cni-config'],
+    ['cni-config', 'web', '--external'],
+    ['vpc', 'create', 'w', '--cidr', '10.0.0.0/24', '--ingress', 'fast'],
+    ['vpc', 'create', 'w', '--cidr', '10.0.0.0/24', '--mtu', '1.5'],
   ];
-  for (const argv of bad) t.throws(() => parseCommand(argv, {}), { code: 'E_INVALID_INPUT' }, argv.join(' ') || '(nothing)');
+  for (const argv of bad)
+    t.throws(() => parseCommand(argv, {}), { code: 'E_INVALID_INPUT' }, argv.join(' ') || '(nothing)');
 });
 
 t.test('tables: aligned columns, "-" for missing cells', async (t) => {
-  const text = formatTable([{ name: 'web', cidr: '10.0.0.0/24' }, { name: 'database', vni: 7 }], [
-    { key: 'name', title: 'NAME' }, { key: 'cidr', title: 'CIDR' }, { key: 'vni', title: 'VNI' },
-  ]);
+  const text = formatTable(
+    [
+      { name: 'web', cidr: '10.0.0.0/24' },
+      { name: 'database', vni: 7 },
+    ],
+    [
+      { key: 'name', title: 'NAME' },
+      { key: 'cidr', title: 'CIDR' },
+      { key: 'vni', title: 'VNI' },
+    ],
+  );
   t.equal(text, 'NAME      CIDR         VNI\nweb       10.0.0.0/24  -\ndatabase  -            7\n');
 });
 
@@ -69,16 +120,43 @@ t.test('end to end against the API on a Unix socket: tenant → VPC → list →
   t.ok(token, 'the token is printed once, clearly');
   t.match(await exec(['tenant', 'list'], 'admin-secret-0123456789'), /^NAME\s+TAG\nacme\s+\d+\n$/);
   t.match(await exec(['whoami'], token!), /acme/);
-  t.match(await exec(['vpc', 'create', 'web', '--cidr', '10.9.0.0/24', '--ingress', '20mbit'], token!), /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+20mbit\s+-/);
-  const listed = JSON.parse(await exec(['--json', 'vpc', 'list'], token!)) as Array<{ name: string; cidr: string; qos: unknown }>;
-  t.same(listed.map((v) => [v.name, v.cidr, v.qos]), [['web', '10.9.0.0/24', { ingressBps: 20_000_000 }]]);
+  t.match(
+    await exec(['vpc', 'create', 'web', '--cidr', '10.9.0.0/24', '--ingress', '20mbit'], token!),
+    /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+20mbit\s+-/,
+  );
+  const listed = JSON.parse(await exec(['--json', 'vpc', 'list'], token!)) as Array<{
+    name: string;
+    cidr: string;
+    qos: unknown;
+  }>;
+  t.same(
+    listed.map((v) => [v.name, v.cidr, v.qos]),
+    [['web', '10.9.0.0/24', { ingressBps: 20_000_000 }]],
+  );
   t.match(await exec(['vpc', 'show', 'web'], token!), /^NAME\s+CIDR\s+MODE\s+VNI\s+MTU\s+INGRESS\s+EGRESS\n/);
-  t.match(await exec(['vpc', 'qos', 'web', '--egress', '1gbit'], token!), /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+-\s+1gbit\n/, 'vpc qos replaces the defaults');
-  t.match(JSON.parse(await exec(['cni-config', 'web'], token!)), { cniVersion: '1.0.0', plugins: [{ type: 'netd', vpc: 'acme.web' }] });
-  t.match(JSON.parse(await exec(['cni-config', '--external'], token!)), { plugins: [{ type: 'netd', external: true }] });
-  t.equal(await exec(['endpoint', 'list', 'web'], token!), 'ENDPOINT  HOST  IP  MAC  INGRESS  EGRESS  EXTERNAL\n', 'no endpoints yet: just the header');
+  t.match(
+    await exec(['vpc', 'qos', 'web', '--egress', '1gbit'], token!),
+    /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+-\s+1gbit\n/,
+    'vpc qos replaces the defaults',
+  );
+  t.match(JSON.parse(await exec(['cni-config', 'web'], token!)), {
+    cniVersion: '1.0.0',
+    plugins: [{ type: 'netd', vpc: 'acme.web' }],
+  });
+  t.match(JSON.parse(await exec(['cni-config', '--external'], token!)), {
+    plugins: [{ type: 'netd', external: true }],
+  });
+  t.equal(
+    await exec(['endpoint', 'list', 'web'], token!),
+    'ENDPOINT  HOST  IP  MAC  INGRESS  EGRESS  EXTERNAL\n',
+    'no endpoints yet: just the header',
+  );
   await t.rejects(exec(['vpc', 'show', 'nope'], token!), { code: 'E_NOT_FOUND' });
-  await t.rejects(exec(['tenant', 'delete', 'acme'], 'admin-secret-0123456789'), { code: 'E_CONFLICT' }, 'a tenant with VPCs stays');
+  await t.rejects(
+    exec(['tenant', 'delete', 'acme'], 'admin-secret-0123456789'),
+    { code: 'E_CONFLICT' },
+    'a tenant with VPCs stays',
+  );
   t.equal(await exec(['vpc', 'delete', 'web'], token!), 'VPC web deleted\n');
   t.equal(await exec(['tenant', 'delete', 'acme'], 'admin-secret-0123456789'), 'tenant acme deleted\n');
   t.equal(await exec(['tenant', 'list'], 'admin-secret-0123456789'), 'NAME  TAG\n');

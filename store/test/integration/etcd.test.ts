@@ -31,7 +31,12 @@ storeContract(t, 'EtcdStore', async (t) => {
 });
 
 t.test('EtcdStore: an unreachable etcd is E_STORE_UNAVAILABLE, for calls and for watches', async (t) => {
-  const store = new EtcdStore({ endpoints: ['http://127.0.0.1:1'], callTimeoutMs: 500, dialTimeoutMs: 300, watchConnectTimeoutMs: 1_000 });
+  const store = new EtcdStore({
+    endpoints: ['http://127.0.0.1:1'],
+    callTimeoutMs: 500,
+    dialTimeoutMs: 300,
+    watchConnectTimeoutMs: 1_000,
+  });
   t.teardown(() => store.close());
   await t.rejects(store.get('/x'), { code: ErrorCodes.STORE_UNAVAILABLE });
   await t.rejects(store.lease(5), { code: ErrorCodes.STORE_UNAVAILABLE });
@@ -78,9 +83,16 @@ t.test('a watch sees every change in order across an etcd restart', async (t) =>
   // Writes right after the restart race the consumer's reconnection: it must catch up from history.
   for (let i = N + 1; i <= M; i++) await retry(() => writer.put(`/r/k${i % 7}`, `v${i}`));
   await eventually(() => events.length >= M, 20_000, `all ${M}`);
-  t.same(events.map((e) => `${e.kv.key}=${e.kv.value}`), Array.from({ length: M }, (_, i) => `/r/k${(i + 1) % 7}=v${i + 1}`), 'every write once, in order');
+  t.same(
+    events.map((e) => `${e.kv.key}=${e.kv.value}`),
+    Array.from({ length: M }, (_, i) => `/r/k${(i + 1) % 7}=v${i + 1}`),
+    'every write once, in order',
+  );
   const revs = events.map((e) => e.kv.modRevision);
-  t.ok(revs.every((r, i) => i === 0 || r === revs[i - 1]! + 1n), 'consecutive revisions: no duplicates, no gaps');
+  t.ok(
+    revs.every((r, i) => i === 0 || r === revs[i - 1]! + 1n),
+    'consecutive revisions: no duplicates, no gaps',
+  );
   t.notOk(kinds.includes('resync'), 'resumed from history, no re-list needed');
   t.same(sortedKvs(consumer.state()), (await writer.list('/r/')).kvs);
 });
@@ -107,16 +119,27 @@ t.test('after etcd is restored from an older backup, the consumer converges to i
   for (let i = 0; i < 30; i++) await retry(() => writer.put(`/r/b${i}`, 'new'));
   await writer.put('/r/a1', 'changed');
   await writer.delete('/r/a0');
-  await eventually(() => consumer.state().size === 34 && consumer.state().get('/r/a1')?.value === 'changed', 10_000, 'consumer caught up');
+  await eventually(
+    () => consumer.state().size === 34 && consumer.state().get('/r/a1')?.value === 'changed',
+    10_000,
+    'consumer caught up',
+  );
   const ahead = consumer.lastAppliedRevision;
   await server.stop();
   rmSync(join(dir, 'data'), { recursive: true, force: true });
   cpSync(join(backup, 'data'), join(dir, 'data'), { recursive: true });
   await server.restart();
   t.ok((await retry(() => writer.currentRevision())) < ahead, 'the store went back in time');
-  await eventually(() => consumer.lastAppliedRevision < ahead && consumer.status === 'synced', 20_000, 'rollback resync');
+  await eventually(
+    () => consumer.lastAppliedRevision < ahead && consumer.status === 'synced',
+    20_000,
+    'rollback resync',
+  );
   const truth = (await writer.list('/r/')).kvs;
-  t.same(truth.map((kv) => `${kv.key}=${kv.value}`), ['/r/a0=old', '/r/a1=old', '/r/a2=old', '/r/a3=old', '/r/a4=old']);
+  t.same(
+    truth.map((kv) => `${kv.key}=${kv.value}`),
+    ['/r/a0=old', '/r/a1=old', '/r/a2=old', '/r/a3=old', '/r/a4=old'],
+  );
   t.same(sortedKvs(consumer.state()), truth, 'state equals the restored store exactly');
   const replayed = new Map(snapshot);
   applyEvents(replayed, events);

@@ -34,23 +34,26 @@ t.test('MemoryStore: expireLease fires onLost and deletes the keys in one revisi
   await t.rejects(store.lease(0), { code: ErrorCodes.INVALID_INPUT });
 });
 
-t.test('MemoryStore: a slow watch consumer fails with E_STORE_UNAVAILABLE instead of buffering without bound', async (t) => {
-  const store = new MemoryStore({ watchBufferLimit: 3 });
-  t.teardown(() => store.close());
-  const ac = new AbortController();
-  const it = store.watch('/s/', 1n, ac.signal)[Symbol.asyncIterator]();
-  for (let i = 0; i < 5; i++) await store.put(`/s/${i}`, 'x');
-  const got: unknown[] = [];
-  const err = await (async () => {
-    for (;;) {
-      const r = await it.next();
-      if (r.done) return undefined;
-      got.push(r.value);
-    }
-  })().catch((e: unknown) => e);
-  t.equal(got.length, 3, 'what was buffered is delivered first');
-  t.match(err, { code: ErrorCodes.STORE_UNAVAILABLE });
-});
+t.test(
+  'MemoryStore: a slow watch consumer fails with E_STORE_UNAVAILABLE instead of buffering without bound',
+  async (t) => {
+    const store = new MemoryStore({ watchBufferLimit: 3 });
+    t.teardown(() => store.close());
+    const ac = new AbortController();
+    const it = store.watch('/s/', 1n, ac.signal)[Symbol.asyncIterator]();
+    for (let i = 0; i < 5; i++) await store.put(`/s/${i}`, 'x');
+    const got: unknown[] = [];
+    const err = await (async () => {
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return undefined;
+        got.push(r.value);
+      }
+    })().catch((e: unknown) => e);
+    t.equal(got.length, 3, 'what was buffered is delivered first');
+    t.match(err, { code: ErrorCodes.STORE_UNAVAILABLE });
+  },
+);
 
 t.test('MemoryStore: a closed client refuses calls; other clients go on', async (t) => {
   const a = new MemoryStore();

@@ -7,18 +7,42 @@ import { applyEvents, eventually, sortedKvs } from '../helpers.js';
 /** Delegates to a replaceable backend: swapping it simulates etcd restored from an older backup. */
 class SwitchableStore implements Store {
   constructor(public target: Store) {}
-  get(key: string): Promise<KV | undefined> { return this.target.get(key); }
-  list(prefix: string): Promise<ListResult> { return this.target.list(prefix); }
-  listKeys(prefix: string): Promise<{ keys: string[]; revision: bigint }> { return this.target.listKeys(prefix); }
-  put(key: string, value: string, opts?: { lease?: string }): Promise<bigint> { return this.target.put(key, value, opts); }
-  delete(key: string): Promise<bigint> { return this.target.delete(key); }
-  deletePrefix(prefix: string): Promise<bigint> { return this.target.deletePrefix(prefix); }
-  txn(req: TxnRequest): Promise<TxnResult> { return this.target.txn(req); }
-  lease(ttlSeconds: number): Promise<Lease> { return this.target.lease(ttlSeconds); }
-  watch(prefix: string, fromRevision: bigint, signal: AbortSignal): AsyncIterable<WatchBatch> { return this.target.watch(prefix, fromRevision, signal); }
-  currentRevision(): Promise<bigint> { return this.target.currentRevision(); }
-  compact(revision: bigint): Promise<void> { return this.target.compact(revision); }
-  close(): Promise<void> { return this.target.close(); }
+  get(key: string): Promise<KV | undefined> {
+    return this.target.get(key);
+  }
+  list(prefix: string): Promise<ListResult> {
+    return this.target.list(prefix);
+  }
+  listKeys(prefix: string): Promise<{ keys: string[]; revision: bigint }> {
+    return this.target.listKeys(prefix);
+  }
+  put(key: string, value: string, opts?: { lease?: string }): Promise<bigint> {
+    return this.target.put(key, value, opts);
+  }
+  delete(key: string): Promise<bigint> {
+    return this.target.delete(key);
+  }
+  deletePrefix(prefix: string): Promise<bigint> {
+    return this.target.deletePrefix(prefix);
+  }
+  txn(req: TxnRequest): Promise<TxnResult> {
+    return this.target.txn(req);
+  }
+  lease(ttlSeconds: number): Promise<Lease> {
+    return this.target.lease(ttlSeconds);
+  }
+  watch(prefix: string, fromRevision: bigint, signal: AbortSignal): AsyncIterable<WatchBatch> {
+    return this.target.watch(prefix, fromRevision, signal);
+  }
+  currentRevision(): Promise<bigint> {
+    return this.target.currentRevision();
+  }
+  compact(revision: bigint): Promise<void> {
+    return this.target.compact(revision);
+  }
+  close(): Promise<void> {
+    return this.target.close();
+  }
 }
 
 /** Records what a handler sees: the snapshot, then every later event, in order. */
@@ -77,7 +101,12 @@ t.test('batches at or below the last applied revision are dropped (a replaying s
   replaying.watch = (prefix, from, signal) => backend.watch(prefix, from > 5n ? from - 5n : 1n, signal);
   for (let i = 0; i < 10; i++) await backend.put(`/d/${i}`, 'x');
   const r = recorder();
-  const consumer = new WatchConsumer({ store: replaying, prefix: '/d/', handler: r.handler, backoff: { initialMs: 5, maxMs: 10 } });
+  const consumer = new WatchConsumer({
+    store: replaying,
+    prefix: '/d/',
+    handler: r.handler,
+    backoff: { initialMs: 5, maxMs: 10 },
+  });
   t.teardown(() => consumer.stop());
   await consumer.start();
   await backend.put('/d/new', 'y');
@@ -85,7 +114,11 @@ t.test('batches at or below the last applied revision are dropped (a replaying s
   backend.setAvailable(true);
   await backend.put('/d/new2', 'z');
   await eventually(() => r.rec.events.length === 2, 5_000, 'two live events');
-  t.same(r.rec.events.map((e) => e.kv.key), ['/d/new', '/d/new2'], 'each once');
+  t.same(
+    r.rec.events.map((e) => e.kv.key),
+    ['/d/new', '/d/new2'],
+    'each once',
+  );
   t.same(r.replayed(), (await backend.list('/d/')).kvs);
 });
 
@@ -118,7 +151,12 @@ t.test('stop() while the store is unreachable ends start() and the loop', async 
   const store = new MemoryStore();
   t.teardown(() => store.close());
   store.setAvailable(false);
-  const consumer = new WatchConsumer({ store, prefix: '/x/', handler: { onEvents: () => undefined }, backoff: { initialMs: 5, maxMs: 10 } });
+  const consumer = new WatchConsumer({
+    store,
+    prefix: '/x/',
+    handler: { onEvents: () => undefined },
+    backoff: { initialMs: 5, maxMs: 10 },
+  });
   const started = consumer.start();
   await eventually(() => consumer.status === 'disconnected');
   await consumer.stop();
@@ -130,7 +168,12 @@ t.test('a disconnect resumes from the last applied revision: every change once, 
   const store = new MemoryStore();
   t.teardown(() => store.close());
   const r = recorder();
-  const consumer = new WatchConsumer({ store, prefix: '/o/', handler: r.handler, backoff: { initialMs: 5, maxMs: 20 } });
+  const consumer = new WatchConsumer({
+    store,
+    prefix: '/o/',
+    handler: r.handler,
+    backoff: { initialMs: 5, maxMs: 20 },
+  });
   t.teardown(() => consumer.stop());
   await consumer.start();
   const writer = store.connect();
@@ -141,8 +184,15 @@ t.test('a disconnect resumes from the last applied revision: every change once, 
     if (i % 10 === 3) store.setAvailable(true);
   }
   await eventually(() => r.rec.events.length === 30, 5_000, 'all 30');
-  t.same(r.rec.events.map((e) => e.kv.value), Array.from({ length: 30 }, (_, i) => `v${i + 1}`));
-  t.same(r.rec.kinds.filter((k) => k === 'resync'), [], 'no re-list needed: history was there');
+  t.same(
+    r.rec.events.map((e) => e.kv.value),
+    Array.from({ length: 30 }, (_, i) => `v${i + 1}`),
+  );
+  t.same(
+    r.rec.kinds.filter((k) => k === 'resync'),
+    [],
+    'no re-list needed: history was there',
+  );
 });
 
 t.test('when the store revision goes backwards (restored backup), the consumer re-lists and converges', async (t) => {
@@ -161,7 +211,12 @@ t.test('when the store revision goes backwards (restored backup), the consumer r
 
   const store = new SwitchableStore(original);
   const r = recorder();
-  const consumer = new WatchConsumer({ store, prefix: '/rb/', handler: r.handler, backoff: { initialMs: 5, maxMs: 20 } });
+  const consumer = new WatchConsumer({
+    store,
+    prefix: '/rb/',
+    handler: r.handler,
+    backoff: { initialMs: 5, maxMs: 20 },
+  });
   t.teardown(() => consumer.stop());
   await consumer.start();
   const ahead = consumer.lastAppliedRevision;
@@ -169,7 +224,11 @@ t.test('when the store revision goes backwards (restored backup), the consumer r
   original.setAvailable(false); // etcd goes down ...
   store.target = restored; // ... and comes back from the backup
   t.ok((await restored.currentRevision()) < ahead, 'the restored store is behind what the consumer applied');
-  await eventually(() => consumer.lastAppliedRevision < ahead && consumer.status === 'synced', 5_000, 'rollback resync');
+  await eventually(
+    () => consumer.lastAppliedRevision < ahead && consumer.status === 'synced',
+    5_000,
+    'rollback resync',
+  );
   t.same(sortedKvs(consumer.state()), (await restored.list('/rb/')).kvs, 'state equals the restored store exactly');
   t.same(r.replayed(), (await restored.list('/rb/')).kvs, 'events replayed onto the snapshot agree');
   t.ok(r.rec.kinds.includes('resync'));

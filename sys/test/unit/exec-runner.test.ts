@@ -13,12 +13,39 @@ t.test('netns targeting rewrites argv the same way for real and fake runners', a
   t.same(resolveArgv({ argv: ['ip', 'link', 'show'] }), ['ip', 'link', 'show']);
   t.same(resolveArgv({ argv: ['ip', '-j', 'link'], netns: { name: 'h1' } }), ['ip', '-n', 'h1', '-j', 'link']);
   t.same(resolveArgv({ argv: ['tc', 'qdisc'], netns: { name: 'h1' } }), ['tc', '-n', 'h1', 'qdisc']);
-  t.same(resolveArgv({ argv: ['nft', 'list', 'tables'], netns: { name: 'h1' } }), ['nsenter', '--net=/run/netns/h1', '--', 'nft', 'list', 'tables']);
-  t.same(resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/proc/42/ns/net' } }), ['nsenter', '--net=/proc/42/ns/net', '--', 'ip', 'addr']);
-  t.same(resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/run/netns/netns-1a2b' } }), ['ip', '-n', 'netns-1a2b', 'addr'], 'a named netns path is a name');
+  t.same(resolveArgv({ argv: ['nft', 'list', 'tables'], netns: { name: 'h1' } }), [
+    'nsenter',
+    '--net=/run/netns/h1',
+    '--',
+    'nft',
+    'list',
+    'tables',
+  ]);
+  t.same(resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/proc/42/ns/net' } }), [
+    'nsenter',
+    '--net=/proc/42/ns/net',
+    '--',
+    'ip',
+    'addr',
+  ]);
+  t.same(
+    resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/run/netns/netns-1a2b' } }),
+    ['ip', '-n', 'netns-1a2b', 'addr'],
+    'a named netns path is a name',
+  );
   t.same(resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/var/run/netns/c1' } }), ['ip', '-n', 'c1', 'addr']);
-  t.same(resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/run/netns/..' } }), ['nsenter', '--net=/run/netns/..', '--', 'ip', 'addr'], 'no dot names');
-  t.same(resolveArgv({ argv: ['nft', 'list'], netns: { path: '/run/netns/c1' } }), ['nsenter', '--net=/run/netns/c1', '--', 'nft', 'list']);
+  t.same(
+    resolveArgv({ argv: ['ip', 'addr'], netns: { path: '/run/netns/..' } }),
+    ['nsenter', '--net=/run/netns/..', '--', 'ip', 'addr'],
+    'no dot names',
+  );
+  t.same(resolveArgv({ argv: ['nft', 'list'], netns: { path: '/run/netns/c1' } }), [
+    'nsenter',
+    '--net=/run/netns/c1',
+    '--',
+    'nft',
+    'list',
+  ]);
   t.throws(() => resolveArgv({ argv: [] }), { code: ErrorCodes.INTERNAL });
   const fake = new FakeRunner();
   await fake.run({ argv: ['bridge', 'fdb', 'show'], netns: { name: 'x' } });
@@ -33,7 +60,9 @@ t.test('stdout, stdin and LC_ALL=C reach the process', async (t) => {
 });
 
 t.test('a failing command surfaces argv, exit code and stderr in a typed error', async (t) => {
-  const err = await runner.run({ argv: ['sh', '-c', 'echo "RTNETLINK answers: File exists" >&2; exit 2'] }).catch((e: unknown) => e);
+  const err = await runner
+    .run({ argv: ['sh', '-c', 'echo "RTNETLINK answers: File exists" >&2; exit 2'] })
+    .catch((e: unknown) => e);
   t.ok(err instanceof CommandError);
   const e = err as CommandError;
   t.equal(e.code, ErrorCodes.COMMAND_FAILED);

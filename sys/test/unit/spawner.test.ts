@@ -34,7 +34,11 @@ t.test('same results and errors as ExecRunner', async (t) => {
   t.teardown(() => spawner.close());
   const exec = new ExecRunner();
   for (const c of cases) t.same(await outcome(spawner, c.cmd), await outcome(exec, c.cmd), c.name);
-  t.match(await outcome(spawner, { argv: ['sh', '-c', 'echo "$FOO"'], env: { FOO: 'bar' } }), { ok: { stdout: 'bar\n' } }, 'env reaches the child');
+  t.match(
+    await outcome(spawner, { argv: ['sh', '-c', 'echo "$FOO"'], env: { FOO: 'bar' } }),
+    { ok: { stdout: 'bar\n' } },
+    'env reaches the child',
+  );
 });
 
 t.test('large input and output pass through whole', async (t) => {
@@ -58,14 +62,28 @@ t.test('missing program, timeout, abort', async (t) => {
   setTimeout(() => ac.abort(), 100);
   await t.rejects(run, { code: ErrorCodes.ABORTED });
   ac.abort();
-  await t.rejects(spawner.run({ argv: ['true'] }, ac.signal), { code: ErrorCodes.ABORTED }, 'an aborted signal never starts');
+  await t.rejects(
+    spawner.run({ argv: ['true'] }, ac.signal),
+    { code: ErrorCodes.ABORTED },
+    'an aborted signal never starts',
+  );
 });
 
 t.test('many at once, each gets its own answer', async (t) => {
   const spawner = new SpawnerRunner();
   t.teardown(() => spawner.close());
-  const results = await Promise.all(Array.from({ length: 300 }, (_, i) => spawner.run({ argv: ['sh', '-c', `echo ${i}; exit ${i % 2}`] }).then((r) => r.stdout.trim(), (e: { exitCode: number; stdout: string }) => `fail ${e.exitCode} ${e.stdout.trim()}`)));
-  t.same(results, Array.from({ length: 300 }, (_, i) => (i % 2 ? `fail 1 ${i}` : String(i))));
+  const results = await Promise.all(
+    Array.from({ length: 300 }, (_, i) =>
+      spawner.run({ argv: ['sh', '-c', `echo ${i}; exit ${i % 2}`] }).then(
+        (r) => r.stdout.trim(),
+        (e: { exitCode: number; stdout: string }) => `fail ${e.exitCode} ${e.stdout.trim()}`,
+      ),
+    ),
+  );
+  t.same(
+    results,
+    Array.from({ length: 300 }, (_, i) => (i % 2 ? `fail 1 ${i}` : String(i))),
+  );
 });
 
 t.test('a helper that dies fails what it ran, and the next command starts a new one', async (t) => {

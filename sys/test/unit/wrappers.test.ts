@@ -11,7 +11,11 @@ import { ErrorCodes } from '../../../core/errors.js';
 import { CommandError, isCommandError } from '../../runner.js';
 
 t.test('ip: batches render exactly what is sent, reads parse JSON', async (t) => {
-  const fake = new FakeRunner().on(['ip', '-n', 'h1', '-j', '-d', 'link', 'show', 'dev', 'br0'], { stdout: '[{"ifindex":3,"ifname":"br0","flags":["UP"],"mtu":1450,"operstate":"UP","linkinfo":{"info_kind":"bridge"}}]', stderr: '' });
+  const fake = new FakeRunner().on(['ip', '-n', 'h1', '-j', '-d', 'link', 'show', 'dev', 'br0'], {
+    stdout:
+      '[{"ifindex":3,"ifname":"br0","flags":["UP"],"mtu":1450,"operstate":"UP","linkinfo":{"info_kind":"bridge"}}]',
+    stderr: '',
+  });
   const ip = new IpClient(fake, { name: 'h1' });
   const b = new IpBatch()
     .linkAddBridge('br0', { mtu: 1450 })
@@ -54,7 +58,9 @@ t.test('ip: unsafe tokens never reach a batch', async (t) => {
 });
 
 t.test('ip: a missing link is undefined; deleting it is success', async (t) => {
-  const fake = new FakeRunner().failOn(['ip', '-j'], 'Device "nope" does not exist.', 1).failOn(['ip', 'link', 'del'], 'Cannot find device "nope"', 1);
+  const fake = new FakeRunner()
+    .failOn(['ip', '-j'], 'Device "nope" does not exist.', 1)
+    .failOn(['ip', 'link', 'del'], 'Cannot find device "nope"', 1);
   const ip = new IpClient(fake);
   t.equal(await ip.link('nope'), undefined);
   t.equal(await ip.deleteLinkIfExists('nope'), false);
@@ -67,74 +73,121 @@ t.test('ip: deleting several links in one process; only missing links are forgiv
   await new IpClient(fake).deleteLinksIfExist(['ni1', 'nq1']);
   t.same(fake.commandLines(), ['ip -force -batch -']);
   t.equal(fake.calls[0]!.stdin, 'link del ni1\nlink del nq1\n');
-  const other = new FakeRunner().failOn(['ip', '-force', '-batch'], 'Cannot find device "nq1"\nCommand failed -:2\nRTNETLINK answers: Operation not permitted\nCommand failed -:1\n', 1);
+  const other = new FakeRunner().failOn(
+    ['ip', '-force', '-batch'],
+    'Cannot find device "nq1"\nCommand failed -:2\nRTNETLINK answers: Operation not permitted\nCommand failed -:1\n',
+    1,
+  );
   await t.rejects(new IpClient(other).deleteLinksIfExist(['ni1', 'nq1']), { code: ErrorCodes.COMMAND_FAILED });
 });
 
 t.test('ip: proxy neighbour entries (answering ARP for an address on a link)', async (t) => {
-  t.equal(new IpBatch().proxyNeighReplace('100.64.0.5', 'uplink').proxyNeighDel('fd00::5', 'uplink').render(), 'neigh replace proxy 100.64.0.5 dev uplink\nneigh del proxy fd00::5 dev uplink\n');
-  t.throws(() => new IpBatch().proxyNeighReplace('100.64.0.5\nlink del x', 'uplink'), { code: ErrorCodes.INVALID_INPUT });
-  const fake = new FakeRunner().on(['ip', '-j', '-d', 'neigh', 'show', 'proxy'], { stdout: '[{"dst":"100.64.0.5","dev":"uplink","proxy":null}]', stderr: '' });
+  t.equal(
+    new IpBatch().proxyNeighReplace('100.64.0.5', 'uplink').proxyNeighDel('fd00::5', 'uplink').render(),
+    'neigh replace proxy 100.64.0.5 dev uplink\nneigh del proxy fd00::5 dev uplink\n',
+  );
+  t.throws(() => new IpBatch().proxyNeighReplace('100.64.0.5\nlink del x', 'uplink'), {
+    code: ErrorCodes.INVALID_INPUT,
+  });
+  const fake = new FakeRunner().on(['ip', '-j', '-d', 'neigh', 'show', 'proxy'], {
+    stdout: '[{"dst":"100.64.0.5","dev":"uplink","proxy":null}]',
+    stderr: '',
+  });
   t.same(await new IpClient(fake).proxyNeighbours('uplink'), ['100.64.0.5']);
   // "No such file or directory" is what the kernel says for a missing proxy entry.
-  const missing = new FakeRunner().failOn(['ip', '-force', '-batch'], 'RTNETLINK answers: No such file or directory\nCommand failed -:1\n', 2);
+  const missing = new FakeRunner().failOn(
+    ['ip', '-force', '-batch'],
+    'RTNETLINK answers: No such file or directory\nCommand failed -:1\n',
+    2,
+  );
   await new IpClient(missing).applyForgivingMissing(new IpBatch().proxyNeighDel('100.64.0.5', 'uplink'));
 });
 
-t.test('ip lane: batches that arrive while ip runs share the next process; failures go to their own batch', async (t) => {
-  let release: () => void = () => undefined;
-  const gate = new Promise<void>((r) => (release = r));
-  const fake = new FakeRunner()
-    .on(['ip', '-n', 'h1', '-force', '-batch'], async () => {
-      await gate; // the first process is still running while three more batches arrive
-      return { stdout: '', stderr: '' };
-    }, 1)
-    .failOn(['ip', '-n', 'h1', '-force', '-batch'], 'RTNETLINK answers: File exists\nCommand failed -:2\n', 1);
-  const lane = new IpBatchLane(fake, { name: 'h1' });
-  const first = lane.submit(new IpBatch().linkAddIfb('nq0'));
-  const a = lane.submit(new IpBatch().linkAddIfb('nq1'));
-  const b = lane.submit(new IpBatch().linkAddIfb('nq2').linkSet('nq2', { up: true }));
-  const c = lane.submit(new IpBatch().linkAddIfb('nq3'));
-  release();
-  await first;
-  await a;
-  const err = await b.catch((e: unknown) => e);
-  await c;
-  t.ok(isCommandError(err, 'exists'), 'line 2 (the first line of b) failed: only b is rejected, with its own stderr');
-  t.same(fake.commandLines(), ['ip -n h1 -force -batch -', 'ip -n h1 -force -batch -'], 'four batches, two processes');
-  t.equal(fake.calls[1]!.stdin, 'link add nq1 type ifb\nlink add nq2 type ifb\nlink set dev nq2 up\nlink add nq3 type ifb\n');
-});
+t.test(
+  'ip lane: batches that arrive while ip runs share the next process; failures go to their own batch',
+  async (t) => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    const fake = new FakeRunner()
+      .on(
+        ['ip', '-n', 'h1', '-force', '-batch'],
+        async () => {
+          await gate; // the first process is still running while three more batches arrive
+          return { stdout: '', stderr: '' };
+        },
+        1,
+      )
+      .failOn(['ip', '-n', 'h1', '-force', '-batch'], 'RTNETLINK answers: File exists\nCommand failed -:2\n', 1);
+    const lane = new IpBatchLane(fake, { name: 'h1' });
+    const first = lane.submit(new IpBatch().linkAddIfb('nq0'));
+    const a = lane.submit(new IpBatch().linkAddIfb('nq1'));
+    const b = lane.submit(new IpBatch().linkAddIfb('nq2').linkSet('nq2', { up: true }));
+    const c = lane.submit(new IpBatch().linkAddIfb('nq3'));
+    release();
+    await first;
+    await a;
+    const err = await b.catch((e: unknown) => e);
+    await c;
+    t.ok(isCommandError(err, 'exists'), 'line 2 (the first line of b) failed: only b is rejected, with its own stderr');
+    t.same(
+      fake.commandLines(),
+      ['ip -n h1 -force -batch -', 'ip -n h1 -force -batch -'],
+      'four batches, two processes',
+    );
+    t.equal(
+      fake.calls[1]!.stdin,
+      'link add nq1 type ifb\nlink add nq2 type ifb\nlink set dev nq2 up\nlink add nq3 type ifb\n',
+    );
+  },
+);
 
-t.test('ip lane: a line ip cannot parse stops the process; every batch then runs on its own and gets its own answer', async (t) => {
-  let release: () => void = () => undefined;
-  const gate = new Promise<void>((r) => (release = r));
-  const fake = new FakeRunner()
-    .on(['ip', '-force', '-batch'], async () => {
-      await gate;
-      return { stdout: '', stderr: '' };
-    }, 1)
-    // The group: line 1 ran, line 2 names a bridge that is gone (a parse error: no line number).
-    .failOn(['ip', '-force', '-batch'], 'Error: argument "nb33" is wrong: Device does not exist\n', 255, 1)
-    .failOn(['ip', '-force', '-batch'], 'RTNETLINK answers: File exists\nCommand failed -:1\n', 2, 1)
-    .failOn(['ip', '-force', '-batch'], 'Error: argument "nb33" is wrong: Device does not exist\n', 255, 1);
-  const lane = new IpBatchLane(fake);
-  const first = lane.submit(new IpBatch().linkAddIfb('nq0'));
-  const ran = lane.submit(new IpBatch().linkAddIfb('nq1'));
-  const broken = lane.submit(new IpBatch().linkSet('nq2', { master: 'nb33' }));
-  const never = lane.submit(new IpBatch().linkAddIfb('nq3'));
-  release();
-  await first;
-  const results = await Promise.allSettled([ran, broken, never]);
-  t.ok(results[0].status === 'rejected' && isCommandError(results[0].reason, 'exists'), 'the batch that ran before the stop answers "exists" (its caller clears and retries)');
-  t.ok(results[1].status === 'rejected' && isCommandError(results[1].reason, 'not-found'), 'the broken batch gets its own error');
-  t.equal(results[2].status, 'fulfilled', 'the batch after the stop ran on its own and succeeded');
-  t.equal(fake.calls.length, 5, 'one group, then three single runs');
-});
+t.test(
+  'ip lane: a line ip cannot parse stops the process; every batch then runs on its own and gets its own answer',
+  async (t) => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    const fake = new FakeRunner()
+      .on(
+        ['ip', '-force', '-batch'],
+        async () => {
+          await gate;
+          return { stdout: '', stderr: '' };
+        },
+        1,
+      )
+      // The group: line 1 ran, line 2 names a bridge that is gone (a parse error: no line number).
+      .failOn(['ip', '-force', '-batch'], 'Error: argument "nb33" is wrong: Device does not exist\n', 255, 1)
+      .failOn(['ip', '-force', '-batch'], 'RTNETLINK answers: File exists\nCommand failed -:1\n', 2, 1)
+      .failOn(['ip', '-force', '-batch'], 'Error: argument "nb33" is wrong: Device does not exist\n', 255, 1);
+    const lane = new IpBatchLane(fake);
+    const first = lane.submit(new IpBatch().linkAddIfb('nq0'));
+    const ran = lane.submit(new IpBatch().linkAddIfb('nq1'));
+    const broken = lane.submit(new IpBatch().linkSet('nq2', { master: 'nb33' }));
+    const never = lane.submit(new IpBatch().linkAddIfb('nq3'));
+    release();
+    await first;
+    const results = await Promise.allSettled([ran, broken, never]);
+    t.ok(
+      results[0].status === 'rejected' && isCommandError(results[0].reason, 'exists'),
+      'the batch that ran before the stop answers "exists" (its caller clears and retries)',
+    );
+    t.ok(
+      results[1].status === 'rejected' && isCommandError(results[1].reason, 'not-found'),
+      'the broken batch gets its own error',
+    );
+    t.equal(results[2].status, 'fulfilled', 'the batch after the stop ran on its own and succeeded');
+    t.equal(fake.calls.length, 5, 'one group, then three single runs');
+  },
+);
 
 t.test('tc: shaping both directions renders one batch', async (t) => {
   const fake = new FakeRunner();
   await new TcClient(fake, { name: 'h1' }).apply(
-    new TcBatch().rootTbf('c-1', { rateBps: 10_000_000, burstBytes: 20_000 }).ingress('c-1').redirectIngressTo('c-1', 'ifb-c1').rootTbf('ifb-c1', { rateBps: 5_000_000, burstBytes: 10_000, latencyMs: 20 }),
+    new TcBatch()
+      .rootTbf('c-1', { rateBps: 10_000_000, burstBytes: 20_000 })
+      .ingress('c-1')
+      .redirectIngressTo('c-1', 'ifb-c1')
+      .rootTbf('ifb-c1', { rateBps: 5_000_000, burstBytes: 10_000, latencyMs: 20 }),
   );
   t.same(fake.calls[0]?.argv, ['tc', '-n', 'h1', '-batch', '-']);
   t.equal(
@@ -151,10 +204,20 @@ t.test('tc: shaping both directions renders one batch', async (t) => {
 });
 
 t.test('bridge: fdb batches', async (t) => {
-  const fake = new FakeRunner().on(['bridge', '-j', 'fdb'], { stdout: '[{"mac":"00:00:00:00:00:00","dst":"10.77.0.12","flags":["self"],"state":"permanent","ifname":"vx0"}]', stderr: '' });
+  const fake = new FakeRunner().on(['bridge', '-j', 'fdb'], {
+    stdout: '[{"mac":"00:00:00:00:00:00","dst":"10.77.0.12","flags":["self"],"state":"permanent","ifname":"vx0"}]',
+    stderr: '',
+  });
   const br = new BridgeClient(fake);
-  await br.apply(new BridgeBatch().fdbAppend('00:00:00:00:00:00', 'vx0', { dst: '10.77.0.12' }).fdbDel('02:00:00:00:00:09', 'vx0', { dst: '10.77.0.13' }));
-  t.equal(fake.calls[0]?.stdin, 'fdb append 00:00:00:00:00:00 dev vx0 dst 10.77.0.12 self permanent\nfdb del 02:00:00:00:00:09 dev vx0 dst 10.77.0.13 self\n');
+  await br.apply(
+    new BridgeBatch()
+      .fdbAppend('00:00:00:00:00:00', 'vx0', { dst: '10.77.0.12' })
+      .fdbDel('02:00:00:00:00:09', 'vx0', { dst: '10.77.0.13' }),
+  );
+  t.equal(
+    fake.calls[0]?.stdin,
+    'fdb append 00:00:00:00:00:00 dev vx0 dst 10.77.0.12 self permanent\nfdb del 02:00:00:00:00:09 dev vx0 dst 10.77.0.13 self\n',
+  );
   t.same((await br.fdb({ dev: 'vx0' }))[0]?.dst, '10.77.0.12');
 });
 
@@ -179,17 +242,34 @@ t.test('nft: one script per transaction; names and statements are checked', asyn
       '',
     ].join('\n'),
   );
-  t.same(new NftTransaction().deleteTable('inet', 'x').commands, ['add table inet x', 'delete table inet x'], 'idempotent delete');
-  t.throws(() => new NftTransaction().addChain('inet', 't', 'fwd'), { code: ErrorCodes.INVALID_INPUT }, '"fwd" is a keyword');
-  t.throws(() => new NftTransaction().addRule('inet', 't', 'c', 'accept; flush ruleset'), { code: ErrorCodes.INVALID_INPUT });
-  t.throws(() => new NftTransaction().addElements('inet', 't', 's', ['1 }\nflush ruleset']), { code: ErrorCodes.INVALID_INPUT });
-  const parsed = parseNftJson('{"nftables":[{"metainfo":{}},{"table":{"family":"inet","name":"t","handle":1}},{"set":{"family":"inet","table":"t","name":"s","type":"ipv4_addr","handle":2,"elem":["10.0.0.1"]}}]}');
+  t.same(
+    new NftTransaction().deleteTable('inet', 'x').commands,
+    ['add table inet x', 'delete table inet x'],
+    'idempotent delete',
+  );
+  t.throws(
+    () => new NftTransaction().addChain('inet', 't', 'fwd'),
+    { code: ErrorCodes.INVALID_INPUT },
+    '"fwd" is a keyword',
+  );
+  t.throws(() => new NftTransaction().addRule('inet', 't', 'c', 'accept; flush ruleset'), {
+    code: ErrorCodes.INVALID_INPUT,
+  });
+  t.throws(() => new NftTransaction().addElements('inet', 't', 's', ['1 }\nflush ruleset']), {
+    code: ErrorCodes.INVALID_INPUT,
+  });
+  const parsed = parseNftJson(
+    '{"nftables":[{"metainfo":{}},{"table":{"family":"inet","name":"t","handle":1}},{"set":{"family":"inet","table":"t","name":"s","type":"ipv4_addr","handle":2,"elem":["10.0.0.1"]}}]}',
+  );
   t.equal(parsed.table?.name, 't');
   t.same(parsed.sets[0]?.elem, ['10.0.0.1']);
 });
 
 t.test('ovs: idempotent verbs', async (t) => {
-  const fake = new FakeRunner().on(['ovs-vsctl', '--timeout=5', '--format=json'], { stdout: '{"headings":["name","tag"],"data":[["p1",100],["up",["set",[]]]]}', stderr: '' });
+  const fake = new FakeRunner().on(['ovs-vsctl', '--timeout=5', '--format=json'], {
+    stdout: '{"headings":["name","tag"],"data":[["p1",100],["up",["set",[]]]]}',
+    stderr: '',
+  });
   const ovs = new OvsClient(fake);
   await ovs.addBridge('br-vlan', { datapathType: 'netdev' });
   await ovs.addPort('br-vlan', 'p1', { tag: 100 });
@@ -199,7 +279,13 @@ t.test('ovs: idempotent verbs', async (t) => {
     'ovs-vsctl --timeout=5 --may-exist add-port br-vlan p1 -- set port p1 tag=100',
     'ovs-vsctl --timeout=5 --if-exists del-br br-vlan',
   ]);
-  t.same([...(await ovs.portTags())], [['p1', 100], ['up', undefined]]);
+  t.same(
+    [...(await ovs.portTags())],
+    [
+      ['p1', 100],
+      ['up', undefined],
+    ],
+  );
   await t.rejects(ovs.addPort('b', 'p', { tag: 5000 }), { code: ErrorCodes.INVALID_INPUT });
 });
 
@@ -209,27 +295,79 @@ const VOLINFO = `<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
 t.test('gluster: XML answers and errors', async (t) => {
   const fake = new FakeRunner()
     .on(['gluster', '--mode=script', '--xml', 'volume', 'info'], { stdout: VOLINFO, stderr: '' })
-    .on(['gluster', '--mode=script', '--xml', 'peer', 'status'], { stdout: '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/><peerStatus><peer><uuid>u2</uuid><hostname>10.77.0.22</hostname><connected>1</connected><state>3</state><stateStr>Peer in Cluster</stateStr></peer></peerStatus></cliOutput>', stderr: '' })
+    .on(['gluster', '--mode=script', '--xml', 'peer', 'status'], {
+      stdout:
+        '<cliOutput><opRet>0</opRet><opErrno>0</opErrno><opErrstr/><peerStatus><peer><uuid>u2</uuid><hostname>10.77.0.22</hostname><connected>1</connected><state>3</state><stateStr>Peer in Cluster</stateStr></peer></peerStatus></cliOutput>',
+      stderr: '',
+    })
     .failOn(['gluster', '--mode=script', '--xml', 'volume', 'create'], '', 1);
   const g = new GlusterClient(fake);
   const [v] = await g.volumeInfo('gv0');
-  t.same(v, { name: 'gv0', id: '5b4c', status: 'Started', type: 'Distributed-Replicate', replicaCount: 2, brickCount: 4, bricks: [{ name: '10.77.0.21:/b/1', hostUuid: 'u1' }, { name: '10.77.0.22:/b/1', hostUuid: 'u2' }], options: { 'features.quota': 'on' } });
+  t.same(v, {
+    name: 'gv0',
+    id: '5b4c',
+    status: 'Started',
+    type: 'Distributed-Replicate',
+    replicaCount: 2,
+    brickCount: 4,
+    bricks: [
+      { name: '10.77.0.21:/b/1', hostUuid: 'u1' },
+      { name: '10.77.0.22:/b/1', hostUuid: 'u2' },
+    ],
+    options: { 'features.quota': 'on' },
+  });
   t.same(await g.peerStatus(), [{ uuid: 'u2', hostname: '10.77.0.22', connected: true, state: 'Peer in Cluster' }]);
-  t.throws(() => parseCliOutput('<cliOutput><opRet>-1</opRet><opErrno>30806</opErrno><opErrstr>Another transaction is in progress for gv0. Please try again after some time.</opErrstr></cliOutput>'), { code: ErrorCodes.GLUSTER_BUSY });
-  t.throws(() => parseCliOutput('<cliOutput><opRet>-1</opRet><opErrno>2</opErrno><opErrstr>Volume gv9 does not exist</opErrstr></cliOutput>'), { code: ErrorCodes.GLUSTER_FAILED, message: /gv9 does not exist/ });
+  t.throws(
+    () =>
+      parseCliOutput(
+        '<cliOutput><opRet>-1</opRet><opErrno>30806</opErrno><opErrstr>Another transaction is in progress for gv0. Please try again after some time.</opErrstr></cliOutput>',
+      ),
+    { code: ErrorCodes.GLUSTER_BUSY },
+  );
+  t.throws(
+    () =>
+      parseCliOutput(
+        '<cliOutput><opRet>-1</opRet><opErrno>2</opErrno><opErrstr>Volume gv9 does not exist</opErrstr></cliOutput>',
+      ),
+    { code: ErrorCodes.GLUSTER_FAILED, message: /gv9 does not exist/ },
+  );
   await g.volumeCreate({ name: 'gv1', replica: 2, bricks: ['a:/b', 'b:/b'] }).catch(() => undefined);
-  t.equal(fake.commandLines().at(-1), 'gluster --mode=script --xml volume create gv1 replica 2 transport tcp a:/b b:/b');
+  t.equal(
+    fake.commandLines().at(-1),
+    'gluster --mode=script --xml volume create gv1 replica 2 transport tcp a:/b b:/b',
+  );
   // gluster exits non-zero and puts the reason in the XML on stdout:
   const failing = new FakeRunner().on(['gluster'], (call) => {
-    throw new CommandError({ argv: call.argv, exitCode: 1, stderr: '', stdout: '<cliOutput><opRet>-1</opRet><opErrno>0</opErrno><opErrstr>volume start: gv1: failed: Volume gv1 already started</opErrstr></cliOutput>' });
+    throw new CommandError({
+      argv: call.argv,
+      exitCode: 1,
+      stderr: '',
+      stdout:
+        '<cliOutput><opRet>-1</opRet><opErrno>0</opErrno><opErrstr>volume start: gv1: failed: Volume gv1 already started</opErrstr></cliOutput>',
+    });
   });
-  await t.rejects(new GlusterClient(failing).volumeStart('gv1'), { code: ErrorCodes.GLUSTER_FAILED, message: /already started/ });
+  await t.rejects(new GlusterClient(failing).volumeStart('gv1'), {
+    code: ErrorCodes.GLUSTER_FAILED,
+    message: /already started/,
+  });
 });
 
 t.test('sysctl: another namespace goes through sysctl -w; keys and values are checked', async (t) => {
   const fake = new FakeRunner();
   await new SysctlClient(fake, { name: 'h1' }).set('net.ipv4.neigh.ne1a2b.proxy_delay', 0);
-  t.same(fake.calls[0]?.argv, ['nsenter', '--net=/run/netns/h1', '--', 'sysctl', '-q', '-w', 'net.ipv4.neigh.ne1a2b.proxy_delay=0']);
-  await t.rejects(new SysctlClient(fake, { name: 'h1' }).set('kernel.core_pattern', '|/bin/sh'), { code: ErrorCodes.INVALID_INPUT });
-  await t.rejects(new SysctlClient(fake, { name: 'h1' }).set('net.ipv4.ip_forward', '1\nnet.x=1'), { code: ErrorCodes.INVALID_INPUT });
+  t.same(fake.calls[0]?.argv, [
+    'nsenter',
+    '--net=/run/netns/h1',
+    '--',
+    'sysctl',
+    '-q',
+    '-w',
+    'net.ipv4.neigh.ne1a2b.proxy_delay=0',
+  ]);
+  await t.rejects(new SysctlClient(fake, { name: 'h1' }).set('kernel.core_pattern', '|/bin/sh'), {
+    code: ErrorCodes.INVALID_INPUT,
+  });
+  await t.rejects(new SysctlClient(fake, { name: 'h1' }).set('net.ipv4.ip_forward', '1\nnet.x=1'), {
+    code: ErrorCodes.INVALID_INPUT,
+  });
 });

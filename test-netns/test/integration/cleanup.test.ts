@@ -69,8 +69,14 @@ t.test('after SIGKILL, down removes everything from the state left on disk', asy
   process.kill(session.handle.pid, 'SIGKILL');
   await session.handle.exited;
   const left = await findLeaks({ prefix, runner });
-  t.ok(left.some((l) => l.kind === 'process' && l.what.includes('etcd')), 'etcd survived the crash');
-  t.ok(left.some((l) => l.kind === 'netns'), 'namespaces survived the crash');
+  t.ok(
+    left.some((l) => l.kind === 'process' && l.what.includes('etcd')),
+    'etcd survived the crash',
+  );
+  t.ok(
+    left.some((l) => l.kind === 'netns'),
+    'namespaces survived the crash',
+  );
   await teardownCluster(prefix, { runner });
   t.same(await findLeaks({ prefix, runner }), []);
 });

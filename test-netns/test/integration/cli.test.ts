@@ -17,10 +17,13 @@ t.test('up --json prints the cluster shape scripts rely on; leaks and down agree
   const { stdout } = await cli('up', '--hosts', '2', '--prefix', prefix, '--json');
   const d = JSON.parse(stdout) as ClusterDescription;
   t.equal(d.prefix, prefix);
-  t.same(d.hosts.map((h) => [h.name, h.netns, h.underlayIp]), [
-    ['h1', `tn-${prefix}-h1`, '10.77.0.11'],
-    ['h2', `tn-${prefix}-h2`, '10.77.0.12'],
-  ]);
+  t.same(
+    d.hosts.map((h) => [h.name, h.netns, h.underlayIp]),
+    [
+      ['h1', `tn-${prefix}-h1`, '10.77.0.11'],
+      ['h2', `tn-${prefix}-h2`, '10.77.0.12'],
+    ],
+  );
   t.same(d.hosts[0]?.daemons, {});
   t.equal(d.outside.netns, `tn-${prefix}-out`);
   t.equal(d.outside.address, '10.77.0.254');
@@ -49,7 +52,11 @@ t.test('up --json prints the cluster shape scripts rely on; leaks and down agree
   t.ok(isCommandError(leaksWhileUp) && leaksWhileUp.exitCode === 1, 'leaks exits 1 while the cluster is up');
   t.match(isCommandError(leaksWhileUp) ? leaksWhileUp.stdout : '', new RegExp(`netns\\ttn-${prefix}-h1`));
 
-  await t.rejects(cli('up', '--hosts', '1', '--prefix', prefix), /exists already/, 'a second up with the same prefix is refused');
+  await t.rejects(
+    cli('up', '--hosts', '1', '--prefix', prefix),
+    /exists already/,
+    'a second up with the same prefix is refused',
+  );
 
   await cli('down', '--prefix', prefix);
   t.equal((await cli('leaks', '--prefix', prefix)).stdout, 'no leaks\n');
@@ -77,6 +84,10 @@ t.test('bad input gets a clear error and exit code 2, creating nothing', async (
     () => undefined,
     (e: unknown) => e,
   );
-  t.match(isCommandError(unsupported) ? unsupported.stderr : '', /E_UNSUPPORTED.*not built yet/, 'components not built yet say so');
+  t.match(
+    isCommandError(unsupported) ? unsupported.stderr : '',
+    /E_UNSUPPORTED.*not built yet/,
+    'components not built yet say so',
+  );
   t.equal((await cli('leaks', '--prefix', prefix)).stdout, 'no leaks\n');
 });

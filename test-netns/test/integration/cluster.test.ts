@@ -22,9 +22,15 @@ t.test('three hosts reach each other over the underlay, and nothing is left afte
         t.ok(await probe.ping(a.netns, b.underlayIp), `icmp ${a.name} -> ${b.name}`);
       }
     }
-    const [h1, h2, h3] = hosts as [typeof hosts[0], typeof hosts[0], typeof hosts[0]];
-    t.ok(await probe.delivered({ from: h1.netns, to: h2.netns, address: h2.underlayIp, protocol: 'tcp', port: 5001 }), 'tcp h1 -> h2');
-    t.ok(await probe.delivered({ from: h3.netns, to: h1.netns, address: h1.underlayIp, protocol: 'udp', port: 5002 }), 'udp h3 -> h1');
+    const [h1, h2, h3] = hosts as [(typeof hosts)[0], (typeof hosts)[0], (typeof hosts)[0]];
+    t.ok(
+      await probe.delivered({ from: h1.netns, to: h2.netns, address: h2.underlayIp, protocol: 'tcp', port: 5001 }),
+      'tcp h1 -> h2',
+    );
+    t.ok(
+      await probe.delivered({ from: h3.netns, to: h1.netns, address: h1.underlayIp, protocol: 'udp', port: 5002 }),
+      'udp h3 -> h1',
+    );
     const out = cluster.description.outside;
     t.ok(await probe.ping(h2.netns, out.address), 'a host reaches the outside world');
     // Probes must be able to fail: nothing listens / nobody has this address.
@@ -42,10 +48,19 @@ t.test('test containers get a namespace and a veth to their host', async (t) => 
   const prefix = `c${uniqueSuffix()}`;
   await withCluster({ prefix, hosts: 2 }, async ({ cluster, containers, probe, residue }) => {
     const h1 = cluster.host('h1');
-    const a = await containers.add({ host: 'h1', name: 'a', address: '10.9.0.2/24', hostAddress: '10.9.0.1/24', gateway: '10.9.0.1' });
+    const a = await containers.add({
+      host: 'h1',
+      name: 'a',
+      address: '10.9.0.2/24',
+      hostAddress: '10.9.0.1/24',
+      gateway: '10.9.0.1',
+    });
     t.equal(a.netns, `tn-${prefix}-h1-a`);
     t.ok(await probe.ping(a.netns, '10.9.0.1'), 'container reaches its host');
-    t.ok(await probe.delivered({ from: h1.netns, to: a.netns, address: '10.9.0.2', protocol: 'tcp', port: 80 }), 'host reaches container over tcp');
+    t.ok(
+      await probe.delivered({ from: h1.netns, to: a.netns, address: '10.9.0.2', protocol: 'tcp', port: 80 }),
+      'host reaches container over tcp',
+    );
     const { stdout } = await containers.exec(a, ['ip', '-j', 'addr', 'show', 'dev', 'eth0']);
     t.match(stdout, /10\.9\.0\.2/);
     await containers.remove(a);
@@ -61,6 +76,9 @@ t.test('a container namespace that outlives its test is reported as residue', as
   await withCluster({ hosts: 1 }, async ({ containers, residue }) => {
     const c = await containers.add({ host: 'h1', name: 'left' });
     const leaks = await residue();
-    t.same(leaks.filter((l) => l.kind === 'netns').map((l) => l.what), [c.netns]);
+    t.same(
+      leaks.filter((l) => l.kind === 'netns').map((l) => l.what),
+      [c.netns],
+    );
   });
 });

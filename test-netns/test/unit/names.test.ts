@@ -9,13 +9,22 @@ t.test('prefixes and container names are checked before anything is created', as
     t.throws(() => checkPrefix(bad), { code: ErrorCodes.INVALID_INPUT }, JSON.stringify(bad));
   }
   t.equal(checkContainerName('web1'), 'web1');
-  t.throws(() => checkContainerName('a'.repeat(12)), { code: ErrorCodes.INVALID_INPUT }, 'host-side ifname would exceed 15 chars');
+  t.throws(
+    () => checkContainerName('a'.repeat(12)),
+    { code: ErrorCodes.INVALID_INPUT },
+    'host-side ifname would exceed 15 chars',
+  );
   t.ok(names.containerHostIf('a'.repeat(11)).length <= 15);
 });
 
 t.test('namespace names share one stem per cluster', async (t) => {
   const stem = names.clusterNetnsStem('p1');
-  for (const n of [names.fabricNetns('p1'), names.hostNetns('p1', 'h2'), names.outsideNetns('p1'), names.containerNetns('p1', 'h1', 'c')]) {
+  for (const n of [
+    names.fabricNetns('p1'),
+    names.hostNetns('p1', 'h2'),
+    names.outsideNetns('p1'),
+    names.containerNetns('p1', 'h1', 'c'),
+  ]) {
     t.ok(n.startsWith(stem), n);
   }
   t.notOk(names.hostNetns('p10', 'h1').startsWith(stem), 'prefix p1 does not capture p10');
