@@ -19,6 +19,11 @@ export const ErrorCodes = {
   ALREADY_EXISTS: 'E_ALREADY_EXISTS',
   /** The state store (etcd) cannot be reached; retry later. */
   STORE_UNAVAILABLE: 'E_STORE_UNAVAILABLE',
+  /**
+   * The state store refused this client: its TLS certificate, its user/password, or the user's
+   * permission on the key. A configuration problem: retrying will not help.
+   */
+  STORE_ACCESS_DENIED: 'E_STORE_ACCESS_DENIED',
   /** A watch asked for history the store has compacted away; the consumer must re-list. */
   STORE_COMPACTED: 'E_STORE_COMPACTED',
   /** A compare-and-swap lost a race. */

@@ -6,17 +6,24 @@ import {
   type CniRequest,
   type CniResult,
 } from '../core/cni.js';
+import { isAppError } from '../core/errors.js';
 import { Ipam, type Allocation } from './allocator.js';
 import type { Store } from '../store/types.js';
+import type { EtcdConnectionOptions } from '../store/etcd.js';
+import { etcdConnection, etcdInputFromEnv, mergeEtcdInput, type EtcdConnectionInput } from '../store/etcd-config.js';
 
 /**
  * `netd-ipam`: the cluster IPAM as a standalone CNI IPAM plugin, usable by any main plugin (the
  * reference `bridge`, `ptp`, `macvlan`, ...). Network config:
  *
- *   "ipam": { "type": "netd-ipam", "pool": "vpc1", "host": "h1",
- *             "etcdEndpoints": ["http://10.77.0.1:2379"], "routes": [{ "dst": "0.0.0.0/0" }] }
+ *   "ipam": { "type": "netd-ipam", "pool": "vpc1", "host": "h1", "routes": [{ "dst": "0.0.0.0/0" }],
+ *             "etcd": { "endpoints": ["https://10.77.0.1:2379"], "ca": "/etc/netd/etcd-ca.pem",
+ *                       "cert": "/etc/netd/etcd-netd.pem", "key": "/etc/netd/etcd-netd-key.pem" } }
  *
- * `host` and `etcdEndpoints` fall back to $NETD_HOST and $NETD_ETCD_ENDPOINTS (comma-separated).
+ * `etcd` may also name a `user` and a `passwordFile` (never a password: network configs are often
+ * world-readable). The older `"etcdEndpoints": [...]` still works. `host` and each etcd setting fall
+ * back to $NETD_HOST and $NETD_ETCD_ENDPOINTS (comma-separated), _CA, _CERT, _KEY, _USER,
+ * _PASSWORD_FILE, _PASSWORD.
  * A static address comes from the `ips` capability (runtimeConfig.ips), args.cni.ips or
  * CNI_ARGS IP=; a sticky address from CNI_ARGS NETD_STICKY=<name>.
  */
@@ -24,8 +31,61 @@ import type { Store } from '../store/types.js';
 interface IpamConfig {
   pool: string;
   host: string;
-  etcdEndpoints: string[];
+  etcd: EtcdConnectionOptions;
   routes: Array<{ dst: string; gw?: string }>;
+}
+
+const ETCD_FIELDS = ['endpoints', 'ca', 'cert', 'key', 'user', 'passwordFile'] as const;
+const ENV_NAMES: Record<string, string> = {
+  endpoints: 'ENDPOINTS',
+  ca: 'CA',
+  cert: 'CERT',
+  key: 'KEY',
+  user: 'USER',
+  passwordFile: 'PASSWORD_FILE',
+};
+const ETCD_NAMES = {
+  ...(Object.fromEntries(ETCD_FIELDS.map((f) => [f, `ipam.etcd.${f} (or $NETD_ETCD_${ENV_NAMES[f]})`])) as Record<
+    (typeof ETCD_FIELDS)[number],
+    string
+  >),
+  password: '$NETD_ETCD_PASSWORD',
+};
+
+/** The ipam section's etcd settings (`etcd` object, or the older `etcdEndpoints`), over the environment. */
+function etcdSettings(
+  section: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+): EtcdConnectionOptions {
+  const fail = (msg: string) => new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, msg);
+  const given = section.etcd ?? {};
+  if (typeof given !== 'object' || given === null || Array.isArray(given))
+    throw fail('ipam.etcd must be an object: { endpoints, ca?, cert?, key?, user?, passwordFile? }');
+  const fields = given as Record<string, unknown>;
+  if ('password' in fields)
+    throw fail(
+      'ipam.etcd.password is not accepted (network configs are readable): use passwordFile or $NETD_ETCD_PASSWORD',
+    );
+  for (const k of Object.keys(fields)) {
+    if (!(ETCD_FIELDS as readonly string[]).includes(k)) throw fail(`ipam.etcd.${k} is not a known setting`);
+    const v = fields[k];
+    const ok = k === 'endpoints' ? Array.isArray(v) || typeof v === 'string' : typeof v === 'string';
+    if (!ok) throw fail(`ipam.etcd.${k} must be ${k === 'endpoints' ? 'a list of URLs' : 'a string'}`);
+  }
+  if (section.etcdEndpoints !== undefined && fields.endpoints !== undefined)
+    throw fail('give the etcd endpoints once: ipam.etcd.endpoints or ipam.etcdEndpoints');
+  if (section.etcdEndpoints !== undefined && !Array.isArray(section.etcdEndpoints))
+    throw fail('ipam.etcdEndpoints must be a list of URLs');
+  const fromConfig: EtcdConnectionInput = {
+    ...(fields as EtcdConnectionInput),
+    ...(section.etcdEndpoints !== undefined && { endpoints: section.etcdEndpoints as string[] }),
+  };
+  try {
+    return etcdConnection(mergeEtcdInput(fromConfig, etcdInputFromEnv(env)), ETCD_NAMES);
+  } catch (err) {
+    if (isAppError(err)) throw fail(err.message);
+    throw err;
+  }
 }
 
 export function ipamConfig(req: CniRequest, env: Record<string, string | undefined>): IpamConfig {
@@ -35,15 +95,7 @@ export function ipamConfig(req: CniRequest, env: Record<string, string | undefin
     throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.pool is required');
   const host = typeof section.host === 'string' ? section.host : env.NETD_HOST;
   if (!host) throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.host (or $NETD_HOST) is required');
-  const endpoints = Array.isArray(section.etcdEndpoints)
-    ? section.etcdEndpoints
-    : (env.NETD_ETCD_ENDPOINTS ?? '').split(',').filter(Boolean);
-  if (endpoints.length === 0 || !endpoints.every((e) => typeof e === 'string' && /^(https?|unix):\/\//.test(e))) {
-    throw new CniFailure(
-      CniErrorCodes.INVALID_NETWORK_CONFIG,
-      'ipam.etcdEndpoints (or $NETD_ETCD_ENDPOINTS) must list http(s):// or unix:// URLs',
-    );
-  }
+  const etcd = etcdSettings(section as Record<string, unknown>, env);
   const routes = section.routes === undefined ? [] : section.routes;
   if (
     !Array.isArray(routes) ||
@@ -51,7 +103,7 @@ export function ipamConfig(req: CniRequest, env: Record<string, string | undefin
   ) {
     throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'ipam.routes must be a list of {dst, gw?}');
   }
-  return { pool, host, etcdEndpoints: endpoints as string[], routes: routes as IpamConfig['routes'] };
+  return { pool, host, etcd, routes: routes as IpamConfig['routes'] };
 }
 
 /** The one static address asked for, if any (ips capability, args, or CNI_ARGS IP=). */
@@ -82,7 +134,7 @@ export function toResult(req: CniRequest, a: Allocation, routes: IpamConfig['rou
 export async function runIpamPlugin(
   req: CniRequest,
   env: Record<string, string | undefined>,
-  openStore: (endpoints: string[]) => Store,
+  openStore: (etcd: EtcdConnectionOptions) => Store,
 ): Promise<unknown> {
   if (req.command === 'VERSION') return versionResult(req.config.cniVersion);
   if (!commandSupported(req.command, req.config.cniVersion)) {
@@ -92,7 +144,7 @@ export async function runIpamPlugin(
     );
   }
   const cfg = ipamConfig(req, env);
-  const store = openStore(cfg.etcdEndpoints);
+  const store = openStore(cfg.etcd);
   try {
     const ipam = new Ipam({ store, host: cfg.host });
     switch (req.command) {

@@ -28,7 +28,7 @@ async function main(argv: string[]): Promise<number> {
     const logger = createLogger({ level: env.LOG_LEVEL ?? 'warn', destination: process.stderr });
     // Loaded only when needed: grpc takes ~200 ms to load, which VERSION and bad input should not pay.
     const { EtcdStore } = await import('../store/etcd.js');
-    const out = await runIpamPlugin(req, env, (endpoints) => new EtcdStore({ endpoints, callTimeoutMs: 5000, logger }));
+    const out = await runIpamPlugin(req, env, (etcd) => new EtcdStore({ ...etcd, callTimeoutMs: 5000, logger }));
     if (out !== undefined) process.stdout.write(JSON.stringify(out) + '\n');
     return 0;
   } catch (err) {

@@ -6,6 +6,7 @@ import { ExecRunner, SpawnerRunner, type CommandRunner } from '../sys/runner.js'
 import { createLogger } from '../sys/log.js';
 import { ifname } from '../sys/tokens.js';
 import { EtcdStore } from '../store/etcd.js';
+import { etcdConnection, etcdInputFromEnv, mergeEtcdInput, refusePasswordFlag } from '../store/etcd-config.js';
 import { checkSegment } from '../ipam/keys.js';
 import { NetdDaemon } from './daemon.js';
 import { buildApi } from './api/app.js';
@@ -18,6 +19,8 @@ import { EXTERNAL_MODES, type ExternalMode } from './external.js';
 /**
  * `netd`: the per-host daemon. Runs in the host's network namespace.
  *   netd --host NAME --underlay-ip IP --uplink IF [--mtu 1500] --etcd URL[,URL] [--lease-ttl 10]
+ *        [--etcd-ca FILE [--etcd-cert FILE --etcd-key FILE]] [--etcd-user NAME --etcd-password-file FILE]
+ *        (each also from $NETD_ETCD_ENDPOINTS, _CA, _CERT, _KEY, _USER, _PASSWORD_FILE; or $NETD_ETCD_PASSWORD)
  *        [--external-pool NAME [--external-mode nat|routed]] [--dead-host-grace 900] [--sweep-interval 30]
  *        [--api-socket PATH] [--api-listen ADDR:PORT] [--admin-token-file FILE | $NETD_ADMIN_TOKEN]
  *   netd install-cni [--cni-bin-dir /opt/cni/bin] [--cni-socket-dir /run/netd]
@@ -35,13 +38,19 @@ async function main(): Promise<void> {
     process.stdout.write(`installed ${installNetdPlugin(values['cni-bin-dir']!, values['cni-socket-dir'])}\n`);
     return;
   }
+  refusePasswordFlag(process.argv.slice(2));
   const { values } = parseArgs({
     options: {
       host: { type: 'string' },
       'underlay-ip': { type: 'string' },
       uplink: { type: 'string' },
       mtu: { type: 'string', default: '1500' },
-      etcd: { type: 'string', default: process.env.NETD_ETCD_ENDPOINTS },
+      etcd: { type: 'string' },
+      'etcd-ca': { type: 'string' },
+      'etcd-cert': { type: 'string' },
+      'etcd-key': { type: 'string' },
+      'etcd-user': { type: 'string' },
+      'etcd-password-file': { type: 'string' },
       'lease-ttl': { type: 'string', default: '10' },
       'cni-socket-dir': { type: 'string', default: SOCKET_DIR },
       'external-pool': { type: 'string' },
@@ -71,11 +80,23 @@ async function main(): Promise<void> {
   const externalMode = values['external-mode'] as ExternalMode;
   if (!EXTERNAL_MODES.includes(externalMode))
     throw invalidInput(`--external-mode must be one of ${EXTERNAL_MODES.join(', ')}`);
-  const endpoints = (values.etcd ?? '').split(',').filter(Boolean);
-  if (endpoints.length === 0) throw invalidInput('--etcd (or $NETD_ETCD_ENDPOINTS) is required');
+  const etcd = etcdConnection(
+    mergeEtcdInput(
+      {
+        endpoints: values.etcd,
+        ca: values['etcd-ca'],
+        cert: values['etcd-cert'],
+        key: values['etcd-key'],
+        user: values['etcd-user'],
+        passwordFile: values['etcd-password-file'],
+      },
+      etcdInputFromEnv(process.env),
+    ),
+  );
 
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'info' }).child({ host });
-  const store = new EtcdStore({ endpoints, logger });
+  // Revision probes read inside /netd/: a least-privilege etcd user may read nothing else.
+  const store = new EtcdStore({ ...etcd, probeKey: '/netd/', logger });
   const metrics = new NetdMetrics();
   // ip/tc/nft through the posix_spawn helper: Node's own spawn forks the whole daemon each time.
   let runner: CommandRunner;

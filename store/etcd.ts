@@ -1,7 +1,10 @@
+import { readFileSync } from 'node:fs';
 import {
   ClientClosedError,
   Etcd3,
+  EtcdAuthenticationFailedError,
   EtcdLeaseInvalidError,
+  EtcdPermissionDeniedError,
   type ICompare,
   type IKeyValue,
   type IRequestOp,
@@ -9,7 +12,7 @@ import {
   type IWatchResponse,
   type Watcher,
 } from 'etcd3';
-import { noop } from 'cockatiel';
+import { ConstantBackoff, handleWhen, noop, retry } from 'cockatiel';
 import { AppError, ErrorCodes } from '../core/errors.js';
 import type { Logger } from '../sys/log.js';
 import { silentLogger } from '../sys/log.js';
@@ -38,10 +41,33 @@ import type {
  *   would keep a recovered etcd unreachable for seconds after it came back.
  * - Watches never resume inside etcd3 (whose resume would hide compaction and rollback): on the
  *   first disconnection the etcd3 watcher is cancelled and the iterable throws.
+ * - With several endpoints, a call that could not even reach its member (no connection: the request
+ *   was never sent, so repeating it is safe) is tried on the next one; anything else is the caller's.
+ * - TLS (`tls`) and etcd users (`auth`, or the client certificate's CN under etcd --client-cert-auth).
+ *   A refused certificate, password or permission is E_STORE_ACCESS_DENIED: not worth retrying.
  */
 
-export interface EtcdStoreOptions {
+/** PEM material: a file path, or the file's bytes. */
+export type PemSource = string | Buffer;
+
+export interface EtcdTlsOptions {
+  /** The CA that signed the etcd servers' certificates. */
+  ca: PemSource;
+  /** This client's certificate and key (etcd --client-cert-auth): both or neither. */
+  cert?: PemSource;
+  key?: PemSource;
+}
+
+/** How to reach etcd and who to be there: what `store/etcd-config.ts` builds from flags and env. */
+export interface EtcdConnectionOptions {
+  /** http(s)://HOST:PORT, or unix:///PATH (TLS on it when `tls` is given). */
   endpoints: string[];
+  tls?: EtcdTlsOptions;
+  /** etcd user and password. Without it, under --client-cert-auth, etcd takes the user from the certificate's CN. */
+  auth?: { username: string; password: string };
+}
+
+export interface EtcdStoreOptions extends EtcdConnectionOptions {
   /** Deadline of each unary call. Default 5 s. */
   callTimeoutMs?: number;
   /** gRPC connect timeout. Default 2 s. */
@@ -50,6 +76,11 @@ export interface EtcdStoreOptions {
   watchConnectTimeoutMs?: number;
   /** Batches buffered per watch before it fails with E_STORE_UNAVAILABLE (slow consumer). Default 10 000. */
   watchBufferLimit?: number;
+  /**
+   * A key this client may read (it need not exist): currentRevision() reads it count-only. With etcd
+   * auth, pick one inside the user's permitted range (netd: "/netd/"). Default "\0".
+   */
+  probeKey?: string;
   logger?: Logger;
 }
 
@@ -62,18 +93,34 @@ export class EtcdStore implements Store {
   private readonly log: Logger;
   private readonly watchConnectTimeoutMs: number;
   private readonly watchBufferLimit: number;
+  private readonly probeKey: Buffer;
+  private readonly user: string | undefined;
 
   constructor(opts: EtcdStoreOptions) {
     const callTimeoutMs = opts.callTimeoutMs ?? 5_000;
     this.log = (opts.logger ?? silentLogger()).child({ component: 'store' });
     this.watchConnectTimeoutMs = opts.watchConnectTimeoutMs ?? 10_000;
     this.watchBufferLimit = opts.watchBufferLimit ?? 10_000;
+    this.probeKey = Buffer.from(opts.probeKey ?? '\0');
+    this.user = opts.auth?.username;
+    if (opts.endpoints.length === 0) throw new AppError(ErrorCodes.INVALID_INPUT, 'no etcd endpoints given');
+    const notSent = handleWhen((err) => /No connection established/.test(err.message));
     this.client = new Etcd3({
       hosts: opts.endpoints,
       dialTimeout: opts.dialTimeoutMs ?? 2_000,
+      ...(opts.tls && { credentials: tlsCredentials(opts.tls) }),
+      // The password-to-token exchange gets the default (unary) deadline too.
+      ...(opts.auth && { auth: { username: opts.auth.username, password: opts.auth.password } }),
       // Streams (watch, lease keep-alive) live on: a deadline would end them.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
-      faultHandling: { host: () => noop, global: noop },
+      faultHandling: {
+        host: () => noop,
+        // etcd3 moves to the next endpoint on each attempt.
+        global:
+          opts.endpoints.length > 1
+            ? retry(notSent, { maxAttempts: opts.endpoints.length - 1, backoff: new ConstantBackoff(0) })
+            : noop,
+      },
     });
   }
 
@@ -214,9 +261,12 @@ export class EtcdStore implements Store {
     });
     watcher.on('disconnected', (err: Error) => queue.fail(storeUnavailable(`watch disconnected: ${err.message}`, err)));
     watcher.on('error', (err: Error) => {
+      const mapped = mapError(err);
+      if (mapped.code === ErrorCodes.STORE_ACCESS_DENIED) return queue.fail(mapped);
       // etcd (3.4) cancels a watch on a compacted revision with an empty cancel_reason, and etcd3
-      // drops the response's compact_revision: ask etcd whether `next` is still in history.
-      this.compactRevisionAbove(next).then(
+      // drops the response's compact_revision: ask etcd whether `next` is still in history (reading
+      // the watched prefix: whoever may watch it may read it).
+      this.compactRevisionAbove(Buffer.from(prefix), next).then(
         (compactRevision) =>
           queue.fail(
             compactRevision !== undefined
@@ -231,7 +281,7 @@ export class EtcdStore implements Store {
 
   async currentRevision(): Promise<bigint> {
     // A count-only range on one key: etcd answers with the header revision and no data.
-    const res = await this.call(() => this.client.kv.range({ key: Buffer.from('\0'), count_only: true }));
+    const res = await this.call(() => this.client.kv.range({ key: this.probeKey, count_only: true }));
     return BigInt(res.header.revision);
   }
 
@@ -249,21 +299,21 @@ export class EtcdStore implements Store {
    * tell (see watch()), so it is found by bisection: reads below the compact revision fail, reads at
    * or above it succeed. A few cheap count-only reads, only on the rare compaction path.
    */
-  private async compactRevisionAbove(revision: bigint): Promise<bigint | undefined> {
-    if (await this.readableAt(revision)) return undefined;
+  private async compactRevisionAbove(key: Buffer, revision: bigint): Promise<bigint | undefined> {
+    if (await this.readableAt(key, revision)) return undefined;
     let unreadable = revision;
-    let readable = await this.currentRevision();
+    let readable = BigInt((await this.call(() => this.client.kv.range({ key, count_only: true }))).header.revision);
     while (readable - unreadable > 1n) {
       const mid = (readable + unreadable) / 2n;
-      if (await this.readableAt(mid)) readable = mid;
+      if (await this.readableAt(key, mid)) readable = mid;
       else unreadable = mid;
     }
     return readable;
   }
 
-  private async readableAt(revision: bigint): Promise<boolean> {
+  private async readableAt(key: Buffer, revision: bigint): Promise<boolean> {
     try {
-      await this.client.kv.range({ key: Buffer.from('\0'), count_only: true, revision: String(revision) });
+      await this.client.kv.range({ key, count_only: true, revision: String(revision) });
       return true;
     } catch (err) {
       const mapped = mapError(err);
@@ -277,9 +327,44 @@ export class EtcdStore implements Store {
     try {
       return await fn();
     } catch (err) {
-      throw mapError(err);
+      const mapped = mapError(err);
+      if (mapped.code === ErrorCodes.STORE_ACCESS_DENIED && this.user && !mapped.details.user)
+        throw new AppError(mapped.code, mapped.message, { ...mapped.details, user: this.user }, { cause: err });
+      throw mapped;
     }
   }
+}
+
+/** PEM files are read once, here; a missing or unreadable one is bad input, said so by name. */
+function tlsCredentials(tls: EtcdTlsOptions): { rootCertificate: Buffer; privateKey?: Buffer; certChain?: Buffer } {
+  if ((tls.cert === undefined) !== (tls.key === undefined))
+    throw new AppError(ErrorCodes.INVALID_INPUT, 'an etcd client certificate needs its key, and a key its certificate');
+  return {
+    rootCertificate: pem(tls.ca, 'etcd CA certificate'),
+    ...(tls.cert !== undefined && { certChain: pem(tls.cert, 'etcd client certificate') }),
+    ...(tls.key !== undefined && { privateKey: pem(tls.key, 'etcd client key') }),
+  };
+}
+
+export function pem(source: PemSource, what: string): Buffer {
+  let bytes: Buffer;
+  try {
+    bytes = typeof source === 'string' ? readFileSync(source) : source;
+  } catch (err) {
+    throw new AppError(
+      ErrorCodes.INVALID_INPUT,
+      `cannot read the ${what} ${source as string}: ${(err as Error).message}`,
+      { file: source },
+      { cause: err },
+    );
+  }
+  if (!bytes.includes('-----BEGIN '))
+    throw new AppError(
+      ErrorCodes.INVALID_INPUT,
+      `the ${what}${typeof source === 'string' ? ` ${source}` : ''} is not PEM`,
+      typeof source === 'string' ? { file: source } : {},
+    );
+  return bytes;
 }
 
 /**
@@ -293,6 +378,11 @@ function mapError(err: unknown): AppError {
   if (err instanceof EtcdLeaseInvalidError)
     return new AppError(ErrorCodes.NOT_FOUND, 'lease not found (expired or revoked)', {}, { cause: err });
   const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof EtcdAuthenticationFailedError || /authentication failed|invalid user ID or password/.test(message))
+    return accessDenied(`etcd refused the user name or password (${message})`, err);
+  if (err instanceof EtcdPermissionDeniedError || /permission denied|user name is empty/.test(message))
+    return accessDenied(`etcd denied this user access to the key (${message})`, err);
+  if (TLS_REFUSED.test(message)) return accessDenied(`TLS handshake with etcd failed (${message})`, err);
   if (/required revision has been compacted/.test(message))
     return new AppError(ErrorCodes.STORE_COMPACTED, message, {}, { cause: err });
   if (/requested lease not found/.test(message)) return new AppError(ErrorCodes.NOT_FOUND, message, {}, { cause: err });
@@ -304,6 +394,14 @@ function mapError(err: unknown): AppError {
     return new AppError(ErrorCodes.INVALID_INPUT, message, {}, { cause: err });
   }
   return storeUnavailable(message, err);
+}
+
+/** TLS failures that mean "wrong certificate or CA", from either side of the handshake. */
+const TLS_REFUSED =
+  /alert (bad certificate|certificate required|unknown ca|certificate unknown|certificate expired|handshake failure)|unable to verify|self[- ]signed certificate|unable to get (local )?issuer|certificate has expired|does not match certificate's altnames|ERR_TLS_CERT|wrong version number/i;
+
+function accessDenied(message: string, cause: unknown): AppError {
+  return new AppError(ErrorCodes.STORE_ACCESS_DENIED, `state store refused access: ${message}`, {}, { cause });
 }
 
 function toKV(kv: IKeyValue): KV {
