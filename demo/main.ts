@@ -4,6 +4,7 @@ import { describeError } from '../core/errors.js';
 import { ExecRunner } from '../sys/runner.js';
 import { createLogger } from '../sys/log.js';
 import { withCluster, type ClusterSession } from '../test-netns/harness.js';
+import { ipamEtcdConfig } from '../test-netns/etcd-cluster.js';
 import { findLeaks, formatLeaks } from '../test-netns/leaks.js';
 import { uniqueSuffix } from '../test-netns/testing.js';
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
@@ -107,7 +108,7 @@ async function containersAct(s: ClusterSession): Promise<boolean> {
 async function ipamAct(s: ClusterSession): Promise<boolean> {
   say('\n== Cluster IPAM: reference bridge plugin + netd-ipam on two hosts, one pool ==');
   const binDir = mkdtempSync(join(tmpdir(), 'demo-cni-'));
-  const store = new EtcdStore({ endpoints: s.cluster.description.etcd.endpoints });
+  const store = new EtcdStore(s.cluster.description.etcd.client);
   try {
     installCniPlugin({
       binDir,
@@ -132,7 +133,7 @@ async function ipamAct(s: ClusterSession): Promise<boolean> {
           type: 'netd-ipam',
           pool: 'demo-vpc',
           host: hostName,
-          etcdEndpoints: s.cluster.description.etcd.underlayEndpoints,
+          etcd: ipamEtcdConfig(s.cluster.description),
         },
       };
       const env = {
@@ -185,7 +186,7 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
   say('\n== netd: two tenants, equal CIDRs, podman containers on two hosts ==');
   const d = s.cluster.description;
   const cni = d.cni!;
-  const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+  const store = new EtcdStore(d.etcd.client);
   const podman = await Podman.create(s.runner, { pluginDir: cni.binDir });
   const h1 = s.cluster.host('h1').netns;
   const h2 = s.cluster.host('h2').netns;
@@ -311,7 +312,9 @@ async function main(): Promise<number> {
     say(`== Cluster ${d.prefix}: ${d.hosts.length} hosts up in ${Date.now() - started} ms ==`);
     for (const h of d.hosts) say(`  ${h.name}\tnetns ${h.netns}\tunderlay ${h.underlayIp}`);
     say(`  outside\tnetns ${d.outside.netns}\taddress ${d.outside.address}`);
-    say(`  etcd\t${d.etcd.underlayEndpoints.join(',')} (hosts), ${d.etcd.endpoints.join(',')} (here)`);
+    say(
+      `  etcd\t${d.etcd.hostClient.endpoints.join(',')} (hosts, TLS, user netd), ${d.etcd.client.endpoints.join(',')} (here, user root)`,
+    );
     ok = (await underlayAct(s)) && ok;
     ok = (await containersAct(s)) && ok;
     ok = (await ipamAct(s)) && ok;

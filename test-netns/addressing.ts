@@ -2,7 +2,7 @@ import { invalidInput } from '../core/errors.js';
 
 /**
  * The underlay plan of a virtual cluster: one /24, the fabric's control address (.1, where etcd
- * listens), hosts from .11 up, the outside world at .254. Every cluster lives in its own namespaces,
+ * listens; further etcd members at .2 to .9), hosts from .11 up, the outside world at .254. Every cluster lives in its own namespaces,
  * so parallel clusters reuse the same plan without meeting.
  */
 export interface UnderlayPlan {
@@ -11,9 +11,12 @@ export interface UnderlayPlan {
   controlIp: string;
   outsideIp: string;
   hostIp(index: number): string;
+  /** etcd member `index` (0: the control address). */
+  etcdIp(index: number): string;
 }
 
 export const MAX_HOSTS = 200;
+export const MAX_ETCD_MEMBERS = 9;
 
 export function underlayPlan(base = '10.77.0.0'): UnderlayPlan {
   const octets = base.split('.').map(Number);
@@ -31,6 +34,12 @@ export function underlayPlan(base = '10.77.0.0'): UnderlayPlan {
         throw invalidInput(`host index ${index} outside 0..${MAX_HOSTS - 1}`);
       }
       return `${stem}.${11 + index}`;
+    },
+    etcdIp(index: number): string {
+      if (!Number.isInteger(index) || index < 0 || index >= MAX_ETCD_MEMBERS) {
+        throw invalidInput(`etcd member index ${index} outside 0..${MAX_ETCD_MEMBERS - 1}`);
+      }
+      return `${stem}.${1 + index}`;
     },
   };
 }

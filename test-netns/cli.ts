@@ -5,11 +5,11 @@ import { ExecRunner } from '../sys/runner.js';
 import { createLogger } from '../sys/log.js';
 import { VirtualCluster, teardownCluster, COMPONENTS, type Component } from './cluster.js';
 import { findLeaks, formatLeaks } from './leaks.js';
-import { STATE_ROOT } from './names.js';
+import { DATA_ROOT, STATE_ROOT } from './names.js';
 import { readdirSync } from 'node:fs';
 
 const USAGE = `usage:
-  test-netns up --hosts N [--prefix P] [--gluster-nodes M] [--with netd,storaged] [--json]
+  test-netns up --hosts N [--prefix P] [--etcd-members K] [--gluster-nodes M] [--with netd,storaged] [--json]
   test-netns down [--prefix P]          (without --prefix: every cluster)
   test-netns describe --prefix P        (the JSON that up printed)
   test-netns leaks [--prefix P]         (exit 1 when anything is left)
@@ -23,6 +23,7 @@ async function main(argv: string[]): Promise<number> {
       hosts: { type: 'string' },
       prefix: { type: 'string' },
       'gluster-nodes': { type: 'string' },
+      'etcd-members': { type: 'string' },
       with: { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -44,6 +45,7 @@ async function main(argv: string[]): Promise<number> {
           prefix: values.prefix ?? 'tn',
           hosts: parseCount('--hosts', values.hosts, 1),
           glusterNodes: parseCount('--gluster-nodes', values['gluster-nodes'], 0),
+          etcdMembers: parseCount('--etcd-members', values['etcd-members'], 1),
           with: parseComponents(values.with),
         },
         deps,
@@ -52,7 +54,9 @@ async function main(argv: string[]): Promise<number> {
       if (values.json) {
         process.stdout.write(JSON.stringify(d, null, 2) + '\n');
       } else {
-        process.stdout.write(`cluster ${d.prefix} up: etcd ${d.etcd.endpoints.join(',')}\n`);
+        process.stdout.write(
+          `cluster ${d.prefix} up: etcd ${d.etcd.client.endpoints.join(',')} (TLS; CA ${d.etcd.ca}, user root)\n`,
+        );
         for (const h of d.hosts) process.stdout.write(`  ${h.name}\t${h.netns}\t${h.underlayIp}\n`);
         process.stdout.write(`  outside\t${d.outside.netns}\t${d.outside.address}\n`);
       }
@@ -64,7 +68,10 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'down': {
-      const prefixes = values.prefix ? [values.prefix] : safeReaddir(STATE_ROOT);
+      // A data dir without its state dir is what a crash between the two leaves.
+      const prefixes = values.prefix
+        ? [values.prefix]
+        : [...new Set([...safeReaddir(STATE_ROOT), ...safeReaddir(DATA_ROOT)])];
       for (const p of prefixes) await teardownCluster(p, deps);
       return 0;
     }

@@ -19,25 +19,29 @@ import type { CommandRunner } from '../sys/runner.js';
 import { IpBatch, IpClient } from '../sys/ip.js';
 import type { Logger } from '../sys/log.js';
 import { silentLogger } from '../sys/log.js';
-import { startDaemon, stopDaemon } from '../sys/process.js';
+import { killDaemon, startDaemon, stopDaemon, waitForExit } from '../sys/process.js';
 import { EtcdStore } from '../store/etcd.js';
 import { Ipam } from '../ipam/allocator.js';
 import { installNetdPlugin } from '../netd/install-cni.js';
 import { socketPathForNetns } from '../netd/cni-server.js';
 import { EtcdServer, type EtcdServerState } from './etcd.js';
+import { etcdFlags, startEtcdCluster, type ClusterEtcd } from './etcd-cluster.js';
+import { createEtcdPki } from './pki.js';
 import { checkPrefix, names, FABRIC_BRIDGE, HOST_UPLINK, NETNS_DIR } from './names.js';
-import { underlayPlan, MAX_HOSTS } from './addressing.js';
+import { underlayPlan, MAX_HOSTS, MAX_ETCD_MEMBERS } from './addressing.js';
 
 /**
  * A virtual multi-host cluster made of network namespaces:
  *
- *   tn-P-fab   bridge "fabric" (control address .1, etcd listens there)
+ *   tn-P-fab   bridge "fabric" (control address .1, etcd member m1 listens there; mN on .N)
  *     ├── veth ── tn-P-h1  "uplink" 10.77.0.11/24
  *     ├── veth ── tn-P-h2  "uplink" 10.77.0.12/24
  *     └── veth ── tn-P-out "uplink" 10.77.0.254/24  (the outside world)
  *
  * Nothing is created in the root namespace. All state needed to tear the cluster down is written to
  * /run/test-netns/P/cluster.json before anything is created, so `down` works after a crash at any point.
+ * etcd (TLS, client certificates, RBAC: see etcd-cluster.ts) keeps its data on disk under
+ * /var/lib/test-netns/P, which `down` removes too.
  */
 
 export const COMPONENTS = ['netd', 'storaged'] as const;
@@ -50,6 +54,8 @@ export interface ClusterOptions {
   with?: readonly Component[];
   underlayBase?: string;
   mtu?: number;
+  /** etcd members, each on its own fabric address (default 1). */
+  etcdMembers?: number;
 }
 
 export interface HostDescription {
@@ -69,7 +75,8 @@ export interface ClusterDescription {
   fabric: { netns: string; bridge: string; controlIp: string };
   hosts: HostDescription[];
   outside: { netns: string; netnsPath: string; address: string };
-  etcd: { endpoints: string[]; underlayEndpoints: string[] };
+  /** `new EtcdStore(d.etcd.client)` from here; `etcdFlags(d)` for a daemon on a host. */
+  etcd: ClusterEtcd;
   adminToken: string;
   /** With netd: where its CNI plugin is installed, and its external (eth0) pool. */
   cni?: { binDir: string; socketDir: string; externalPool: string; externalCidr: string };
@@ -79,7 +86,7 @@ export interface ClusterDescription {
 interface ClusterState {
   status: 'creating' | 'up';
   description?: ClusterDescription;
-  etcd?: EtcdServerState;
+  etcdMembers?: EtcdServerState[];
   /** Component daemons started on the hosts, to be ended by PID at teardown. */
   daemons?: Array<{ component: Component; host: string; pid: number; startTime: string }>;
 }
@@ -93,7 +100,7 @@ export class VirtualCluster {
   private constructor(
     readonly description: ClusterDescription,
     private readonly deps: ClusterDeps,
-    private readonly etcdState: EtcdServerState | undefined,
+    private readonly etcdStates: EtcdServerState[],
   ) {}
 
   static async up(opts: ClusterOptions, deps: ClusterDeps): Promise<VirtualCluster> {
@@ -101,7 +108,7 @@ export class VirtualCluster {
     validateOptions(opts);
     const log = (deps.logger ?? silentLogger()).child({ component: 'test-netns', prefix });
     const stateDir = names.stateDir(prefix);
-    if (existsSync(stateDir) || (await clusterNamespaces(prefix)).length > 0) {
+    if (existsSync(stateDir) || existsSync(names.dataDir(prefix)) || (await clusterNamespaces(prefix)).length > 0) {
       throw new AppError(
         ErrorCodes.ALREADY_EXISTS,
         `cluster "${prefix}" exists already (run: test-netns down --prefix ${prefix})`,
@@ -116,7 +123,7 @@ export class VirtualCluster {
       state.status = 'up';
       writeState(prefix, state);
       log.info({ hosts: description.hosts.length }, 'cluster up');
-      return new VirtualCluster(description, deps, state.etcd);
+      return new VirtualCluster(description, deps, [...(state.etcdMembers ?? [])]);
     } catch (err) {
       log.error({ err }, 'cluster up failed; tearing down');
       await teardownCluster(prefix, deps);
@@ -130,7 +137,7 @@ export class VirtualCluster {
     if (!state?.description || state.status !== 'up') {
       throw new AppError(ErrorCodes.NOT_FOUND, `no running cluster "${prefix}"`, { prefix });
     }
-    return new VirtualCluster(state.description, deps, state.etcd);
+    return new VirtualCluster(state.description, deps, state.etcdMembers ?? []);
   }
 
   get prefix(): string {
@@ -143,10 +150,34 @@ export class VirtualCluster {
     return host;
   }
 
-  /** The etcd server process, for tests that stop or restart it. */
+  /** The etcd server process of a one-member cluster, for tests that stop or restart it. */
   etcdServer(): EtcdServer {
-    if (!this.etcdState) throw new AppError(ErrorCodes.INTERNAL, 'cluster has no etcd');
-    return EtcdServer.attach(this.etcdState);
+    if (this.etcdStates.length !== 1)
+      throw new AppError(
+        ErrorCodes.INVALID_INPUT,
+        `etcdServer() is for a one-member etcd; this cluster has ${this.etcdStates.length}: use etcdMember(i)`,
+      );
+    return this.etcdMember(0);
+  }
+
+  /** etcd member i (0-based; named m<i+1>), to kill or restart it like a host. */
+  etcdMember(index: number): EtcdServer {
+    const state = this.etcdStates[index];
+    if (!state)
+      throw new AppError(ErrorCodes.NOT_FOUND, `no etcd member ${index} (cluster has ${this.etcdStates.length})`);
+    // A restart makes a new process: cluster.json must name it, or teardown would miss it.
+    return EtcdServer.attach(state, (relaunched) => {
+      this.etcdStates[index] = relaunched;
+      const saved = readState(this.prefix);
+      if (saved?.etcdMembers) {
+        saved.etcdMembers[index] = relaunched;
+        writeState(this.prefix, saved);
+      }
+    });
+  }
+
+  etcdMembers(): EtcdServer[] {
+    return this.etcdStates.map((_, i) => this.etcdMember(i));
   }
 
   async down(): Promise<void> {
@@ -160,6 +191,9 @@ function validateOptions(opts: ClusterOptions): void {
   }
   const mtu = opts.mtu ?? 1500;
   if (!Number.isInteger(mtu) || mtu < 1280 || mtu > 9000) throw invalidInput('--mtu must be 1280..9000', { mtu });
+  const members = opts.etcdMembers ?? 1;
+  if (!Number.isInteger(members) || members < 1 || members > MAX_ETCD_MEMBERS)
+    throw invalidInput(`--etcd-members must be an integer from 1 to ${MAX_ETCD_MEMBERS}`, { etcdMembers: members });
   for (const c of opts.with ?? []) {
     if (!COMPONENTS.includes(c)) throw invalidInput(`unknown component "${c}" (known: ${COMPONENTS.join(', ')})`);
   }
@@ -185,6 +219,16 @@ async function build(
   const { runner } = deps;
   const plan = underlayPlan(opts.underlayBase);
   const mtu = opts.mtu ?? 1500;
+  const etcdIps = Array.from({ length: opts.etcdMembers ?? 1 }, (_, i) => plan.etcdIp(i));
+  // Certificates are made while the namespaces are (openssl is a few processes; hide their cost).
+  const stateDir = names.stateDir(prefix);
+  const pki = createEtcdPki(runner, {
+    dir: join(stateDir, 'pki'),
+    name: `test-netns ${prefix}`,
+    serverIps: etcdIps,
+    clients: ['root', 'netd'],
+  });
+  pki.catch(() => undefined); // awaited below; not an unhandled rejection meanwhile
   const fabric = names.fabricNetns(prefix);
   const outside = names.outsideNetns(prefix);
   const hostNames = Array.from({ length: opts.hosts }, (_, i) => names.hostName(i));
@@ -199,8 +243,8 @@ async function build(
   const fabricBatch = new IpBatch()
     .linkSet('lo', { up: true })
     .linkAddBridge(FABRIC_BRIDGE, { mtu })
-    .linkSet(FABRIC_BRIDGE, { up: true })
-    .addrAdd(`${plan.controlIp}/${plan.prefixLength}`, FABRIC_BRIDGE);
+    .linkSet(FABRIC_BRIDGE, { up: true });
+  for (const ip of etcdIps) fabricBatch.addrAdd(`${ip}/${plan.prefixLength}`, FABRIC_BRIDGE);
   for (const e of edges) {
     fabricBatch
       .linkAddVeth(e.port, HOST_UPLINK, { peerNetns: e.netns, mtu })
@@ -230,15 +274,21 @@ async function build(
   }
   await ip.in({ name: outside }).apply(uplinkBatch(plan.outsideIp));
 
-  const etcd = await EtcdServer.start({
-    dir: join(names.stateDir(prefix), 'etcd'),
+  const etcd = await startEtcdCluster(runner, {
+    members: etcdIps.length,
+    dir: stateDir,
+    dataRoot: names.dataDir(prefix),
+    name: `test-netns ${prefix}`,
     netns: { name: fabric },
-    listenAddress: plan.controlIp,
+    addresses: etcdIps,
+    pki: await pki,
     detached: true,
+    onLaunched: (members) => {
+      state.etcdMembers = members;
+      writeState(prefix, state);
+    },
   });
-  state.etcd = etcd.state();
-  writeState(prefix, state);
-  log.debug({ pid: etcd.pid }, 'etcd started');
+  log.debug({ pids: etcd.servers.map((s) => s.pid) }, 'etcd started');
 
   const description: ClusterDescription = {
     prefix,
@@ -247,7 +297,7 @@ async function build(
     fabric: { netns: fabric, bridge: FABRIC_BRIDGE, controlIp: plan.controlIp },
     hosts,
     outside: { netns: outside, netnsPath: names.netnsPath(outside), address: plan.outsideIp },
-    etcd: { endpoints: etcd.endpoints, underlayEndpoints: etcd.networkEndpoints },
+    etcd: etcd.description,
     adminToken: randomBytes(24).toString('base64url'),
   };
   state.description = description;
@@ -276,7 +326,7 @@ async function startNetdOnHosts(
   for (const p of ['bridge', 'host-local', 'loopback', 'bandwidth']) {
     if (existsSync(`/usr/lib/cni/${p}`)) symlinkSync(`/usr/lib/cni/${p}`, join(binDir, p));
   }
-  const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+  const store = new EtcdStore(d.etcd.client);
   try {
     await new Ipam({ store, host: 'admin' }).createPool({ ...EXTERNAL_POOL, kind: 'external' });
   } finally {
@@ -297,8 +347,7 @@ async function startNetdOnHosts(
         h.uplink,
         '--mtu',
         String(d.underlay.mtu),
-        '--etcd',
-        d.etcd.underlayEndpoints.join(','),
+        ...etcdFlags(d),
         '--lease-ttl',
         '5',
         '--cni-socket-dir',
@@ -331,14 +380,18 @@ async function startNetdOnHosts(
 
 /**
  * Removes everything cluster P made, from whatever state it is in: processes by recorded PID (and
- * start time), then every `tn-P-*` namespace (which takes its links with it), then the state dir.
- * Safe to run twice and after a crash.
+ * start time), then every `tn-P-*` namespace (which takes its links with it), then the state dir
+ * and etcd's data dir. Safe to run twice and after a crash.
  */
 export async function teardownCluster(prefix: string, deps: ClusterDeps): Promise<void> {
   checkPrefix(prefix);
   const state = readState(prefix);
   for (const daemon of state?.daemons ?? []) await stopDaemon(daemon, 10_000);
-  if (state?.etcd) await stopDaemon(state.etcd, 10_000);
+  // etcd's data goes next, so nothing is lost by a SIGKILL; a graceful stop of several members
+  // costs seconds (each hands leadership on, or waits for peers that are stopping too).
+  const members = state?.etcdMembers ?? [];
+  for (const m of members) killDaemon(m);
+  await Promise.all(members.map((m) => waitForExit(m, 10_000)));
   const ip = new IpClient(deps.runner);
   // One forced batch: it keeps going past a namespace that vanished meanwhile.
   await ip.deleteNetns(await clusterNamespaces(prefix));
@@ -347,6 +400,7 @@ export async function teardownCluster(prefix: string, deps: ClusterDeps): Promis
     await deps.runner.run({ argv: ['ip', 'netns', 'del', n] }).catch(() => undefined);
   }
   rmSync(names.stateDir(prefix), { recursive: true, force: true });
+  rmSync(names.dataDir(prefix), { recursive: true, force: true });
 }
 
 /** Namespaces named `tn-P-*` (container namespaces included). */

@@ -5,6 +5,7 @@ import { Containers } from './containers.js';
 import { Prober } from './probe.js';
 import { findLeaks, type Leak } from './leaks.js';
 import { uniqueSuffix } from './testing.js';
+import { names } from './names.js';
 
 /**
  * The way tests, the demo and benchmarks use a cluster: bring it up, hand it to `fn`, and tear it
@@ -40,19 +41,17 @@ export async function withCluster<T>(opts: WithClusterOptions, fn: (s: ClusterSe
       probe: new Prober(runner),
       runner,
       residue: async () => {
-        const leaks = await findLeaks({ prefix, runner, etcdEndpoints: cluster.description.etcd.endpoints });
+        const leaks = await findLeaks({ prefix, runner, etcd: cluster.description.etcd.client });
         // The cluster's own namespaces, state, etcd and component daemons are expected while it runs.
         const d = cluster.description;
         const own = new Set([d.fabric.netns, d.outside.netns, ...d.hosts.map((h) => h.netns)]);
         const state = readState(prefix);
         // ...and so are the short-lived children of those daemons (a reconcile's `ip -batch`).
-        const ownPids = new Set(
-          [state?.etcd?.pid, ...(state?.daemons ?? []).map((x) => x.pid)].filter((x): x is number => x !== undefined),
-        );
+        const ownPids = new Set([...(state?.etcdMembers ?? []), ...(state?.daemons ?? [])].map((x) => x.pid));
         return leaks.filter(
           (l) =>
             !(l.kind === 'netns' && own.has(l.what)) &&
-            !(l.kind === 'state' && l.what === d.stateDir) &&
+            !(l.kind === 'state' && (l.what === d.stateDir || l.what === names.dataDir(prefix))) &&
             !(l.kind === 'process' && (ownPids.has(l.pid ?? -1) || ownPids.has(l.ppid ?? -1))),
         );
       },

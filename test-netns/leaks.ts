@@ -1,9 +1,9 @@
 import { readdirSync, readFileSync, readlinkSync, statSync, existsSync } from 'node:fs';
-import { EtcdStore } from '../store/etcd.js';
+import { EtcdStore, type EtcdConnectionOptions } from '../store/etcd.js';
 import type { CommandRunner } from '../sys/runner.js';
 import { isRunning } from '../sys/process.js';
 import { readState } from './cluster.js';
-import { names, NETNS_DIR, NETNS_PREFIX, STATE_ROOT } from './names.js';
+import { names, DATA_ROOT, NETNS_DIR, NETNS_PREFIX, STATE_ROOT } from './names.js';
 
 /**
  * Finds what a cluster (or any test) left behind. Every integration test ends with this, and the
@@ -29,8 +29,8 @@ export interface LeakCheckOptions {
   /** Only this cluster; without it, everything any test-netns cluster or scratch namespace made. */
   prefix?: string;
   runner: CommandRunner;
-  /** Also list project keys in this running cluster's etcd (mid-test checks). */
-  etcdEndpoints?: string[];
+  /** Also list project keys in this running cluster's etcd (mid-test checks): e.g. `d.etcd.client`. */
+  etcd?: EtcdConnectionOptions;
 }
 
 export async function findLeaks(opts: LeakCheckOptions): Promise<Leak[]> {
@@ -44,7 +44,7 @@ export async function findLeaks(opts: LeakCheckOptions): Promise<Leak[]> {
   leaks.push(...(await rootLinkLeaks(opts.runner)));
   leaks.push(...(await nftLeaks(opts.runner)));
   leaks.push(...(await ovsLeaks(opts.runner)));
-  if (opts.etcdEndpoints) leaks.push(...(await etcdLeaks(opts.etcdEndpoints)));
+  if (opts.etcd) leaks.push(...(await etcdLeaks(opts.etcd)));
   return leaks;
 }
 
@@ -60,8 +60,14 @@ function listNetns(): string[] {
   }
 }
 
+/** A cluster's state dir (/run/test-netns/P) and its data dir on disk (/var/lib/test-netns/P: etcd's data). */
 function stateLeaks(prefix: string | undefined): Leak[] {
-  const dirs = prefix ? [names.stateDir(prefix)] : safeReaddir(STATE_ROOT).map((d) => `${STATE_ROOT}/${d}`);
+  const dirs = prefix
+    ? [names.stateDir(prefix), names.dataDir(prefix)]
+    : [
+        ...safeReaddir(STATE_ROOT).map((d) => `${STATE_ROOT}/${d}`),
+        ...safeReaddir(DATA_ROOT).map((d) => `${DATA_ROOT}/${d}`),
+      ];
   return dirs.filter((d) => existsSync(d)).map((d) => ({ kind: 'state' as const, what: d }));
 }
 
@@ -79,9 +85,14 @@ function processLeaks(namespaces: string[], prefix: string | undefined): Leak[] 
   const prefixes = prefix ? [prefix] : safeReaddir(STATE_ROOT);
   for (const p of prefixes) {
     const state = readState(p);
-    const etcd = state?.etcd;
-    if (etcd && isRunning(etcd))
-      leaks.push({ kind: 'process', what: `etcd pid ${etcd.pid} of cluster ${p}`, pid: etcd.pid });
+    for (const etcd of state?.etcdMembers ?? []) {
+      if (isRunning(etcd))
+        leaks.push({
+          kind: 'process',
+          what: `etcd ${etcd.options.name ?? ''} pid ${etcd.pid} of cluster ${p}`,
+          pid: etcd.pid,
+        });
+    }
     for (const d of state?.daemons ?? []) {
       if (isRunning(d))
         leaks.push({ kind: 'process', what: `${d.component} pid ${d.pid} on ${d.host} of cluster ${p}`, pid: d.pid });
@@ -164,8 +175,8 @@ async function ovsLeaks(runner: CommandRunner): Promise<Leak[]> {
   }
 }
 
-async function etcdLeaks(endpoints: string[]): Promise<Leak[]> {
-  const store = new EtcdStore({ endpoints, callTimeoutMs: 5000 });
+async function etcdLeaks(etcd: EtcdConnectionOptions): Promise<Leak[]> {
+  const store = new EtcdStore({ ...etcd, callTimeoutMs: 5000 });
   try {
     const leaks: Leak[] = [];
     for (const prefix of OWNED_ETCD_PREFIXES) {

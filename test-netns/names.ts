@@ -8,6 +8,8 @@ import { invalidInput } from '../core/errors.js';
 
 export const NETNS_PREFIX = 'tn-';
 export const STATE_ROOT = '/run/test-netns';
+/** Data that must be on disk (etcd's): /run may be a tmpfs (it is on many CI machines). */
+export const DATA_ROOT = '/var/lib/test-netns';
 export const NETNS_DIR = '/run/netns';
 
 const PREFIX_RE = /^[a-z][a-z0-9]{0,19}$/;
@@ -38,6 +40,7 @@ export const names = {
   clusterNetnsStem: (prefix: string) => `${NETNS_PREFIX}${prefix}-`,
   hostName: (index: number) => `h${index + 1}`,
   stateDir: (prefix: string) => `${STATE_ROOT}/${prefix}`,
+  dataDir: (prefix: string) => `${DATA_ROOT}/${prefix}`,
   netnsPath: (netns: string) => `${NETNS_DIR}/${netns}`,
   /** Host-side veth of a test container (≤ 15 chars). */
   containerHostIf: (container: string) => `c-${container}`,

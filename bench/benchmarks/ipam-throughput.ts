@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { CommandRunner } from '../../sys/runner.js';
 import { VirtualCluster, teardownCluster } from '../../test-netns/cluster.js';
+import { hostEtcdClient } from '../../test-netns/etcd-cluster.js';
 import { uniqueSuffix } from '../../test-netns/testing.js';
 import { EtcdStore } from '../../store/etcd.js';
 import { Ipam } from '../../ipam/allocator.js';
@@ -65,7 +66,8 @@ async function clusterTrial(
     startWorker({
       host,
       mode,
-      endpoints: d.etcd.underlayEndpoints,
+      // The shared-record peer writes under /bench/, outside the netd user's rights.
+      etcd: mode === 'allocate' ? d.etcd.hostClient : hostEtcdClient(d, 'root'),
       pool: mode === 'allocate' ? pool : `${pool}=${cidr}`,
       prefix: `${pool}-h${i}`,
       count: perHost,
@@ -89,7 +91,7 @@ function clusterLifecycle(runner: CommandRunner) {
       const cluster = await VirtualCluster.up({ prefix, hosts: HOSTS }, { runner });
       ctx = {
         cluster,
-        store: new EtcdStore({ endpoints: cluster.description.etcd.endpoints }),
+        store: new EtcdStore(cluster.description.etcd.client),
         dir: mkdtempSync(join(tmpdir(), 'bench-ipam-')),
         trial: 0,
       };

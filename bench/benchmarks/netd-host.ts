@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { SpawnerRunner, type CommandRunner } from '../../sys/runner.js';
 import { startDaemon, stopDaemon, processStartTime, type DaemonHandle } from '../../sys/process.js';
 import { VirtualCluster, teardownCluster } from '../../test-netns/cluster.js';
+import { etcdFlags } from '../../test-netns/etcd-cluster.js';
 import { uniqueSuffix } from '../../test-netns/testing.js';
 import { EtcdStore } from '../../store/etcd.js';
 import { Ipam } from '../../ipam/allocator.js';
@@ -56,7 +57,7 @@ export class NetdBenchHost {
     this.dir = mkdtempSync(join(tmpdir(), 'bench-netd-'));
     this.cluster = await VirtualCluster.up({ prefix: `bc${uniqueSuffix(2)}`, hosts: 1 }, { runner: this.runner });
     const d = this.cluster.description;
-    const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+    const store = new EtcdStore(d.etcd.client);
     try {
       await store.put(
         netdKeys.vpc('bench'),
@@ -82,8 +83,7 @@ export class NetdBenchHost {
         h.underlayIp,
         '--uplink',
         h.uplink,
-        '--etcd',
-        d.etcd.underlayEndpoints.join(','),
+        ...etcdFlags(d),
         '--cni-socket-dir',
         join(this.dir, 'sock'),
         ...(opts.externalCidr ? ['--external-pool', 'ext'] : []),

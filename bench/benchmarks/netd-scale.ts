@@ -88,7 +88,7 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
     const ports = (await new IpClient(runner, { name: host.netns }).links()).filter((l) =>
       /^(n[ie]|veth)/.test(l.ifname),
     ).length;
-    const store = new EtcdStore({ endpoints: host.cluster!.description.etcd.endpoints });
+    const store = new EtcdStore(host.cluster!.description.etcd.client);
     try {
       const records = (await store.list(netdKeys.endpoints())).kvs.length;
       const handles = (await store.list('/netd/v1/ipam/handles/')).kvs.length;

@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDaemon, type DaemonHandle } from '../../sys/process.js';
 import type { HostDescription } from '../../test-netns/cluster.js';
+import type { EtcdClientFiles } from '../../test-netns/etcd-cluster.js';
 
 /** Runs alloc-worker processes on virtual hosts and reads back what they acknowledged. */
 
@@ -17,7 +18,8 @@ export interface WorkerRun {
 export function startWorker(opts: {
   host: HostDescription;
   mode: 'allocate' | 'release' | 'allocate-shared';
-  endpoints: string[];
+  /** How the worker reaches etcd from its host: e.g. `d.etcd.hostClient`. */
+  etcd: EtcdClientFiles;
   pool: string;
   prefix: string;
   count: number;
@@ -32,7 +34,7 @@ export function startWorker(opts: {
       process.execPath,
       WORKER,
       opts.mode,
-      opts.endpoints.join(','),
+      JSON.stringify(opts.etcd),
       opts.host.name,
       opts.pool,
       opts.prefix,

@@ -3,6 +3,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ClusterSession } from '../../test-netns/harness.js';
+import { etcdFlags } from '../../test-netns/etcd-cluster.js';
 import { startDaemon, stopDaemon, type DaemonHandle } from '../../sys/process.js';
 import { isCommandError } from '../../sys/runner.js';
 
@@ -47,8 +48,7 @@ export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): N
       h.underlayIp,
       '--uplink',
       h.uplink,
-      '--etcd',
-      s.cluster.description.etcd.underlayEndpoints.join(','),
+      ...etcdFlags(s.cluster.description),
       '--lease-ttl',
       String(opts.leaseTtl ?? 2),
       '--cni-socket-dir',

@@ -36,10 +36,10 @@ t.test(
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     await withCluster({ hosts: 4 }, async ({ cluster, residue }) => {
       const d = cluster.description;
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
       await new Ipam({ store, host: 'admin' }).createPool({ name: 'chaos', cidr: '10.120.0.0/18', kind: 'vpc' });
-      const common = { endpoints: d.etcd.underlayEndpoints, pool: 'chaos', dir };
+      const common = { etcd: d.etcd.hostClient, pool: 'chaos', dir };
       let kills = 0;
 
       // Allocation rounds: each round asks for new handles; a kill between commit and acknowledgement

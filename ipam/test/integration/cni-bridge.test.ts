@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { withCluster } from '../../../test-netns/harness.js';
+import { ipamEtcdConfig } from '../../../test-netns/etcd-cluster.js';
 import { requireRoot } from '../../../test-netns/testing.js';
 import { installCniPlugin } from '../../../sys/cni-install.js';
 import { IpClient } from '../../../sys/ip.js';
@@ -55,7 +56,7 @@ t.test(
     await withCluster({ hosts: 1 }, async ({ cluster, containers, probe, runner, residue }) => {
       const d = cluster.description;
       const h1 = cluster.host('h1');
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
       const ipam = new Ipam({ store, host: 'h1' });
       await ipam.createPool({ name: 'vpc1', cidr: '10.30.0.0/24', kind: 'vpc' });
@@ -66,7 +67,7 @@ t.test(
         type: 'bridge',
         bridge: 'cni-vpc1',
         isGateway: true,
-        ipam: { type: 'netd-ipam', pool: 'vpc1', host: 'h1', etcdEndpoints: d.etcd.underlayEndpoints },
+        ipam: { type: 'netd-ipam', pool: 'vpc1', host: 'h1', etcd: ipamEtcdConfig(d) },
       });
 
       // Two "containers": bare namespaces, as a runtime would create them.
@@ -155,7 +156,7 @@ t.test('netd-ipam answers bad input with spec errors and writes nothing', async 
       cniVersion: '1.0.0',
       name: 'n',
       type: 'bridge',
-      ipam: { type: 'netd-ipam', pool: 'p', host: 'h1', etcdEndpoints: d.etcd.underlayEndpoints },
+      ipam: { type: 'netd-ipam', pool: 'p', host: 'h1', etcd: ipamEtcdConfig(d) },
     };
     const env = { CNI_CONTAINERID: 'c', CNI_NETNS: '/run/netns/none', CNI_IFNAME: 'eth0' };
     const cases: Array<[string, object, Record<string, string>, number]> = [

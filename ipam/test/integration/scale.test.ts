@@ -17,7 +17,7 @@ t.test(
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     await withCluster({ hosts: 4 }, async ({ cluster, residue }) => {
       const d = cluster.description;
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
       const admin = new Ipam({ store, host: 'admin' });
       await admin.createPool({ name: 'big', cidr: '10.100.0.0/16', kind: 'vpc' });
@@ -26,7 +26,7 @@ t.test(
         startWorker({
           host,
           mode: 'allocate',
-          endpoints: d.etcd.underlayEndpoints,
+          etcd: d.etcd.hostClient,
           pool: 'big',
           prefix: `h${i}`,
           count: 2500,
@@ -57,7 +57,7 @@ t.test(
         startWorker({
           host,
           mode: 'release',
-          endpoints: d.etcd.underlayEndpoints,
+          etcd: d.etcd.hostClient,
           pool: 'big',
           prefix: `h${i}`,
           count: 2500,

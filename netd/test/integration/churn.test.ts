@@ -17,7 +17,7 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
   await withCluster({ hosts: 1, with: ['netd'] }, async (s) => {
     const d = s.cluster.description;
     const cni = d.cni!;
-    const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+    const store = new EtcdStore(d.etcd.client);
     t.teardown(() => store.close());
     await store.put(
       netdKeys.vpc('a'),

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
+import { etcdFlags } from '../../../test-netns/etcd-cluster.js';
 import type { TestContainer } from '../../../test-netns/containers.js';
 import { requireRoot } from '../../../test-netns/testing.js';
 import { eventually, invokePlugin } from '../netd-hosts.js';
@@ -38,7 +39,7 @@ t.test(
     installNetdPlugin(bin, socketDir);
     await withCluster({ hosts: 2 }, async (s) => {
       const d = s.cluster.description;
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
       await store.put(
         netdKeys.vpc('a'),
@@ -59,8 +60,7 @@ t.test(
               h.underlayIp,
               '--uplink',
               h.uplink,
-              '--etcd',
-              d.etcd.underlayEndpoints.join(','),
+              ...etcdFlags(d),
               '--lease-ttl',
               '2',
               '--cni-socket-dir',

@@ -24,7 +24,7 @@ t.test(
     await withCluster({ hosts: 1, with: ['netd'] }, async (s) => {
       const d = s.cluster.description;
       const cni = d.cni!;
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
       await store.put(
         netdKeys.vpc('a'),

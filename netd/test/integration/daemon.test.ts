@@ -5,6 +5,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
+import { etcdFlags } from '../../../test-netns/etcd-cluster.js';
 import type { TestContainer } from '../../../test-netns/containers.js';
 import { requireRoot } from '../../../test-netns/testing.js';
 import { eventually } from '../netd-hosts.js';
@@ -34,8 +35,7 @@ function runNetd(s: ClusterSession, host: string, dir: string): { handle: Daemon
       h.underlayIp,
       '--uplink',
       h.uplink,
-      '--etcd',
-      s.cluster.description.etcd.underlayEndpoints.join(','),
+      ...etcdFlags(s.cluster.description),
       '--lease-ttl',
       String(LEASE_TTL),
     ],
@@ -58,7 +58,7 @@ t.test(
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     await withCluster({ hosts: 2 }, async (s) => {
       const d = s.cluster.description;
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
       const ipam = new Ipam({ store, host: 'admin' });
       const vpcs: VpcRecord[] = [

@@ -30,7 +30,7 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
   installNetdPlugin(bin, socketDir);
   await withCluster({ hosts: 2 }, async (s) => {
     const d = s.cluster.description;
-    const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+    const store = new EtcdStore(d.etcd.client);
     t.teardown(() => store.close());
     await new Ipam({ store, host: 'admin' }).createPool({ ...POOL, kind: 'external' });
     const h1 = startNetd(s, 'h1', { dir, socketDir, externalPool: POOL.name, externalMode: 'routed' });

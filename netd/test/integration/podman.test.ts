@@ -24,7 +24,7 @@ t.test(
     installNetdPlugin(bin, socketDir);
     await withCluster({ hosts: 2 }, async (s) => {
       const d = s.cluster.description;
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
       const ipam = new Ipam({ store, host: 'admin' });
       for (const [name, tenant, vni] of [

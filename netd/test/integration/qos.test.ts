@@ -85,7 +85,7 @@ t.test(
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     await withCluster({ hosts: 1 }, async (s) => {
       const d = s.cluster.description;
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
       await store.put(
         netdKeys.vpc('a'),

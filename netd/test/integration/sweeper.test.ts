@@ -34,7 +34,7 @@ t.test(
     installNetdPlugin(bin, socketDir);
     await withCluster({ hosts: 2 }, async (s) => {
       const d = s.cluster.description;
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
+      const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
       await store.put(
         netdKeys.vpc('a'),

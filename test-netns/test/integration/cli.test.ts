@@ -4,7 +4,8 @@ import { dirname, join } from 'node:path';
 import { ExecRunner, isCommandError } from '../../../sys/runner.js';
 import { teardownCluster, type ClusterDescription } from '../../cluster.js';
 import { requireRoot, uniqueSuffix } from '../../testing.js';
-import { Etcd3 } from 'etcd3';
+import { statSync } from 'node:fs';
+import { EtcdStore } from '../../../store/etcd.js';
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'cli.js');
 const runner = new ExecRunner();
@@ -27,20 +28,41 @@ t.test('up --json prints the cluster shape scripts rely on; leaks and down agree
   t.same(d.hosts[0]?.daemons, {});
   t.equal(d.outside.netns, `tn-${prefix}-out`);
   t.equal(d.outside.address, '10.77.0.254');
-  t.same(d.etcd.underlayEndpoints, ['http://10.77.0.1:2379']);
+  t.same(
+    d.etcd.members.map((m) => [m.name, m.clientUrl]),
+    [['m1', 'https://10.77.0.1:2379']],
+  );
+  t.same(d.etcd.hostClient.endpoints, ['https://10.77.0.1:2379'], 'hosts reach etcd over the underlay, with TLS');
+  t.match(d.etcd.client.endpoints, [`unix:///run/test-netns/${prefix}/etcd-m1/etcd.sock:0`]);
+  t.equal(d.etcd.members[0]!.dataDir, `/var/lib/test-netns/${prefix}/m1`, 'etcd data on disk, not under /run');
+  for (const pair of Object.values(d.etcd.users))
+    t.equal(statSync(pair.key).mode & 0o777, 0o600, `${pair.key} is 0600`);
   t.ok(d.adminToken.length >= 24, 'an admin token');
 
-  // etcd answers from the root namespace (unix socket) and from a host over the underlay.
-  const client = new Etcd3({ hosts: d.etcd.endpoints });
-  await client.put('/probe').value('ok');
-  t.equal(await client.get('/probe').string(), 'ok');
-  await client.delete().key('/probe');
-  client.close();
-  const health = await runner.run({
-    argv: ['etcdctl', `--endpoints=${d.etcd.underlayEndpoints[0]}`, 'endpoint', 'health'],
-    netns: { name: d.hosts[1]!.netns },
-  });
-  t.match(health.stdout + health.stderr, /is healthy/);
+  // etcd answers from the root namespace (TLS on the unix socket) as root...
+  const store = new EtcdStore(d.etcd.client);
+  await store.put('/probe', 'ok');
+  t.equal((await store.get('/probe'))?.value, 'ok');
+  await store.delete('/probe');
+  await store.close();
+  // ...and from a host over the underlay, to etcdctl with the host files: as netd, inside /netd/ only.
+  const tls = d.etcd.hostClient.tls;
+  const etcdctl = (...args: string[]) =>
+    runner.run({
+      argv: [
+        'etcdctl',
+        `--endpoints=${d.etcd.hostClient.endpoints[0]}`,
+        '--dial-timeout=2s',
+        '--command-timeout=3s',
+        ...args,
+      ],
+      netns: { name: d.hosts[1]!.netns },
+    });
+  const withCert = ['--cacert', tls.ca, '--cert', tls.cert, '--key', tls.key];
+  t.match((await etcdctl(...withCert, 'put', '/netd/probe', 'ok')).stdout, /OK/, 'netd writes under /netd/');
+  await t.rejects(etcdctl(...withCert, 'put', '/probe', 'x'), /permission denied/, 'and nowhere else');
+  await t.rejects(etcdctl('--cacert', tls.ca, 'get', '/netd/probe'), /exited 1/, 'no certificate: refused');
+  await etcdctl(...withCert, 'del', '/netd/probe');
 
   const described = JSON.parse((await cli('describe', '--prefix', prefix)).stdout) as ClusterDescription;
   t.same(described, d, 'describe repeats what up printed');

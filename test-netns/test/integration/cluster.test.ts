@@ -1,5 +1,11 @@
 import t from 'tap';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { withCluster } from '../../harness.js';
+import { teardownCluster } from '../../cluster.js';
+import { findLeader } from '../../etcd.js';
+import { EtcdStore } from '../../../store/etcd.js';
+import { eventually } from '../../../store/test/helpers.js';
 import { findLeaks } from '../../leaks.js';
 import { requireRoot, uniqueSuffix } from '../../testing.js';
 import { ExecRunner } from '../../../sys/runner.js';
@@ -81,4 +87,72 @@ t.test('a container namespace that outlives its test is reported as residue', as
       [c.netns],
     );
   });
+});
+
+t.test(
+  'etcdMembers: 3 runs three members on their own fabric addresses, data on disk; one killed, the rest serve; down removes the data',
+  async (t) => {
+    if (!requireRoot(t)) return;
+    const prefix = `c${uniqueSuffix()}`;
+    const dataDir = `/var/lib/test-netns/${prefix}`;
+    await withCluster({ prefix, hosts: 1, etcdMembers: 3 }, async ({ cluster, residue }) => {
+      const d = cluster.description;
+      t.same(
+        d.etcd.members.map((m) => [m.name, m.address, m.dataDir]),
+        [
+          ['m1', '10.77.0.1', `${dataDir}/m1`],
+          ['m2', '10.77.0.2', `${dataDir}/m2`],
+          ['m3', '10.77.0.3', `${dataDir}/m3`],
+        ],
+      );
+      t.same(d.etcd.hostClient.endpoints, [
+        'https://10.77.0.1:2379',
+        'https://10.77.0.2:2379',
+        'https://10.77.0.3:2379',
+      ]);
+      t.ok(existsSync(join(dataDir, 'm2', 'member')), 'member data is written under /var/lib/test-netns');
+      t.throws(() => cluster.etcdServer(), { code: 'E_INVALID_INPUT' }, 'etcdServer() is for one member only');
+      const members = cluster.etcdMembers();
+      const leader = await findLeader(members);
+      t.ok(leader !== undefined, 'the members agree on a leader');
+      // Every member serves, from a host over the underlay, as netd.
+      for (const [i, url] of d.etcd.hostClient.endpoints.entries()) {
+        const tls = d.etcd.hostClient.tls;
+        const { stdout } = await runner.run({
+          argv: ['etcdctl', `--endpoints=${url}`, '--cacert', tls.ca, '--cert', tls.cert, '--key', tls.key].concat([
+            'put',
+            `/netd/probe${i}`,
+            'ok',
+          ]),
+          netns: { name: d.hosts[0]!.netns },
+        });
+        t.match(stdout, /OK/, `member m${i + 1} takes a write at ${url}`);
+      }
+      const store = new EtcdStore({ ...d.etcd.client, callTimeoutMs: 3_000 });
+      t.teardown(() => store.close());
+      const follower = members.findIndex((_, i) => i !== leader);
+      cluster.etcdMember(follower).kill();
+      await eventually(() => !cluster.etcdMember(follower).running(), 5_000, 'the member to die');
+      // A quorum is left: writes succeed (a call that hits the dead member moves on to the next one).
+      for (let i = 0; i < 10; i++) await store.put(`/netd/after${i}`, 'x');
+      t.equal((await store.list('/netd/after')).kvs.length, 10, 'all ten writes landed with one member down');
+      await cluster.etcdMember(follower).restart();
+      t.equal((await cluster.etcdMember(follower).status()).leaderId !== '0', true, 'the restarted member rejoined');
+      await store.deletePrefix('/netd/');
+      t.same(await residue(), [], 'no residue while up');
+    });
+    t.notOk(existsSync(dataDir), 'down removed the data dir');
+    t.same(await findLeaks({ prefix, runner }), [], 'down leaves nothing');
+  },
+);
+
+t.test('a data dir left behind is reported by the leak checker', async (t) => {
+  if (!requireRoot(t)) return;
+  const prefix = `c${uniqueSuffix()}`;
+  const left = `/var/lib/test-netns/${prefix}`;
+  mkdirSync(join(left, 'm1'), { recursive: true });
+  t.teardown(() => rmSync(left, { recursive: true, force: true }));
+  t.same(await findLeaks({ prefix, runner }), [{ kind: 'state', what: left }]);
+  await teardownCluster(prefix, { runner });
+  t.same(await findLeaks({ prefix, runner }), [], 'down removes it');
 });
