@@ -11,6 +11,7 @@ PACKAGES=(
   nftables          # nft
   etcd-server       # etcd (state store; tests start their own)
   etcd-client       # etcdctl (operators; tests)
+  openssl           # certificates for the test clusters' etcd (TLS, client certificates)
   iputils-ping      # ping probes
   util-linux        # nsenter, unshare
   procps            # sysctl

@@ -10,6 +10,7 @@ import {
   type IRequestOp,
   type IResponseOp,
   type IWatchResponse,
+  type Namespace,
   type Watcher,
 } from 'etcd3';
 import { ConstantBackoff, handleWhen, noop, retry } from 'cockatiel';
@@ -41,8 +42,8 @@ import type {
  *   would keep a recovered etcd unreachable for seconds after it came back.
  * - Watches never resume inside etcd3 (whose resume would hide compaction and rollback): on the
  *   first disconnection the etcd3 watcher is cancelled and the iterable throws.
- * - With several endpoints, a call that could not even reach its member (no connection: the request
- *   was never sent, so repeating it is safe) is tried on the next one; anything else is the caller's.
+ * - A call that was never sent (no connection to its member, or a channel etcd3 closed under it) is
+ *   tried again, on the next endpoint when there are several; anything else is the caller's to retry.
  * - TLS (`tls`) and etcd users (`auth`, or the client certificate's CN under etcd --client-cert-auth).
  *   A refused certificate, password or permission is E_STORE_ACCESS_DENIED: not worth retrying.
  */
@@ -95,6 +96,8 @@ export class EtcdStore implements Store {
   private readonly watchBufferLimit: number;
   private readonly probeKey: Buffer;
   private readonly user: string | undefined;
+  /** Where watches are made (one etcd3 watch stream); replaced after a refused watch, see watch(). */
+  private watchRoot: Namespace;
 
   constructor(opts: EtcdStoreOptions) {
     const callTimeoutMs = opts.callTimeoutMs ?? 5_000;
@@ -104,7 +107,15 @@ export class EtcdStore implements Store {
     this.probeKey = Buffer.from(opts.probeKey ?? '\0');
     this.user = opts.auth?.username;
     if (opts.endpoints.length === 0) throw new AppError(ErrorCodes.INVALID_INPUT, 'no etcd endpoints given');
-    const notSent = handleWhen((err) => /No connection established/.test(err.message));
+    // Calls that were never sent, so repeating them is safe whatever they do: the member could not be
+    // reached (with several endpoints, the next attempt goes to the next one), or etcd3 closed the
+    // channel under a queued call (it resets a host's channels when any stream on it fails).
+    const multi = opts.endpoints.length > 1;
+    const notSent = handleWhen(
+      (err) =>
+        /Channel closed before call started/.test(err.message) ||
+        (multi && /No connection established/.test(err.message)),
+    );
     this.client = new Etcd3({
       hosts: opts.endpoints,
       dialTimeout: opts.dialTimeoutMs ?? 2_000,
@@ -116,12 +127,10 @@ export class EtcdStore implements Store {
       faultHandling: {
         host: () => noop,
         // etcd3 moves to the next endpoint on each attempt.
-        global:
-          opts.endpoints.length > 1
-            ? retry(notSent, { maxAttempts: opts.endpoints.length - 1, backoff: new ConstantBackoff(0) })
-            : noop,
+        global: retry(notSent, { maxAttempts: opts.endpoints.length, backoff: new ConstantBackoff(0) }),
       },
     });
+    this.watchRoot = this.client;
   }
 
   async get(key: string): Promise<KV | undefined> {
@@ -241,7 +250,9 @@ export class EtcdStore implements Store {
       return queue;
     }
     signal.addEventListener('abort', onAbort, { once: true });
-    const watcher = (held.watcher = this.client
+    const root = this.watchRoot;
+    let connected = false;
+    const watcher = (held.watcher = root
       .watch()
       .prefix(prefix)
       .startRevision(String(fromRevision))
@@ -252,7 +263,10 @@ export class EtcdStore implements Store {
       () => queue.fail(storeUnavailable(`watch did not connect within ${this.watchConnectTimeoutMs} ms`)),
       this.watchConnectTimeoutMs,
     );
-    watcher.on('connected', () => clearTimeout(held.connectTimer));
+    watcher.on('connected', () => {
+      connected = true;
+      clearTimeout(held.connectTimer);
+    });
     watcher.on('data', (res: IWatchResponse) => {
       for (const batch of groupByRevision(res)) {
         next = batch.revision + 1n;
@@ -261,6 +275,9 @@ export class EtcdStore implements Store {
     });
     watcher.on('disconnected', (err: Error) => queue.fail(storeUnavailable(`watch disconnected: ${err.message}`, err)));
     watcher.on('error', (err: Error) => {
+      // etcd3 wedges its watch stream when etcd refuses a watch at creation (permission denied): later
+      // watches on it are never sent. Later watches go to a fresh stream (a namespace with no prefix).
+      if (!connected && this.watchRoot === root) this.watchRoot = this.client.namespace('');
       const mapped = mapError(err);
       if (mapped.code === ErrorCodes.STORE_ACCESS_DENIED) return queue.fail(mapped);
       // etcd (3.4) cancels a watch on a compacted revision with an empty cancel_reason, and etcd3

@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EtcdServer } from '../../test-netns/etcd.js';
+import { startEtcdCluster, type EtcdCluster } from '../../test-netns/etcd-cluster.js';
+import { ExecRunner } from '../../sys/runner.js';
 import type { KV, WatchEvent } from '../types.js';
 
 /** The part of a tap Test the helpers need (kept structural so helpers do not depend on tap). */
@@ -50,6 +52,37 @@ export async function startEtcd(t: TeardownHost): Promise<EtcdServer> {
   });
   held.server = await EtcdServer.start({ dir, startTimeoutMs: 20_000 });
   return held.server;
+}
+
+/**
+ * etcd as production runs it, in the root namespace on 127.0.0.1: `members` members, TLS with client
+ * certificates required, RBAC on (users root and netd; `extraUsers` get certificates and no rights).
+ * Killed and removed at teardown, even on failure.
+ */
+export async function startSecureEtcd(
+  t: TeardownHost,
+  opts: { members?: number; extraUsers?: string[] } = {},
+): Promise<EtcdCluster> {
+  const dir = mkdtempSync(join(tmpdir(), 'store-etcd-tls-'));
+  const held: { cluster?: EtcdCluster } = {};
+  t.teardown(async () => {
+    for (const s of held.cluster?.servers ?? []) s.kill();
+    await Promise.all((held.cluster?.servers ?? []).map((s) => retryUntilStopped(s)));
+    rmSync(dir, { recursive: true, force: true });
+  });
+  held.cluster = await startEtcdCluster(new ExecRunner(), {
+    members: opts.members ?? 1,
+    dir,
+    dataRoot: join(dir, 'data'),
+    name: 'store-test',
+    extraUsers: opts.extraUsers,
+    startTimeoutMs: 20_000,
+  });
+  return held.cluster;
+}
+
+async function retryUntilStopped(server: EtcdServer): Promise<void> {
+  await eventually(() => !server.running(), 10_000, `etcd ${server.name} to exit`);
 }
 
 /** Applies events to a key → KV map, as a handler would. */
