@@ -1,7 +1,10 @@
 import t from 'tap';
 import { MemoryStore } from '../../../store/memory.js';
 import { Ipam } from '../../allocator.js';
-import { runIpamPlugin } from '../../cni-plugin.js';
+import { ipamConfig, runIpamPlugin } from '../../cni-plugin.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseCniRequest, toCniError, CniErrorCodes } from '../../../core/cni.js';
 import { contains, parseCidr, parseIp } from '../../../core/cidr.js';
 
@@ -131,4 +134,70 @@ t.test('dual-stack: one attachment, an IPv4 and an IPv6 pool', async (t) => {
   t.equal(a6.gateway, 'fd00:43::1');
   t.equal((await ipam.blocks('v6'))[0]?.cidr.endsWith('/122'), true, 'IPv6 blocks are /122');
   t.equal(await ipam.releaseHandle('c:eth1'), 2, 'both families released by handle');
+});
+
+t.test('the etcd settings: an ipam.etcd object (TLS files), the older etcdEndpoints, the environment', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ipam-etcd-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const pem = (name: string, label: string, mode: number) => {
+    const p = join(dir, name);
+    writeFileSync(p, `-----BEGIN ${label}-----\nMIIB\n-----END ${label}-----\n`, { mode });
+    return p;
+  };
+  const ca = pem('ca.crt', 'CERTIFICATE', 0o644);
+  const cert = pem('h1.crt', 'CERTIFICATE', 0o644);
+  const key = pem('h1.key', 'PRIVATE KEY', 0o600);
+  const env = add('c1');
+  const cfg = (ipam: object, extraEnv: Record<string, string> = {}) =>
+    ipamConfig(
+      parseCniRequest(
+        { ...env, ...extraEnv },
+        JSON.stringify({
+          cniVersion: '1.0.0',
+          name: 'n',
+          type: 'bridge',
+          ipam: { type: 'netd-ipam', pool: 'p', host: 'h1', ...ipam },
+        }),
+      ),
+      { ...env, ...extraEnv },
+    );
+  const tls = cfg({ etcd: { endpoints: ['https://10.0.0.1:2379'], ca, cert, key } }).etcd;
+  t.same(tls.endpoints, ['https://10.0.0.1:2379']);
+  t.ok(tls.tls?.ca.includes('BEGIN CERTIFICATE') && tls.tls.key?.includes('PRIVATE KEY'), 'files read');
+  t.same(cfg({ etcdEndpoints: ['http://10.0.0.1:2379'] }).etcd, { endpoints: ['http://10.0.0.1:2379'] }, 'older form');
+  const fromEnv = cfg(
+    {},
+    { NETD_ETCD_ENDPOINTS: 'https://e:2379', NETD_ETCD_CA: ca, NETD_ETCD_CERT: cert, NETD_ETCD_KEY: key },
+  ).etcd;
+  t.same(fromEnv.endpoints, ['https://e:2379'], 'everything from the environment');
+  t.ok(fromEnv.tls?.cert, 'including the client certificate');
+  const mixed = cfg({ etcd: { endpoints: ['https://x:2379'] } }, { NETD_ETCD_CA: ca }).etcd;
+  t.ok(mixed.tls?.ca, 'the config names endpoints, the environment the CA');
+
+  const bad = (ipam: object, message: RegExp, what: string) =>
+    t.throws(() => cfg(ipam), { code: CniErrorCodes.INVALID_NETWORK_CONFIG, message }, what);
+  bad(
+    { etcd: { endpoints: ['https://x:2379'] } },
+    /ipam\.etcd\.ca \(or \$NETD_ETCD_CA\) must name the CA/,
+    'https without a CA',
+  );
+  bad(
+    { etcd: { endpoints: ['https://x:2379'], ca, cert } },
+    /ipam\.etcd\.key .* must name its key/,
+    'cert without key',
+  );
+  bad(
+    { etcd: { endpoints: ['https://x:2379'], ca, password: 'p' } },
+    /password is not accepted.*passwordFile/,
+    'a password',
+  );
+  bad({ etcd: { endpoints: ['https://x:2379'], tls: true } }, /ipam\.etcd\.tls is not a known setting/, 'unknown key');
+  bad(
+    { etcd: { endpoints: ['http://x:2379'] }, etcdEndpoints: ['http://y:2379'] },
+    /give the etcd endpoints once/,
+    'both',
+  );
+  bad({ etcd: ['http://x:2379'] }, /ipam\.etcd must be an object/, 'a list');
+  bad({ etcd: { endpoints: ['https://x:2379'], ca: join(dir, 'nope') } }, /cannot read .*nope/, 'a missing file');
+  bad({}, /ipam\.etcd\.endpoints \(or \$NETD_ETCD_ENDPOINTS\) is required/, 'nothing at all');
 });
