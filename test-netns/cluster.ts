@@ -25,7 +25,7 @@ import { Ipam } from '../ipam/allocator.js';
 import { installNetdPlugin } from '../netd/install-cni.js';
 import { socketPathForNetns } from '../netd/cni-server.js';
 import { EtcdServer, type EtcdServerState } from './etcd.js';
-import { etcdFlags, startEtcdCluster, type ClusterEtcd } from './etcd-cluster.js';
+import { etcdFlags, launchEtcdCluster, type ClusterEtcd } from './etcd-cluster.js';
 import { createEtcdPki } from './pki.js';
 import { checkPrefix, names, FABRIC_BRIDGE, HOST_UPLINK, NETNS_DIR } from './names.js';
 import { underlayPlan, MAX_HOSTS, MAX_ETCD_MEMBERS } from './addressing.js';
@@ -252,6 +252,22 @@ async function build(
   }
   await ip.in({ name: fabric }).apply(fabricBatch);
 
+  // etcd starts (a few hundred ms) while the hosts are wired; its PIDs are on disk before that.
+  const etcdLaunch = await launchEtcdCluster(runner, {
+    members: etcdIps.length,
+    dir: stateDir,
+    dataRoot: names.dataDir(prefix),
+    name: `test-netns ${prefix}`,
+    netns: { name: fabric },
+    addresses: etcdIps,
+    pki: await pki,
+    detached: true,
+    onLaunched: (members) => {
+      state.etcdMembers = members;
+      writeState(prefix, state);
+    },
+  });
+
   const uplinkBatch = (address: string) =>
     new IpBatch()
       .linkSet('lo', { up: true })
@@ -274,20 +290,7 @@ async function build(
   }
   await ip.in({ name: outside }).apply(uplinkBatch(plan.outsideIp));
 
-  const etcd = await startEtcdCluster(runner, {
-    members: etcdIps.length,
-    dir: stateDir,
-    dataRoot: names.dataDir(prefix),
-    name: `test-netns ${prefix}`,
-    netns: { name: fabric },
-    addresses: etcdIps,
-    pki: await pki,
-    detached: true,
-    onLaunched: (members) => {
-      state.etcdMembers = members;
-      writeState(prefix, state);
-    },
-  });
+  const etcd = await etcdLaunch.ready();
   log.debug({ pids: etcd.servers.map((s) => s.pid) }, 'etcd started');
 
   const description: ClusterDescription = {

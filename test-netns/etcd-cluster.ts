@@ -78,7 +78,21 @@ export interface EtcdCluster {
   description: ClusterEtcd;
 }
 
+/** Members whose processes run; `ready()` waits for them, turns auth on and describes the cluster. */
+export interface LaunchedEtcdCluster {
+  servers: EtcdServer[];
+  ready(): Promise<EtcdCluster>;
+}
+
 export async function startEtcdCluster(runner: CommandRunner, opts: EtcdClusterOptions): Promise<EtcdCluster> {
+  return (await launchEtcdCluster(runner, opts)).ready();
+}
+
+/**
+ * Starts the member processes and returns without waiting for them, so a caller can do other work
+ * while etcd starts (the virtual cluster wires its hosts meanwhile). A failure in ready() stops them.
+ */
+export async function launchEtcdCluster(runner: CommandRunner, opts: EtcdClusterOptions): Promise<LaunchedEtcdCluster> {
   if (!Number.isInteger(opts.members) || opts.members < 1)
     throw new AppError(ErrorCodes.INVALID_INPUT, `etcd members must be a whole number >= 1, got ${opts.members}`);
   if (opts.netns && (opts.addresses?.length ?? 0) < opts.members)
@@ -130,13 +144,33 @@ export async function startEtcdCluster(runner: CommandRunner, opts: EtcdClusterO
       );
     }
     opts.onLaunched?.(servers.map((s) => s.state()));
-    await Promise.all(servers.map((s) => s.ready()));
-    await enableAuth(servers, rootPassword, opts.extraUsers ?? []);
   } catch (err) {
     await Promise.all(servers.map((s) => s.stop()));
     throw err;
   }
+  return {
+    servers,
+    ready: async () => {
+      try {
+        await Promise.all(servers.map((s) => s.ready()));
+        await enableAuth(servers, rootPassword, opts.extraUsers ?? []);
+      } catch (err) {
+        await Promise.all(servers.map((s) => s.stop()));
+        throw err;
+      }
+      return { servers, description: describe(servers, addresses, launchOpts, pki, rootPasswordFile, opts) };
+    },
+  };
+}
 
+function describe(
+  servers: readonly EtcdServer[],
+  addresses: readonly string[],
+  launchOpts: ReadonlyArray<{ dataDir: string }>,
+  pki: EtcdPki,
+  rootPasswordFile: string,
+  opts: EtcdClusterOptions,
+): ClusterEtcd {
   const members: EtcdMemberDescription[] = servers.map((s, i) => ({
     name: s.name,
     address: addresses[i]!,
@@ -152,15 +186,12 @@ export async function startEtcdCluster(runner: CommandRunner, opts: EtcdClusterO
   const rootEndpoints = members.map((m) => m.endpoint);
   const hostEndpoints = opts.netns ? members.map((m) => m.clientUrl) : rootEndpoints;
   return {
-    servers,
-    description: {
-      members,
-      client: as('root', rootEndpoints),
-      hostClient: as('netd', hostEndpoints),
-      ca: pki.ca.cert,
-      users: pki.clients,
-      rootPasswordFile,
-    },
+    members,
+    client: as('root', rootEndpoints),
+    hostClient: as('netd', hostEndpoints),
+    ca: pki.ca.cert,
+    users: pki.clients,
+    rootPasswordFile,
   };
 }
 
@@ -176,20 +207,26 @@ async function enableAuth(
   const store = new EtcdStore({ ...servers[0]!.clientOptions(), callTimeoutMs: 10_000 });
   try {
     const auth = store.client.auth;
-    await auth.userAdd({ name: 'root', password: rootPassword });
-    await auth.userGrantRole({ user: 'root', role: 'root' });
-    for (const [user, prefixes] of Object.entries(ETCD_COMPONENT_USERS)) {
-      await auth.roleAdd({ name: user });
-      for (const prefix of prefixes) {
-        await auth.roleGrantPermission({
-          name: user,
-          perm: { permType: 'Readwrite', key: Buffer.from(prefix), range_end: prefixEnd(prefix) },
-        });
-      }
-      await auth.userAdd({ name: user, options: { no_password: true } });
-      await auth.userGrantRole({ user, role: user });
-    }
-    for (const user of extraUsers) await auth.userAdd({ name: user, options: { no_password: true } });
+    // Three rounds of independent requests (each is a Raft commit): users and roles, then grants.
+    const components = Object.entries(ETCD_COMPONENT_USERS);
+    await Promise.all([
+      auth.userAdd({ name: 'root', password: rootPassword }),
+      ...components.map(([user]) => auth.roleAdd({ name: user })),
+      ...components.map(([user]) => auth.userAdd({ name: user, options: { no_password: true } })),
+      ...extraUsers.map((user) => auth.userAdd({ name: user, options: { no_password: true } })),
+    ]);
+    await Promise.all([
+      auth.userGrantRole({ user: 'root', role: 'root' }),
+      ...components.map(([user]) => auth.userGrantRole({ user, role: user })),
+      ...components.flatMap(([user, prefixes]) =>
+        prefixes.map((prefix) =>
+          auth.roleGrantPermission({
+            name: user,
+            perm: { permType: 'Readwrite', key: Buffer.from(prefix), range_end: prefixEnd(prefix) },
+          }),
+        ),
+      ),
+    ]);
     await auth.authEnable();
     // A member that has not applied the auth changes yet stamps requests with an old auth revision,
     // which etcd refuses ("revision of auth store is old"): a linearizable read through each member

@@ -217,8 +217,10 @@ export class EtcdServer {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       try {
-        // A fresh client per attempt: grpc's reconnect backoff would otherwise add seconds.
-        const s = await this.status(500);
+        // A fresh client per attempt: grpc's reconnect backoff would otherwise add seconds. A refused
+        // connection fails at once; an accepted one is answered as soon as etcd serves (it accepts
+        // before it serves), so the attempt may wait that long.
+        const s = await this.status(Math.max(500, Math.min(3_000, deadline - Date.now())));
         if (s.leaderId !== '0') return;
       } catch (err) {
         if (!this.running()) {
@@ -323,6 +325,9 @@ function launch(opts: EtcdServerOptions, clientPort: number, peerPort: number): 
             '--peer-client-cert-auth',
           ]
         : []),
+      // Throwaway clusters: a cheap password hash (production keeps etcd's default, 10).
+      '--bcrypt-cost',
+      '4',
       '--log-level',
       'warn',
       '--logger',

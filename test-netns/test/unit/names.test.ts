@@ -40,4 +40,10 @@ t.test('underlay plan', async (t) => {
   t.throws(() => p.hostIp(200), { code: ErrorCodes.INVALID_INPUT });
   t.throws(() => underlayPlan('10.77.0.5'), { code: ErrorCodes.INVALID_INPUT });
   t.equal(underlayPlan('192.168.50.0').hostIp(1), '192.168.50.12');
+  t.same(
+    [0, 1, 2, 8].map((i) => p.etcdIp(i)),
+    ['10.77.0.1', '10.77.0.2', '10.77.0.3', '10.77.0.9'],
+  );
+  t.equal(p.etcdIp(0), p.controlIp, 'the first etcd member is on the control address');
+  t.throws(() => p.etcdIp(9), { code: ErrorCodes.INVALID_INPUT }, 'members stay below the hosts (.11 up)');
 });
