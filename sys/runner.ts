@@ -119,11 +119,13 @@ function firstLines(text: string, max = 3): string {
 /** Tools that take `-n NAME` themselves, which saves an nsenter exec. */
 const NETNS_AWARE_TOOLS = new Set(['ip', 'tc', 'bridge']);
 
+/** A netns path that `ip netns` made: ip/tc/bridge can take its name instead (one exec, not two). */
+const NAMED_NETNS_PATH = /^\/(?:var\/)?run\/netns\/([A-Za-z0-9_][A-Za-z0-9_.-]{0,199})$/;
+
 /**
  * Rewrites a command to run inside its network namespace. Exported so the fake runner and the real
  * one agree on the exact argv.
  */
-const NAMED_NETNS_PATH = /^\/(?:var\/)?run\/netns\/([A-Za-z0-9_][A-Za-z0-9_.-]{0,199})$/;
 
 export function resolveArgv(cmd: Command): string[] {
   const [program, ...rest] = cmd.argv;

@@ -23,7 +23,7 @@ import { startDaemon, stopDaemon } from '../sys/process.js';
 import { EtcdStore } from '../store/etcd.js';
 import { Ipam } from '../ipam/allocator.js';
 import { installNetdPlugin } from '../netd/install-cni.js';
-import { socketPathForNetns } from '../netd/cni-server.js';
+import { socketPathForNetns } from '../netd/cni/server.js';
 import { EtcdServer, type EtcdServerState } from './etcd.js';
 import { checkPrefix, names, FABRIC_BRIDGE, HOST_UPLINK, NETNS_DIR } from './names.js';
 import { underlayPlan, MAX_HOSTS } from './addressing.js';

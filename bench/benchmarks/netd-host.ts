@@ -11,7 +11,7 @@ import { uniqueSuffix } from '../../test-netns/testing.js';
 import { EtcdStore } from '../../store/etcd.js';
 import { Ipam } from '../../ipam/allocator.js';
 import { installNetdPlugin } from '../../netd/install-cni.js';
-import { netdKeys } from '../../netd/keys.js';
+import { modelKeys } from '../../tenancy/keys.js';
 
 /**
  * One virtual host running netd (a VPC `bench` and an external pool), with the netd plugin and the
@@ -59,7 +59,7 @@ export class NetdBenchHost {
     const store = new EtcdStore({ endpoints: d.etcd.endpoints });
     try {
       await store.put(
-        netdKeys.vpc('bench'),
+        modelKeys.vpc('bench'),
         JSON.stringify({ name: 'bench', tenant: 't', mode: 'vxlan', cidr: opts.vpcCidr, vni: 4000 }),
       );
       const ipam = new Ipam({ store, host: 'admin' });

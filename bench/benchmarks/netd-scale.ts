@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { SpawnerRunner, type CommandRunner } from '../../sys/runner.js';
 import { IpBatch, IpClient } from '../../sys/ip.js';
 import { EtcdStore } from '../../store/etcd.js';
-import { netdKeys } from '../../netd/keys.js';
+import { modelKeys } from '../../tenancy/keys.js';
 import { quantile } from '../stats.js';
 import type { Benchmark } from '../benchmark.js';
 import { NetdBenchHost, waitQuiet } from './netd-host.js';
@@ -90,7 +90,7 @@ export function netdScaleBenchmark(runner: CommandRunner): Benchmark {
     ).length;
     const store = new EtcdStore({ endpoints: host.cluster!.description.etcd.endpoints });
     try {
-      const records = (await store.list(netdKeys.endpoints())).kvs.length;
+      const records = (await store.list(modelKeys.endpoints())).kvs.length;
       const handles = (await store.list('/netd/v1/ipam/handles/')).kvs.length;
       return `${ports} ports, ${records} endpoint records, ${handles} address handles`;
     } finally {

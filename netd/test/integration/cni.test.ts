@@ -12,7 +12,7 @@ import { IpClient } from '../../../sys/ip.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
 import { installNetdPlugin } from '../../install-cni.js';
-import { netdKeys } from '../../keys.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
 import { TcClient } from '../../../sys/tc.js';
 
@@ -41,7 +41,7 @@ t.test(
       const store = new EtcdStore({ endpoints: d.etcd.endpoints });
       t.teardown(() => store.close());
       await store.put(
-        netdKeys.vpc('a'),
+        modelKeys.vpc('a'),
         JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.5.0.0/24', vni: 500 }),
       );
       await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.5.0.0/24', kind: 'vpc' });
@@ -101,7 +101,13 @@ t.test(
         t.comment(`ADD ${name} took ${add.ms.toFixed(1)} ms through the plugin`);
         const ips = add.out.ips as Array<{ address: string; interface: number }>;
         t.match(ips[0]?.address, /^10\.5\.0\.\d+\/24$/);
-        t.match(add.out.interfaces, [{ name: 'eth1', sandbox: c.netnsPath, mac: /^02:/ }]);
+        // Every interface the attachment made: the host end (no sandbox) and the container's.
+        t.same(add.out.interfaces, [
+          { name: linkNames.internalPort(`${host}:${name}:eth1`) },
+          { name: 'eth1', sandbox: c.netnsPath, mac: (add.out.interfaces as Array<{ mac?: string }>)[1]?.mac },
+        ]);
+        t.match((add.out.interfaces as Array<{ mac?: string }>)[1]?.mac, /^02:/);
+        t.equal(ips[0]?.interface, 1, "the address is on the container's interface");
         const inside = await new IpClient(s.runner, { name: c.netns }).addresses('eth1');
         t.ok(
           inside[0]?.addr_info.some((a) => `${a.local}/${a.prefixlen}` === ips[0]!.address),
@@ -113,7 +119,7 @@ t.test(
         );
         const port = (
           await new IpClient(s.runner, { name: s.cluster.host(host).netns }).addresses(
-            linkNames.internalPort(`${name}:eth1`),
+            linkNames.internalPort(`${host}:${name}:eth1`),
           )
         )[0];
         t.notOk(
@@ -149,7 +155,7 @@ t.test(
           },
         };
         t.ok((await plugin(env, 'h1', 'ADD', bwConf, e)).ok, 'ADD with the bandwidth capability');
-        const port = linkNames.internalPort('bw:eth1');
+        const port = linkNames.internalPort('h1:bw:eth1');
         const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });
         const rateOf = async (dev: string) => (await tc.qdiscs(dev)).find((q) => q.kind === 'tbf')?.options?.rate;
         t.equal(
@@ -176,15 +182,15 @@ t.test(
       // that have no limits of their own; taking them away removes the shaping.
       {
         const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });
-        const port = linkNames.internalPort('c1:eth1');
+        const port = linkNames.internalPort('h1:c1:eth1');
         const rateOf = async () => (await tc.qdiscs(port)).find((q) => q.kind === 'tbf')?.options?.rate;
-        const vpc = JSON.parse((await store.get(netdKeys.vpc('a')))!.value) as Record<string, unknown>;
-        await store.put(netdKeys.vpc('a'), JSON.stringify({ ...vpc, qos: { ingressBps: 8_000_000 } }));
+        const vpc = JSON.parse((await store.get(modelKeys.vpc('a')))!.value) as Record<string, unknown>;
+        await store.put(modelKeys.vpc('a'), JSON.stringify({ ...vpc, qos: { ingressBps: 8_000_000 } }));
         t.ok(
           await eventually(async () => (await rateOf()) === 1_000_000, 10_000),
           'the VPC default (8 Mbit/s in) shapes the running c1',
         );
-        await store.put(netdKeys.vpc('a'), JSON.stringify(vpc));
+        await store.put(modelKeys.vpc('a'), JSON.stringify(vpc));
         t.ok(await eventually(async () => (await rateOf()) === undefined, 10_000), 'and its removal unshapes it');
       }
 
@@ -209,8 +215,8 @@ t.test(
         t.equal(r.out.code, code, `${what}: CNI code ${code} (${String(r.out.msg)})`);
       }
       t.same(
-        (await store.list(netdKeys.endpoints())).kvs.map((kv) => kv.key).sort(),
-        ['/netd/v1/endpoints/a/c1:eth1', '/netd/v1/endpoints/a/c2:eth1'],
+        (await store.list(modelKeys.endpoints())).kvs.map((kv) => kv.key).sort(),
+        ['/netd/v1/endpoints/a/h1:c1:eth1', '/netd/v1/endpoints/a/h2:c2:eth1'],
         'bad ADDs left no record',
       );
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs.length, 2, 'and no address (the failed ADD rolled back)');
@@ -286,7 +292,7 @@ t.test(
           `DEL ${m.c.name} after its netns is gone`,
         );
       }
-      t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint left');
+      t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint left');
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left');
       for (const h of d.hosts) {
         const ip = new IpClient(s.runner, { name: h.netns });

@@ -9,9 +9,9 @@ import { killDaemon, isRunning } from '../../../sys/process.js';
 import { IpClient } from '../../../sys/ip.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
-import { netdKeys } from '../../keys.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
-import type { EndpointRecord } from '../../model.js';
+import type { EndpointRecord } from '../../../tenancy/records.js';
 import { startNetd, waitReady, eventually } from '../netd-hosts.js';
 
 const ADDS = 200;
@@ -27,7 +27,7 @@ t.test(
       const store = new EtcdStore({ endpoints: d.etcd.endpoints });
       t.teardown(() => store.close());
       await store.put(
-        netdKeys.vpc('a'),
+        modelKeys.vpc('a'),
         JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.50.0.0/16', vni: 50 }),
       );
       await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.50.0.0/16', kind: 'vpc' });
@@ -69,7 +69,7 @@ t.test(
             if (i >= ADDS) return;
             if (await call('ADD', i)) {
               succeeded++;
-              answered.add(`k${i}:eth1`);
+              answered.add(`h1:k${i}:eth1`);
             }
           }
         }),
@@ -94,7 +94,7 @@ t.test(
       t.teardown(() => killDaemon(restarted.handle, 'SIGTERM'));
       t.ok(await waitReady(restarted), 'netd restarted');
 
-      const records = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+      const records = (await store.list(modelKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
       const handles = (await new Ipam({ store, host: 'h1' }).handles({ host: 'h1' })).map((h) => h.record.handle);
       t.same(
         handles.sort(),
@@ -106,7 +106,7 @@ t.test(
       let absent = 0;
       const broken: string[] = [];
       for (let i = 0; i < ADDS; i++) {
-        const id = `k${i}:eth1`;
+        const id = `h1:k${i}:eth1`;
         const record = records.find((r) => r.id === id);
         const inside = (await new IpClient(s.runner, { name: names[i]! }).links()).filter((l) => l.ifname !== 'lo');
         const port = hostLinks.has(linkNames.internalPort(id));
@@ -132,10 +132,10 @@ t.test(
 
       // DEL everything (the runtime's cleanup), then nothing is left.
       for (let i = 0; i < ADDS; i++) await call('DEL', i);
-      t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record');
+      t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint record');
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address');
       await sleep(200);
-      await store.deletePrefix(netdKeys.vpcs());
+      await store.deletePrefix(modelKeys.vpcs());
     });
   },
 );

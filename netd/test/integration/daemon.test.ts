@@ -13,10 +13,10 @@ import { IpClient } from '../../../sys/ip.js';
 import { BridgeClient } from '../../../sys/bridge.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
-import { attachInternal, detachInternal, type AttachDeps } from '../../attach.js';
-import { netdKeys } from '../../keys.js';
+import { attachInternal, detachInternal, type DirectDeps as AttachDeps } from '../direct-attach.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
-import type { HostRecord, VpcRecord } from '../../model.js';
+import type { HostRecord, VpcRecord } from '../../../tenancy/records.js';
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'main.js');
 const LEASE_TTL = 2;
@@ -66,7 +66,7 @@ t.test(
         { name: 'b', tenant: 't2', mode: 'vxlan', cidr: '10.0.0.0/24', vni: 301 },
       ];
       for (const v of vpcs) {
-        await store.put(netdKeys.vpc(v.name), JSON.stringify(v));
+        await store.put(modelKeys.vpc(v.name), JSON.stringify(v));
         await ipam.createPool({ name: v.name, cidr: v.cidr, kind: 'vpc' });
       }
       // The CNI side of ADD, done before the daemons run (outside a daemon nothing claims a port
@@ -196,7 +196,7 @@ t.test(
           `${h}: netd's links are gone`,
         );
       }
-      t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record left');
+      t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint record left');
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left');
       for (const r of daemons.values()) await stopDaemon(r.handle);
       await store.deletePrefix('/netd/v1/');

@@ -86,7 +86,7 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
     t.same(await uplinkOf('h2').proxyNeighbours('uplink'), [], 'h2 (NAT) answers for nothing');
     const sysctlOn = async (host: string, key: string) =>
       (await s.runner.run({ argv: ['sysctl', '-n', key], netns: { name: s.cluster.host(host).netns } })).stdout.trim();
-    const h1Port = (JSON.parse((await store.get('/netd/v1/external/h1/c-h1:eth0'))!.value) as { hostIf: string })
+    const h1Port = (JSON.parse((await store.get('/netd/v1/external/h1/h1:c-h1:eth0'))!.value) as { hostIf: string })
       .hostIf;
     t.equal(
       await sysctlOn('h1', `net.ipv4.neigh.${h1Port}.proxy_delay`),
@@ -141,7 +141,7 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
 
     // eth0's limits change at runtime (PATCH .../external writes them on the eth0 record).
     {
-      const key = '/netd/v1/external/h1/c-h1:eth0';
+      const key = '/netd/v1/external/h1/h1:c-h1:eth0';
       const rec = JSON.parse((await store.get(key))!.value) as Record<string, unknown>;
       const port = String(rec.hostIf);
       const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });

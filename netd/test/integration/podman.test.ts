@@ -9,8 +9,8 @@ import { isCommandError } from '../../../sys/runner.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
 import { installNetdPlugin } from '../../install-cni.js';
-import { netdKeys } from '../../keys.js';
-import type { EndpointRecord } from '../../model.js';
+import { modelKeys } from '../../../tenancy/keys.js';
+import type { EndpointRecord } from '../../../tenancy/records.js';
 import { startNetdEverywhere, stopNetd, eventually } from '../netd-hosts.js';
 
 t.test(
@@ -31,7 +31,10 @@ t.test(
         ['a', 't1', 700],
         ['b', 't2', 701],
       ] as const) {
-        await store.put(netdKeys.vpc(name), JSON.stringify({ name, tenant, mode: 'vxlan', cidr: '10.70.0.0/24', vni }));
+        await store.put(
+          modelKeys.vpc(name),
+          JSON.stringify({ name, tenant, mode: 'vxlan', cidr: '10.70.0.0/24', vni }),
+        );
         await ipam.createPool({ name, cidr: '10.70.0.0/24', kind: 'vpc' });
       }
       await ipam.createPool({ name: 'ext', cidr: '100.64.0.0/24', kind: 'external' });
@@ -48,7 +51,7 @@ t.test(
       const server = `tn-a2-${uniqueSuffix()}`;
       t.teardown(() => podman.remove(h2, server).catch(() => undefined));
       await podman.run(h2, { name: server, networks: ['vpc-a'], detach: true }, ['sleep', '300']);
-      const records = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+      const records = (await store.list(modelKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
       t.equal(records.length, 1, 'podman run created one endpoint');
       const target = records[0]!;
       t.equal(target.host, 'h2');
@@ -81,7 +84,7 @@ t.test(
 
       await podman.remove(h2, server);
       t.ok(
-        await eventually(async () => (await store.list(netdKeys.endpoints())).kvs.length === 0, 10_000),
+        await eventually(async () => (await store.list(modelKeys.endpoints())).kvs.length === 0, 10_000),
         'podman rm: no endpoint record left',
       );
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left (internal or external)');

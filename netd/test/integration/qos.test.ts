@@ -8,9 +8,9 @@ import { requireRoot } from '../../../test-netns/testing.js';
 import { startDaemon, stopDaemon } from '../../../sys/process.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
-import { attachInternal } from '../../attach.js';
-import { netdKeys } from '../../keys.js';
-import type { EndpointRecord, HostRecord } from '../../model.js';
+import { attachInternal } from '../direct-attach.js';
+import { modelKeys } from '../../../tenancy/keys.js';
+import type { EndpointRecord, HostRecord } from '../../../tenancy/records.js';
 import { startNetdEverywhere, stopNetd, eventually } from '../netd-hosts.js';
 
 interface Interval {
@@ -88,7 +88,7 @@ t.test(
       const store = new EtcdStore({ endpoints: d.etcd.endpoints });
       t.teardown(() => store.close());
       await store.put(
-        netdKeys.vpc('a'),
+        modelKeys.vpc('a'),
         JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.90.0.0/24', vni: 900 }),
       );
       await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.90.0.0/24', kind: 'vpc' });
@@ -120,7 +120,7 @@ t.test(
       );
 
       const setQos = async (mbit: number) => {
-        const key = netdKeys.endpoint('a', a.endpoint.id);
+        const key = modelKeys.endpoint('a', a.endpoint.id);
         const rec = JSON.parse((await store.get(key))!.value) as EndpointRecord;
         await store.put(key, JSON.stringify({ ...rec, qos: { ingressBps: mbit * 1e6, egressBps: mbit * 1e6 } }));
         await sleep(300); // the daemon's watch and reconcile

@@ -10,9 +10,9 @@ import { killDaemon } from '../../../sys/process.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
 import { installNetdPlugin } from '../../install-cni.js';
-import { netdKeys } from '../../keys.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
-import type { EndpointRecord } from '../../model.js';
+import type { EndpointRecord } from '../../../tenancy/records.js';
 import { startNetd, waitReady, stopNetd, invokePlugin, eventually, type NetdHost } from '../netd-hosts.js';
 
 /**
@@ -37,7 +37,7 @@ t.test(
       const store = new EtcdStore({ endpoints: d.etcd.endpoints });
       t.teardown(() => store.close());
       await store.put(
-        netdKeys.vpc('a'),
+        modelKeys.vpc('a'),
         JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.6.0.0/24', vni: 600 }),
       );
       const ipam = new Ipam({ store, host: 'admin' });
@@ -68,7 +68,7 @@ t.test(
       for (const host of ['h1', 'h2'] as const)
         t.ok((await invokePlugin(s, bin, host, 'ADD', conf, env(host))).ok, `ADD on ${host}`);
       const records = async () =>
-        (await store.list(netdKeys.endpoints())).kvs.map((kv) => (JSON.parse(kv.value) as EndpointRecord).host).sort();
+        (await store.list(modelKeys.endpoints())).kvs.map((kv) => (JSON.parse(kv.value) as EndpointRecord).host).sort();
       const handleHosts = async () => (await ipam.handles()).map((h) => h.record.host).sort();
       const h1Fdb = () =>
         new BridgeClient(s.runner, { name: s.cluster.host('h1').netns }).fdb({ dev: linkNames.vxlan(600) });

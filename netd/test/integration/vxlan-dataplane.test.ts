@@ -4,7 +4,8 @@ import type { TestContainer } from '../../../test-netns/containers.js';
 import { requireRoot } from '../../../test-netns/testing.js';
 import { IpBatch, IpClient } from '../../../sys/ip.js';
 import { BridgeClient } from '../../../sys/bridge.js';
-import type { EndpointRecord, HostRecord, HostView, VpcRecord } from '../../model.js';
+import type { EndpointRecord, HostRecord, VpcRecord } from '../../../tenancy/records.js';
+import type { HostSnapshot } from '../../model.js';
 import { vxlanMode } from '../../modes/vxlan.js';
 import { reconcile, isEmptyPlan } from '../../dataplane.js';
 import { linkNames } from '../../names.js';
@@ -52,7 +53,7 @@ t.test(
       const b2 = await attach(s, 'h2', 'b2', 'b', '10.0.0.12/24');
       let endpoints = [a1, b1, a2, b2].map((x) => x.record);
       const converge = async (host: string) => {
-        const view: HostView = { self: hosts.get(host)!, hosts, vpcs, endpoints };
+        const view: HostSnapshot = { self: hosts.get(host)!, hosts, vpcs, endpoints };
         const netns = { name: s.cluster.host(host).netns };
         return reconcile(vxlanMode.render(view), {
           ip: new IpClient(s.runner, netns),

@@ -1,8 +1,8 @@
 import { createServer, type Server } from 'node:net';
 import { chmodSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Logger } from '../sys/log.js';
-import type { CniReply } from './cni-handler.js';
+import type { Logger } from '../../sys/log.js';
+import type { CniReply } from '../../core/cni.js';
 
 /**
  * The daemon's CNI endpoint: a root-only Unix socket named after the daemon's network namespace
