@@ -35,6 +35,23 @@ export class HostRegistration {
     await this.deps.store.put(modelKeys.host(this.self.name), JSON.stringify(this.self), { lease: lease.id });
   }
 
+  /**
+   * Registers again, retrying (capped backoff) until it works: an etcd outage longer than the
+   * lease's TTL must not leave the host unregistered once etcd is back.
+   */
+  private async registerUntilDone(): Promise<void> {
+    for (let delay = 250; !this.stopped; delay = Math.min(delay * 2, 5_000)) {
+      try {
+        await this.register();
+        this.deps.logger.info('host registered again');
+        return;
+      } catch (e) {
+        this.deps.logger.warn({ err: describeError(e), retryMs: delay }, 're-registration failed; will retry');
+        await new Promise((resolve) => setTimeout(resolve, delay).unref());
+      }
+    }
+  }
+
   /** Stops renewing: the entry outlives a quick restart. */
   release(): void {
     this.stopped = true;
