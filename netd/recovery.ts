@@ -37,7 +37,6 @@ export async function recoverLocalAttachments(opts: {
     if (reason === undefined) return report.kept++;
     why[r.id] = reason;
     await attacher.detach({ id: r.id, recordKey: spec.recordKey, hostIf: r.hostIf, pool: spec.pool });
-    view.note(spec.recordKey, undefined);
     report.removed.push(r.id);
   };
   for (const r of internal) await settle(r, { recordKey: modelKeys.endpoint(r.vpc, r.id), pool: r.vpc });

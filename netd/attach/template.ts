@@ -69,9 +69,14 @@ export interface Attached<R extends AttachmentRecord> {
   existing: boolean;
 }
 
-/** Where a record's present value comes from: the daemon's view when in sync (null: none). */
-export interface RecordLookup {
+/**
+ * The daemon's view of the records: asked first (null: none, undefined: ask etcd), and told of
+ * every record this host writes or deletes before the write is sent, so its watch echo changes
+ * nothing (otherwise every ADD and DEL would cost a full reconcile listing every link).
+ */
+export interface RecordView {
   current(key: string): AttachmentRecord | null | undefined;
+  note(key: string, record: AttachmentRecord | undefined): void;
 }
 
 export interface AttacherDeps {
@@ -87,7 +92,7 @@ export interface AttacherDeps {
   deferred: DeferredStoreWork;
   /** Shared by concurrent ADDs: their host-side batches go out in one `ip` process. */
   hostLane?: IpBatchLane;
-  records?: RecordLookup;
+  records?: RecordView;
   logger: Logger;
 }
 
@@ -148,22 +153,25 @@ export class Attacher {
               owner: { containerId: plan.containerId, ifname: plan.ifname, netns: plan.netnsPath },
               ...(plan.ip !== undefined && { ip: plan.ip }),
               // The record goes into the allocation's transaction: one etcd write per ADD.
-              alsoWrite: (a) => ({ key: plan.recordKey, value: JSON.stringify(plan.record(a)) }),
+              alsoWrite: (a) => {
+                const r = plan.record(a);
+                deps.records?.note(plan.recordKey, r);
+                return { key: plan.recordKey, value: JSON.stringify(r) };
+              },
             });
             if (!hadAddress)
               undo.push('release address', () =>
                 this.deferStore(plan.id, 'release address', () => deps.ipam.releaseHandle(plan.id, plan.pool)),
               );
-            if (!existing)
-              undo.push('delete record', () =>
-                this.deferStore(plan.id, 'delete record', () => deps.store.delete(plan.recordKey)),
-              );
+            if (!existing) undo.push('delete record', () => this.deleteRecord(plan.id, plan.recordKey));
             plan.onAddress?.(allocation, (claim) => releases.push(deps.claims.claim(claim)), undo);
             return allocation;
           },
           persist: async (allocation) => {
             record = plan.record(allocation);
-            if (!allocation.wroteAlso) await deps.store.put(plan.recordKey, JSON.stringify(record));
+            if (allocation.wroteAlso) return;
+            deps.records?.note(plan.recordKey, record);
+            await deps.store.put(plan.recordKey, JSON.stringify(record));
           },
           ...(plan.onHost && { onHost: (b: IpBatch) => plan.onHost!(b) }),
           ...(plan.onHostWithAddress && {
@@ -209,7 +217,7 @@ export class Attacher {
   }): Promise<void> {
     await Promise.all([
       removePort(this.hostIp, spec.hostIf, spec.extraHostLines),
-      this.deferStore(spec.id, 'delete record', () => this.deps.store.delete(spec.recordKey)),
+      this.deleteRecord(spec.id, spec.recordKey),
     ]);
     await this.deferStore(spec.id, 'release address', () => this.deps.ipam.releaseHandle(spec.id, spec.pool));
   }
@@ -225,6 +233,11 @@ export class Attacher {
     const addrs = await new IpClient(this.deps.runner, { path: r.netns }).addresses(r.ifname).catch(() => undefined);
     if (addrs === undefined) return 'container netns or interface gone';
     return addrs.some((a) => a.addr_info.some((x) => x.local === r.ip)) ? undefined : 'container interface incomplete';
+  }
+
+  private deleteRecord(id: string, key: string): Promise<void> {
+    this.deps.records?.note(key, undefined);
+    return this.deferStore(id, 'delete record', () => this.deps.store.delete(key));
   }
 
   private async deferStore(id: string, label: string, run: () => Promise<unknown>): Promise<void> {

@@ -100,7 +100,6 @@ export class CniService {
         const id = this.idOf(req);
         const key = modelKeys.endpoint(vpcId, id);
         await this.deps.attacher.detach({ id, recordKey: key, hostIf: linkNames.internalPort(id), pool: vpcId });
-        this.deps.view.note(key, undefined);
         return undefined;
       }
       case 'CHECK':
@@ -117,7 +116,6 @@ export class CniService {
             hostIf: e.hostIf,
             pool: vpcId,
           });
-          this.deps.view.note(modelKeys.endpoint(vpcId, e.id), undefined);
         }
         return undefined;
       }
@@ -189,7 +187,6 @@ export class CniService {
       pool: external.pool,
       ...(address !== undefined && { extraHostLines: (b: IpBatch) => b.proxyNeighDel(address, uplink) }),
     });
-    this.deps.view.note(key, undefined);
     return undefined;
   }
 
