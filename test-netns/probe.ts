@@ -2,11 +2,10 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { AppError, ErrorCodes } from '../core/errors.js';
 import { isCommandError, type CommandRunner } from '../sys/runner.js';
 import { startDaemon, stopDaemon, type DaemonHandle } from '../sys/process.js';
-import { uniqueSuffix } from './testing.js';
+import { eventually, uniqueSuffix } from './testing.js';
 
 /**
  * Traffic probes between namespaces: each answers "was it delivered?", so tests can assert both
@@ -133,11 +132,8 @@ export class Prober {
         netns: { name: netns },
         logFile: join(dir, 'log'),
       });
-      const deadline = Date.now() + 5000;
-      while (!existsSync(readyFile)) {
-        if (Date.now() > deadline) throw new AppError(ErrorCodes.INTERNAL, `probe server in ${netns} did not start`);
-        await sleep(10);
-      }
+      if (!(await eventually(() => existsSync(readyFile), 5000, 10)))
+        throw new AppError(ErrorCodes.INTERNAL, `probe server in ${netns} did not start`);
       return { stop };
     } catch (err) {
       await stop();
