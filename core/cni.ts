@@ -130,7 +130,7 @@ export function parseCniRequest(env: Record<string, string | undefined>, stdin: 
       ifname,
       args,
       path: env.CNI_PATH ?? '',
-      config: { cniVersion: requestedVersion(stdin), name: '', type: '' },
+      config: { cniVersion: requestedCniVersion(stdin), name: '', type: '' },
     };
   }
   return { command, containerId, netns, ifname, args, path: env.CNI_PATH ?? '', config: parseNetworkConfig(stdin) };
@@ -263,20 +263,9 @@ export async function serveCniCall(
     const out = versionGate(request) ?? (await dispatch(request));
     return { exitCode: 0, stdout: out === undefined ? '' : JSON.stringify(out) + '\n', request };
   } catch (err) {
-    const error = toCniError(err, request?.config.cniVersion || requestedVersion(stdin));
+    const error = toCniError(err, request?.config.cniVersion || requestedCniVersion(stdin));
     return { exitCode: 1, stdout: JSON.stringify(error) + '\n', error, ...(request && { request }) };
   }
-}
-
-/** The cniVersion a config asks for, read leniently (for error answers to configs that fail to parse). */
-export function requestedVersion(stdin: string): string {
-  try {
-    const v = (JSON.parse(stdin) as { cniVersion?: unknown } | null)?.cniVersion;
-    if (typeof v === 'string' && (SUPPORTED_VERSIONS as readonly string[]).includes(v)) return v;
-  } catch {
-    // not JSON: the newest version it is
-  }
-  return LATEST_CNI_VERSION;
 }
 
 const APP_TO_CNI: Partial<Record<ErrorCode, number>> = {
@@ -298,4 +287,51 @@ export function toCniError(err: unknown, cniVersion: string): CniError {
     return { cniVersion, code: APP_TO_CNI[err.code] ?? CniErrorCodes.INTERNAL, msg: err.message, details: err.code };
   }
   return { cniVersion, code: CniErrorCodes.INTERNAL, msg: err instanceof Error ? err.message : String(err) };
+}
+
+const VERSION_MAX = 32;
+const VERSION_CHAR_RE = /[0-9A-Za-z.+-]/;
+const isJsonSpace = (c: string | undefined): boolean => c === ' ' || c === '\t' || c === '\n' || c === '\r';
+
+/**
+ * The `cniVersion` of a network configuration that may be malformed, cut short or too large to
+ * parse, so that even an error about it answers in the caller's version. Only the top-level
+ * object's key counts (a nested `prevResult` has its own); returns `fallback` when there is no
+ * readable one (1-32 of 0-9 A-Z a-z . + -). The C plugin (netd/plugin/netd-cni.c,
+ * find_cni_version) does the same scan.
+ */
+export function requestedCniVersion(config: string, fallback = '1.1.0'): string {
+  let depth = 0;
+  for (let i = 0; i < config.length; i++) {
+    const c = config[i];
+    if (c === '{' || c === '[') depth++;
+    else if (c === '}' || c === ']') depth--;
+    else if (c === '"') {
+      const end = stringEnd(config, i);
+      if (end < 0) return fallback;
+      const isKey = depth === 1 && config.slice(i + 1, end) === 'cniVersion';
+      i = end;
+      if (!isKey) continue;
+      let p = i + 1;
+      while (isJsonSpace(config[p])) p++;
+      if (config[p] !== ':') continue;
+      p++;
+      while (isJsonSpace(config[p])) p++;
+      if (config[p] !== '"') continue;
+      const from = ++p;
+      while (p < config.length && p - from <= VERSION_MAX && VERSION_CHAR_RE.test(config[p]!)) p++;
+      if (config[p] !== '"' || p === from || p - from > VERSION_MAX) return fallback;
+      return config.slice(from, p);
+    }
+  }
+  return fallback;
+}
+
+/** The index of the quote closing the JSON string that opens at `start`, or -1 if it is cut short. */
+function stringEnd(text: string, start: number): number {
+  for (let i = start + 1; i < text.length; i++) {
+    if (text[i] === '\\') i++;
+    else if (text[i] === '"') return i;
+  }
+  return -1;
 }

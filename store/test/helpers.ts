@@ -10,19 +10,6 @@ export interface TeardownHost {
   teardown(fn: () => unknown): unknown;
 }
 
-/** Polls `check` every 20 ms until it holds; fails after `timeoutMs` (never a fixed sleep). */
-export async function eventually(
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-  what = 'condition',
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
 /** Retries `fn` while it fails with an error `retryable` accepts (e.g. while a client reconnects); bounded. */
 export async function retry<T>(
   fn: () => Promise<T>,

@@ -3,13 +3,17 @@
  *
  * Why C and not Node or sh: a runtime starts the plugin for every ADD and DEL. Node's start-up
  * (~120 ms here) and even POSIX sh + socat (~8 ms: six execs) would dwarf the work the daemon
- * does. This program execs nothing: ~1 ms. It knows no CNI semantics; the daemon does all of it
- * (docs/decisions/0008-native-cni-shim.md).
+ * does. This program execs nothing: ~1 ms. It knows no CNI semantics beyond its own error answers;
+ * the daemon does all the rest (docs/decisions/0008-native-cni-shim-and-add-path.md).
  *
  * It connects to <socket dir>/net-<inode of its own network namespace>.sock, so it always reaches
  * the daemon of the host whose namespace it runs in (also when virtual hosts share a filesystem).
  * Request: the CNI_* environment as KEY=VALUE lines, an empty line, then stdin until EOF.
  * Reply: the exit status on the first line, then what to print on stdout.
+ *
+ * When it cannot get the daemon's answer (not running, no reply), it answers a CNI error itself, in
+ * the request's cniVersion (read from the config's beginning): code 50, "plugin not available", for
+ * STATUS (CNI 1.1: STATUS errors are 50 and 51), code 11, "try again later", for the other verbs.
  *
  * The socket directory is patched into SOCKET_DIR by `netd install-cni` (see install-cni.ts):
  * the marker below is followed by zero bytes up to SOCKET_DIR_SIZE.
@@ -17,6 +21,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +33,12 @@
 #define SOCKET_DIR_SIZE 256
 #define REPLY_LIMIT (16 * 1024 * 1024)
 #define TIMEOUT_SECONDS 130
+/* The config's first bytes, read before connecting: where its cniVersion is looked for. */
+#define CONFIG_HEAD_SIZE 65536
+#define VERSION_MAX 32
+#define FALLBACK_VERSION "1.1.0"
+#define CODE_TRY_AGAIN_LATER 11
+#define CODE_PLUGIN_NOT_AVAILABLE 50
 
 extern char **environ;
 
@@ -37,11 +48,30 @@ static volatile const char SOCKET_DIR[SOCKET_DIR_SIZE] = "@@NETD_SOCKET_DIR@@/ru
 static const char VERSION_REPLY[] =
     "{\"cniVersion\":\"1.1.0\",\"supportedVersions\":[\"0.3.0\",\"0.3.1\",\"0.4.0\",\"1.0.0\",\"1.1.0\"]}\n";
 
-/* A CNI error on stdout (code 11: try again later) and exit status 1. */
+/* What the shim's own error answers say: set once the request is known. */
+static char request_version[VERSION_MAX + 1] = FALLBACK_VERSION;
+static int error_code = CODE_TRY_AGAIN_LATER;
+
+/* The timeout's answer, prepared beforehand (a signal handler may only write): the handler
+ * writes the slot prepared last, which is complete before it is published. */
+static char timeout_reply[2][160];
+static size_t timeout_reply_len[2];
+static volatile sig_atomic_t timeout_slot = 0;
+
+/* A CNI error on stdout and exit status 1. `msg` is a constant without quotes or backslashes. */
 static void fail(const char *msg) {
-  printf("{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"%s\"}\n", msg);
+  printf("{\"cniVersion\":\"%s\",\"code\":%d,\"msg\":\"%s\"}\n", request_version, error_code, msg);
   fflush(stdout);
   exit(1);
+}
+
+static void prepare_timeout_reply(int slot) {
+  int n = snprintf(timeout_reply[slot], sizeof timeout_reply[slot],
+                   "{\"cniVersion\":\"%s\",\"code\":%d,\"msg\":\"netd did not answer in time\"}\n",
+                   request_version, error_code);
+  timeout_reply_len[slot] = n > 0 && (size_t)n < sizeof timeout_reply[slot] ? (size_t)n : 0;
+  atomic_signal_fence(memory_order_seq_cst);
+  timeout_slot = slot;
 }
 
 static int write_all(int fd, const char *buf, size_t len) {
@@ -59,9 +89,63 @@ static int write_all(int fd, const char *buf, size_t len) {
 
 static void on_alarm(int sig) {
   (void)sig;
-  static const char msg[] = "{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"netd did not answer in time\"}\n";
-  (void)!write(1, msg, sizeof msg - 1);
+  int slot = timeout_slot;
+  (void)!write(1, timeout_reply[slot], timeout_reply_len[slot]);
   _exit(1);
+}
+
+static int version_char(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.' || c == '+' ||
+         c == '-';
+}
+
+static int json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* The end (closing quote) of the JSON string opening at buf[start], or -1 if it is cut short. */
+static long string_end(const char *buf, size_t len, size_t start) {
+  for (size_t i = start + 1; i < len; i++) {
+    if (buf[i] == '\\') i++;
+    else if (buf[i] == '"') return (long)i;
+  }
+  return -1;
+}
+
+/*
+ * Copies the value of the top-level "cniVersion" key of the JSON text in buf[0, len) into out.
+ * Tolerates whitespace and text cut short or malformed after it; looks at nothing past len.
+ * Keeps out unchanged (the fallback) when there is no readable version. Same scan as
+ * requestedCniVersion() in core/cni.ts.
+ */
+static void find_cni_version(const char *buf, size_t len, char *out) {
+  static const char key[] = "cniVersion";
+  int depth = 0;
+  for (size_t i = 0; i < len; i++) {
+    char c = buf[i];
+    if (c == '{' || c == '[') {
+      depth++;
+    } else if (c == '}' || c == ']') {
+      depth--;
+    } else if (c == '"') {
+      long end = string_end(buf, len, i);
+      if (end < 0) return;
+      size_t key_len = (size_t)end - i - 1;
+      int is_key = depth == 1 && key_len == sizeof key - 1 && memcmp(buf + i + 1, key, key_len) == 0;
+      i = (size_t)end;
+      if (!is_key) continue;
+      size_t p = i + 1;
+      while (p < len && json_space(buf[p])) p++;
+      if (p >= len || buf[p] != ':') continue;
+      p++;
+      while (p < len && json_space(buf[p])) p++;
+      if (p >= len || buf[p] != '"') continue;
+      size_t from = ++p;
+      while (p < len && p - from <= VERSION_MAX && version_char(buf[p])) p++;
+      if (p >= len || buf[p] != '"' || p == from || p - from > VERSION_MAX) return;
+      memcpy(out, buf + from, p - from);
+      out[p - from] = 0;
+      return;
+    }
+  }
 }
 
 int main(void) {
@@ -71,9 +155,27 @@ int main(void) {
     fputs(VERSION_REPLY, stdout);
     return 0;
   }
+  if (cmd && strcmp(cmd, "STATUS") == 0) error_code = CODE_PLUGIN_NOT_AVAILABLE;
+  prepare_timeout_reply(0);
   signal(SIGPIPE, SIG_IGN);
   signal(SIGALRM, on_alarm);
   alarm(TIMEOUT_SECONDS);
+
+  /* The config's beginning, read first so that every error below answers in its cniVersion. */
+  static char head[CONFIG_HEAD_SIZE];
+  size_t head_len = 0;
+  int stdin_done = 0;
+  while (head_len < sizeof head) {
+    ssize_t n = read(0, head + head_len, sizeof head - head_len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      stdin_done = 1;
+      break;
+    }
+    head_len += (size_t)n;
+  }
+  find_cni_version(head, head_len, request_version);
+  prepare_timeout_reply(1);
 
   struct stat ns;
   if (stat("/proc/self/ns/net", &ns) != 0) fail("cannot read this process's network namespace");
@@ -98,12 +200,13 @@ int main(void) {
     if (write_all(fd, *e, strlen(*e)) || write_all(fd, "\n", 1)) fail("netd closed the connection");
   }
   if (write_all(fd, "\n", 1)) fail("netd closed the connection");
+  /* A daemon that stops reading (request too large) still answers; keep draining stdin. */
+  (void)write_all(fd, head, head_len);
   char buf[65536];
-  for (;;) {
+  while (!stdin_done) {
     ssize_t n = read(0, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
-    /* A daemon that stops reading (request too large) still answers; keep draining stdin. */
     (void)write_all(fd, buf, (size_t)n);
   }
   shutdown(fd, SHUT_WR);

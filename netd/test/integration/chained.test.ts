@@ -1,18 +1,13 @@
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { withCluster } from '../../../test-netns/harness.js';
 import { requireRoot, uniqueSuffix } from '../../../test-netns/testing.js';
 import { Podman } from '../../../test-netns/podman.js';
 import { IpClient } from '../../../sys/ip.js';
 import { TcClient } from '../../../sys/tc.js';
-import { EtcdStore } from '../../../store/etcd.js';
-import { Ipam } from '../../../ipam/allocator.js';
 import { modelKeys } from '../../../tenancy/keys.js';
-import { installNetdPlugin } from '../../install-cni.js';
 import { linkNames } from '../../names.js';
-import { startNetdEverywhere, stopNetd, eventually } from '../netd-hosts.js';
+import { netdTestbed } from '../netd-hosts.js';
+import { eventually } from '../../../test-netns/testing.js';
 
 /**
  * The reference plugins chained after netd, run by podman (a runtime nobody here wrote): each
@@ -27,24 +22,13 @@ t.test(
   'portmap, tuning, bandwidth and firewall chained after netd work under podman; podman rm undoes all',
   async (t) => {
     if (!requireRoot(t)) return;
-    const dir = mkdtempSync(join(tmpdir(), 'netd-chain-'));
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-    const socketDir = join(dir, 'sock');
-    const bin = join(dir, 'bin');
-    installNetdPlugin(bin, socketDir);
     await withCluster({ hosts: 1 }, async (s) => {
+      const { store, bin, stopAll } = await netdTestbed(t, s, {
+        label: 'chain',
+        vpcs: [{ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.71.0.0/24', vni: 710 }],
+        externalPool: { name: 'ext', cidr: '100.64.0.0/24' },
+      });
       const d = s.cluster.description;
-      const store = new EtcdStore({ endpoints: d.etcd.endpoints });
-      t.teardown(() => store.close());
-      await store.put(
-        modelKeys.vpc('a'),
-        JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.71.0.0/24', vni: 710 }),
-      );
-      const ipam = new Ipam({ store, host: 'admin' });
-      await ipam.createPool({ name: 'a', cidr: '10.71.0.0/24', kind: 'vpc' });
-      await ipam.createPool({ name: 'ext', cidr: '100.64.0.0/24', kind: 'external' });
-      const daemons = await startNetdEverywhere(s, { dir, socketDir, externalPool: 'ext' });
-      t.teardown(() => stopNetd(daemons));
       const podman = await Podman.create(s.runner, { pluginDir: bin });
       t.teardown(() => podman.cleanup());
       const bandwidth = {
@@ -149,7 +133,7 @@ t.test(
       t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint record');
       t.same((await store.list(modelKeys.externals())).kvs, [], 'no external record');
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address');
-      await stopNetd(daemons);
+      await stopAll();
       await store.deletePrefix('/netd/v1/');
       t.same(await s.residue(), []);
     });

@@ -1,9 +1,8 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { withCluster } from '../../../test-netns/harness.js';
-import { requireRoot } from '../../../test-netns/testing.js';
+import { eventually, requireRoot } from '../../../test-netns/testing.js';
 import { readState } from '../../../test-netns/cluster.js';
 import { killDaemon, isRunning } from '../../../sys/process.js';
 import { IpClient } from '../../../sys/ip.js';
@@ -12,7 +11,7 @@ import { Ipam } from '../../../ipam/allocator.js';
 import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
 import type { EndpointRecord } from '../../../tenancy/records.js';
-import { startNetd, waitReady, eventually } from '../netd-hosts.js';
+import { putVpcs, startNetd, waitReady } from '../netd-hosts.js';
 
 const ADDS = 200;
 const IN_FLIGHT = 16;
@@ -26,11 +25,7 @@ t.test(
       const cni = d.cni!;
       const store = new EtcdStore({ endpoints: d.etcd.endpoints });
       t.teardown(() => store.close());
-      await store.put(
-        modelKeys.vpc('a'),
-        JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.50.0.0/16', vni: 50 }),
-      );
-      await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.50.0.0/16', kind: 'vpc' });
+      await putVpcs(store, [{ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.50.0.0/16', vni: 50 }]);
       const h1 = s.cluster.host('h1');
       const ip = new IpClient(s.runner);
       const names = Array.from({ length: ADDS }, (_, i) => `tn-${d.prefix}-k${i}`);
@@ -134,7 +129,16 @@ t.test(
       for (let i = 0; i < ADDS; i++) await call('DEL', i);
       t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint record');
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address');
-      await sleep(200);
+      // The daemon has followed the DELs (its ports, ifbs and the VPC's devices gone) before the
+      // VPC record goes.
+      t.ok(
+        await eventually(
+          async () =>
+            (await new IpClient(s.runner, { name: h1.netns }).links()).every((l) => !/^n[bxieq]/.test(l.ifname)),
+          15_000,
+        ),
+        'h1: no netd link left',
+      );
       await store.deletePrefix(modelKeys.vpcs());
     });
   },

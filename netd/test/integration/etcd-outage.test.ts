@@ -9,7 +9,7 @@ import { Ipam } from '../../../ipam/allocator.js';
 import { modelKeys } from '../../../tenancy/keys.js';
 import type { EndpointRecord } from '../../../tenancy/records.js';
 import { linkNames } from '../../names.js';
-import { eventually } from '../netd-hosts.js';
+import { eventually } from '../../../test-netns/testing.js';
 
 /**
  * etcd goes away while containers run: netd keeps serving from its view (CHECK; DEL removes the

@@ -84,12 +84,21 @@ t.test(
         await s.probe.delivered({ from: b1.netns, to: b2.netns, address: '10.0.0.12', protocol: 'tcp', port: 8080 }),
         'b1 -> b2 (tcp), same addresses as VPC a',
       );
-      // The server listens only in a2: from VPC b the same address must not reach it.
+      // The server listens only in a2: from VPC b the same address must not reach it. Judged at the
+      // receivers: b2 (VPC b's 10.0.0.12) refuses b1's connection, which must not count as "a2
+      // dropped it" — so a2 must see none of b1's packets, and b2 must see them.
       const server = await s.probe.serve(a2.netns, 'tcp', '10.0.0.12', 9090);
+      const inA2 = await s.probe.countIn(a2.netns, 'tcp dport 9090');
+      const inB2 = await s.probe.countIn(b2.netns, 'tcp dport 9090');
       try {
-        t.ok(await s.probe.connect(a1.netns, 'tcp', '10.0.0.12', 9090), 'a1 reaches the server in a2');
         t.notOk(await s.probe.connect(b1.netns, 'tcp', '10.0.0.12', 9090, 800), 'b1 does not: another VPC');
+        t.equal(await inA2.read(), 0, 'no packet of b1 reached a2');
+        t.ok((await inB2.read()) > 0, "b1's packets stayed in VPC b: they reached b2, its holder of 10.0.0.12");
+        t.ok(await s.probe.connect(a1.netns, 'tcp', '10.0.0.12', 9090), 'a1 reaches the server in a2');
+        t.ok((await inA2.read()) > 0, "a2's counter sees a1's packets (the same check, able to fail)");
       } finally {
+        await inA2.remove();
+        await inB2.remove();
         await server.stop();
       }
 
