@@ -144,7 +144,7 @@ function addChain(
 ): void {
   let base: NftChainState['base'];
   if (body !== undefined) {
-    const b = /^type (\w+) hook (\w+);(?: device (\S+);)? priority (\S+); policy (accept|drop);$/.exec(body);
+    const b = /^type (\w+) hook (\w+)(?: device (\S+);)? priority (\S+); policy (accept|drop);$/.exec(body);
     if (!b) throw new FakeKernelUnmodelled(`nft chain body "{ ${body} }"`);
     const prioText = b[4]!;
     const named = (PRIORITIES[t.family] ?? PRIORITIES.default!)[prioText];
