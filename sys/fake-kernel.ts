@@ -5,7 +5,8 @@ import { dumpNetns, type NetnsDump } from './fake-kernel/dump.js';
 import { FakeKernelUnmodelled, ToolFailure } from './fake-kernel/errors.js';
 import { runIp } from './fake-kernel/ip.js';
 import { applyNftScript, renderNftTable, renderNftTables } from './fake-kernel/nft.js';
-import { KernelState, removeLink, type FakeNetns } from './fake-kernel/state.js';
+import { destroyNetns, removeLink } from './fake-kernel/links.js';
+import { KernelState, type FakeNetns } from './fake-kernel/state.js';
 import { runSysctl } from './fake-kernel/sysctl.js';
 import { runTc } from './fake-kernel/tc.js';
 import {
@@ -91,7 +92,7 @@ export class FakeKernel implements CommandRunner {
 
   /** The namespace goes, with its links (and their veth peers elsewhere): a container died. */
   removeNetns(ref: FakeNetnsRef): void {
-    this.state.destroy(this.netns(ref));
+    destroyNetns(this.state, this.netns(ref));
   }
 
   deleteLink(ref: FakeNetnsRef, name: string): void {

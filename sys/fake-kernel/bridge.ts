@@ -2,7 +2,8 @@ import { formatIp, parseIp } from '../../core/cidr.js';
 import { batchLines, runLines, toolOptions, Words, type ToolContext, type ToolResult } from './batch.js';
 import { ToolFailure } from './errors.js';
 import { renderFdb } from './render.js';
-import { fdbAdd, fdbDelete, type FakeLink } from './state.js';
+import { fdbAdd, fdbDelete } from './entries.js';
+import type { FakeLink } from './state.js';
 
 /** `bridge fdb` as the sys/ wrappers run it: static entries on VXLAN devices; reads with -j. */
 

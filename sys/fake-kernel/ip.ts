@@ -1,31 +1,32 @@
+import { formatIp, parseIp } from '../../core/cidr.js';
 import { badArgument, cannotFindDevice, FakeKernelUnmodelled, rtnl, ToolFailure } from './errors.js';
 import { batchLines, runLines, toolOptions, Words, type ToolContext, type ToolResult } from './batch.js';
 import { renderAddrs, renderLink, renderNeighbours, renderProxies, renderRoute, sortRoutes } from './render.js';
 import {
   addAddress,
-  addVeth,
-  addVxlan,
   deleteAddress,
   deleteNeighbour,
   deleteProxy,
   deleteRoute,
+  replaceNeighbour,
+  replaceProxy,
+  replaceRoute,
+  type RouteSpec,
+} from './entries.js';
+import {
+  addVeth,
+  addVxlan,
+  destroyNetns,
   enslave,
-  MAIN_TABLE,
   moveToNetns,
   release,
   removeLink,
   rename,
-  replaceNeighbour,
-  replaceProxy,
-  replaceRoute,
   setMac,
   setMtu,
   setUp,
-  type FakeLink,
-  type FakeNetns,
-  type RouteSpec,
-  type Scope,
-} from './state.js';
+} from './links.js';
+import { MAIN_TABLE, type FakeLink, type FakeNetns, type Scope } from './state.js';
 
 /** `ip` as the sys/ wrappers run it: link, addr, route, neigh, netns; reads with -j. */
 
@@ -96,7 +97,7 @@ function ipLine(ctx: ToolContext, w: Words, opts: IpOptions): string | void {
         const target = ctx.kernel.byName(name);
         if (!target)
           throw new ToolFailure(`Cannot remove namespace file "/run/netns/${name}": No such file or directory`, 1);
-        ctx.kernel.destroy(target);
+        destroyNetns(ctx.kernel, target);
       }
       return;
     }
@@ -190,7 +191,7 @@ function vxlanAdd(ns: FakeNetns, name: string, mtu: number | undefined, w: Words
   while (!w.done) {
     const word = w.next();
     if (word === 'id') id = w.int('id');
-    else if (word === 'local') local = w.next('local');
+    else if (word === 'local') local = formatIp(parseIp(w.next('local')));
     else if (word === 'dev') {
       const dev = w.next('dev');
       lower = ns.link(dev);

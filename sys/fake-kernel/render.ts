@@ -1,5 +1,6 @@
 import { formatIp } from '../../core/cidr.js';
-import { mtuLimits, type FakeLink, type FakeNetns, type RouteEntry } from './state.js';
+import { mtuLimits } from './links.js';
+import { ZERO_MAC, type FakeLink, type FakeNetns, type RouteEntry } from './state.js';
 import { tbfOptions } from './tc.js';
 
 /**
@@ -10,8 +11,6 @@ import { tbfOptions } from './tc.js';
  */
 
 type Json = Record<string, unknown>;
-
-const ZERO_MAC = '00:00:00:00:00:00';
 
 function flags(l: FakeLink): string[] {
   const up = l.up ? ['UP'] : [];

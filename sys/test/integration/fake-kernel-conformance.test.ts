@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import t from 'tap';
 import { FakeKernel } from '../../fake-kernel.js';
-import { ExecRunner } from '../../runner.js';
+import { ExecRunner, SpawnerRunner } from '../../runner.js';
 import { requireRoot, scratchNetns } from '../../../test-netns/testing.js';
 import { describe, failures, phases, readState, type Scene } from '../fake-kernel-scenario.js';
 
@@ -196,7 +196,10 @@ function possibleCpus(): number {
 t.test('the fake kernel reads back like the real one after each step of netd', async (t) => {
   if (!requireRoot(t)) return;
   const started = Date.now();
-  const real = new ExecRunner();
+  // netd's own way of running commands (a posix_spawn helper): ~5x faster than Node's spawn here.
+  const spawner = SpawnerRunner.available() ? new SpawnerRunner() : undefined;
+  t.teardown(() => spawner?.close());
+  const real = spawner ?? new ExecRunner();
   const host = await scratchNetns(t, real);
   const container = await scratchNetns(t, real);
   const fake = new FakeKernel({ cpus: possibleCpus() });
@@ -219,11 +222,15 @@ t.test('the fake kernel reads back like the real one after each step of netd', a
     const want = normalise(await readState(fakeScene, { containerGone }), false);
     let got: Record<string, unknown> = {};
     const deadline = Date.now() + 5_000;
+    const phaseStart = Date.now();
+    let reads = 0;
     do {
+      reads++;
       got = normalise(await readState(realScene, { containerGone }), true);
       if (isDeepStrictEqual(got, want)) break;
       await new Promise((r) => setTimeout(r, 50));
     } while (Date.now() < deadline);
+    t.comment(`${phase.name}: ${reads} reads of the real side in ${Date.now() - phaseStart} ms`);
     for (const key of new Set([...Object.keys(want), ...Object.keys(got)]))
       t.same(want[key], got[key], `${phase.name}: ${key}`);
 

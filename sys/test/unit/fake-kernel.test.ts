@@ -370,6 +370,28 @@ t.test('routes: gateways must be on a connected route; a link going down takes i
   t.same(k.dump(H).routes, ['10.5.0.0/24 dev a1 proto kernel scope link src 10.5.0.1'], 'up: the prefix route is back');
 });
 
+t.test('addresses: IPv4 and IPv6 errors as ip prints them; moving a link to another namespace', async (t) => {
+  const { k, ip, inside } = kernel();
+  await ip.apply(new IpBatch().linkAddVeth('a1', 'a2').addrAdd('fd00::1/64', 'a1').addrAdd('10.1.1.1/24', 'a1'));
+  t.equal(
+    (await failure(ip.apply(new IpBatch().addrAdd('fd00::1/64', 'a1')))).stderr,
+    'Error: ipv6: address already assigned.\nCommand failed -:1\n',
+  );
+  t.equal(
+    (await failure(ip.apply(new IpBatch().addrDel('fd00::2/64', 'a1')))).stderr,
+    'Error: ipv6: address not found.\nCommand failed -:1\n',
+  );
+  await ip.apply(new IpBatch().addrReplace('10.1.1.1/24', 'a1').addrAdd('10.1.1.1/32', 'a1'));
+  t.same(k.dump(H).addresses, ['a1 10.1.1.1/24', 'a1 10.1.1.1/32', 'a1 fd00::1/64'], 'one address per prefix length');
+  const before = (await ip.link('a1'))?.ifindex;
+  await ip.apply(new IpBatch().linkSet('a1', { up: true }).linkSet('a1', { netns: C_PATH }));
+  const moved = (await inside.links()).find((l) => l.ifname === 'a1');
+  t.equal(moved?.ifindex, before, 'the ifindex is kept when it is free there');
+  t.same(moved?.flags, ['BROADCAST', 'MULTICAST'], 'it arrives down');
+  t.same((await inside.addresses('a1'))[0]?.addr_info, [], 'without its addresses');
+  t.equal((await ip.link('a2'))?.link_netnsid, 0, 'its peer now points to another namespace');
+});
+
 t.test('deleting a namespace takes its links and their peers; commands into it fail as the tools do', async (t) => {
   const { k, ip, inside } = kernel();
   await ip.apply(
