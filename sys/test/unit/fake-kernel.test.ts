@@ -523,8 +523,26 @@ t.test('nft: transactions are atomic; tables and sets list as nft -j; rules are 
     'rule inet tq fwd_filter ip saddr @allowed accept',
   ]);
   await t.rejects(nft.table('inet', 'tq'), FakeKernelUnmodelled, 'rule expressions are not rendered');
+  // external.ts's NAT table, rewritten atomically on every start.
+  const nat = () =>
+    new NftTransaction()
+      .addTable('ip', 'netd_nat')
+      .addChain('ip', 'netd_nat', 'outbound', { type: 'nat', hook: 'postrouting', priority: 100 })
+      .flushChain('ip', 'netd_nat', 'outbound')
+      .addRule('ip', 'netd_nat', 'outbound', 'ip saddr 203.0.113.0/24 oifname "up0" masquerade');
+  await nft.apply(nat());
+  await nft.apply(nat());
+  t.same(
+    k.dump(H).nft.filter((l) => l.includes('netd_nat')),
+    [
+      'table ip netd_nat',
+      'chain ip netd_nat outbound type nat hook postrouting priority 100 policy accept',
+      'rule ip netd_nat outbound ip saddr 203.0.113.0/24 oifname "up0" masquerade',
+    ],
+    'flushed and rewritten: one rule',
+  );
   await nft.apply(new NftTransaction().deleteTable('inet', 'tq'));
-  await nft.apply(new NftTransaction().deleteTable('inet', 'tq'));
+  await nft.apply(new NftTransaction().deleteTable('inet', 'tq').deleteTable('ip', 'netd_nat'));
   t.equal(await nft.table('inet', 'tq'), undefined);
   t.same(await nft.tables(), []);
 });
