@@ -32,6 +32,11 @@ export interface CommandResult {
 
 export interface CommandRunner {
   run(cmd: Command, signal?: AbortSignal): Promise<CommandResult>;
+  /**
+   * Set by runners that model the kernel (FakeKernel): SysctlClient then asks them for sysctls of
+   * the caller's own namespace too (`sysctl -w`), instead of writing /proc/sys itself.
+   */
+  readonly interceptsSysctl?: boolean;
 }
 
 /** How a failed command failed, so callers can make mutations idempotent. */
