@@ -151,6 +151,14 @@ function filterReplace(ctx: ToolContext, link: FakeLink, w: Words): void {
   for (const word of ['parent', 'ffff:', 'protocol', 'all', 'prio']) w.expect(word);
   const prio = w.int('prio');
   if (prio !== 1) throw w.unmodelled('a prio other than 1');
+  // An explicit handle: only the first key of hash table 800 (what sys/tc.ts gives) is modelled.
+  let handle: number | undefined;
+  if (w.peek() === 'handle') {
+    w.expect('handle');
+    const h = w.next('handle');
+    if (h !== '800::800') throw w.unmodelled(`filter handle ${h}`);
+    handle = 0x800;
+  }
   for (const word of ['u32', 'match', 'u32', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev']) w.expect(word);
   const target = w.next('device');
   w.end();
@@ -162,7 +170,18 @@ function filterReplace(ctx: ToolContext, link: FakeLink, w: Words): void {
     );
   if (!link.ingress)
     throw new ToolFailure("Error: Parent Qdisc doesn't exists.\nWe have an error talking to the kernel", 2);
-  // Without a handle, `replace` adds another key (the kernel numbers them 800::800, 800::801, ...).
+  // With a handle, `replace` replaces that filter (its action is made anew); without one it adds
+  // another key (the kernel numbers them 800::800, 800::801, ...).
+  if (handle !== undefined) {
+    const at = link.ingress.filters.findIndex((f) => f.key === handle);
+    if (at >= 0) {
+      ctx.ns.actionIndexes.delete(link.ingress.filters[at]!.action);
+      link.ingress.filters[at] = { prio, key: handle, action: ctx.ns.allocateActionIndex(), target };
+      return;
+    }
+    link.ingress.filters.push({ prio, key: handle, action: ctx.ns.allocateActionIndex(), target });
+    return;
+  }
   const keys = new Set(link.ingress.filters.map((f) => f.key));
   let key = 0x800;
   while (keys.has(key)) key++;

@@ -295,11 +295,20 @@ t.test('a batch stops at its first failing line; -force goes on; some errors end
   t.equal(fatal.stderr, 'Error: argument "nosuch" is wrong: Device does not exist\n\n');
   t.ok(await ip.link('b1'), 'the line after it never ran');
 
-  // So does any kernel error of `ip neigh` (it calls exit(2)): a forgiving batch of neighbour
-  // removals stops at the first entry already gone, and the lines after it do not run.
+  // So does any kernel error of `ip neigh` (it calls exit(2)): raw removals stop at the first entry
+  // already gone, and the lines after it do not run...
   await ip.apply(new IpBatch().neighReplace('10.0.0.7', '02:00:00:00:00:07', 'b1'));
+  await failure(
+    k.run({
+      argv: ['ip', '-force', '-batch', '-'],
+      netns: H,
+      stdin: 'neigh del 10.0.0.99 dev b1\nneigh del 10.0.0.7 dev b1\n',
+    }),
+  );
+  t.same(k.dump(H).neighbours, ['10.0.0.7 dev b1 lladdr 02:00:00:00:00:07 PERMANENT'], 'raw: the second never ran');
+  // ...which is why IpBatch's neighbour removals put the entry in place first: they always find it.
   await ip.applyForgivingMissing(new IpBatch().neighDel('10.0.0.99', 'b1').neighDel('10.0.0.7', 'b1'));
-  t.same(k.dump(H).neighbours, ['10.0.0.7 dev b1 lladdr 02:00:00:00:00:07 PERMANENT']);
+  t.same(k.dump(H).neighbours, [], 'IpBatch: both removed');
 });
 
 t.test('IpBatchLane: coalesced batches get their own failures', async (t) => {
@@ -579,7 +588,7 @@ t.test("netd's whole sequence runs on the fake; the dump is plain, sorted and st
     k
       .batchLines()
       .includes(
-        'tc filter replace dev ne1 parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred egress redirect dev nqe1',
+        'tc filter replace dev ne1 parent ffff: protocol all prio 1 handle 800::800 u32 match u32 0 0 action mirred egress redirect dev nqe1',
       ),
     'batch lines are recorded for assertions',
   );
