@@ -4,48 +4,37 @@ import { cpus, release } from 'node:os';
 import { parseArgs } from 'node:util';
 import { describeError } from '../core/errors.js';
 import { ExecRunner } from '../sys/runner.js';
-import { runBenchmark, type Benchmark } from './benchmark.js';
+import { runBenchmark } from './benchmark.js';
 import { ratio, upsertSection } from './report.js';
-import { linkBatchBenchmark } from './benchmarks/link-batch.js';
-import { ipamVsSharedRecordBenchmark, ipamVsHostLocalBenchmark } from './benchmarks/ipam-throughput.js';
-import { netdCniLatencyBenchmark } from './benchmarks/netd-cni-latency.js';
-import { netdFullAddBenchmark } from './benchmarks/netd-full-add.js';
-import { netdScaleBenchmark } from './benchmarks/netd-scale.js';
+import { registry, select } from './registry.js';
 
-/** `npm run bench [-- NAME... --runs N --out FILE]`: runs benchmarks, updates docs/benchmarks.md. */
-
-function registry(): Benchmark[] {
-  const runner = new ExecRunner();
-  return [
-    linkBatchBenchmark(runner),
-    ipamVsSharedRecordBenchmark(runner),
-    ipamVsHostLocalBenchmark(runner),
-    netdCniLatencyBenchmark(runner),
-    netdFullAddBenchmark(runner),
-    netdScaleBenchmark(runner),
-  ];
-}
+/**
+ * `npm run bench [-- NAME... --runs N --etcd 1|3 --out FILE --list]`: runs benchmarks and updates
+ * their sections of docs/benchmarks.md. Benchmarks on etcd exist once per store: `NAME` (1 member)
+ * and `NAME@etcd3` (3 members); `--etcd` keeps only those on that many members.
+ */
 
 async function main(): Promise<void> {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
     options: {
       runs: { type: 'string' },
+      etcd: { type: 'string' },
       out: { type: 'string', default: 'docs/benchmarks.md' },
       list: { type: 'boolean', default: false },
     },
   });
-  const all = registry();
+  if (values.etcd !== undefined && values.etcd !== '1' && values.etcd !== '3')
+    throw new Error(`--etcd must be 1 or 3 (members), not "${values.etcd}"`);
+  const etcdMembers = values.etcd === undefined ? undefined : (Number(values.etcd) as 1 | 3);
+  const chosen = select(registry(new ExecRunner()), positionals, etcdMembers);
   if (values.list) {
-    for (const b of all) process.stdout.write(`${b.name}\t${b.title}\n`);
+    for (const { benchmark: b } of chosen) process.stdout.write(`${b.name}\t${b.title}\n`);
     return;
   }
-  const unknown = positionals.filter((n) => !all.some((b) => b.name === n));
-  if (unknown.length) throw new Error(`unknown benchmark(s): ${unknown.join(', ')} (try --list)`);
-  const chosen = positionals.length ? all.filter((b) => positionals.includes(b.name)) : all;
   const runs = values.runs === undefined ? undefined : Number(values.runs);
   const environment = `${cpus().length} cores, kernel ${release()}, node ${process.version}`;
-  for (const b of chosen) {
+  for (const { benchmark: b } of chosen) {
     if (b.needsRoot && process.getuid?.() !== 0) throw new Error(`${b.name} needs root`);
     const result = await runBenchmark(b, { runs, environment, onProgress: (m) => process.stderr.write(`${m}\n`) });
     for (const m of result.metrics) {

@@ -34,3 +34,12 @@ export function summarize(samples: readonly number[]): Summary {
 export function relativeSpread(s: Summary): number {
   return s.median === 0 ? 0 : (s.p90 - s.p10) / s.median;
 }
+
+/** "median (min–max)" of one figure over the measured trials, for notes. */
+export function describeRuns(values: readonly number[], digits = 0, unit = ''): string {
+  if (values.length === 0) return 'n/a';
+  const f = (v: number) => v.toFixed(digits);
+  const median = quantile(values, 0.5);
+  if (values.length === 1) return `${f(median)}${unit}`;
+  return `${f(median)}${unit} (${f(Math.min(...values))}–${f(Math.max(...values))})`;
+}

@@ -7,7 +7,9 @@ import { AppError, ErrorCodes, type ErrorCode } from './errors.js';
 
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 export type CniCommand = 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS' | 'VERSION';
-const COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'GC', 'STATUS', 'VERSION'];
+export const CNI_COMMANDS: readonly CniCommand[] = ['ADD', 'DEL', 'CHECK', 'GC', 'STATUS', 'VERSION'];
+/** The newest spec version: what we answer in, when a request does not say. */
+export const LATEST_CNI_VERSION = '1.1.0';
 
 /** Error codes from the CNI spec, plus plugin-specific ones (>= 100). */
 export const CniErrorCodes = {
@@ -20,6 +22,8 @@ export const CniErrorCodes = {
   INVALID_NETWORK_CONFIG: 7,
   TRY_AGAIN_LATER: 11,
   PLUGIN_NOT_AVAILABLE: 50,
+  /** STATUS: the plugin cannot serve ADDs now (e.g. its daemon is down). */
+  PLUGIN_NOT_AVAILABLE_LIMITED: 51,
   POOL_EXHAUSTED: 100,
   ADDRESS_IN_USE: 101,
   POOL_OVERLAP: 102,
@@ -71,14 +75,24 @@ export interface CniNetworkConfig {
 }
 
 export interface CniIpConfig {
+  /** "4" or "6": required by the 0.x result format only. */
+  version?: string;
   address: string;
   gateway?: string;
   interface?: number;
 }
 
+export interface CniInterface {
+  name: string;
+  mac?: string;
+  /** The container's netns path; absent for an interface on the host (the veth's host end). */
+  sandbox?: string;
+  mtu?: number;
+}
+
 export interface CniResult {
   cniVersion: string;
-  interfaces?: Array<{ name: string; mac?: string; sandbox?: string }>;
+  interfaces?: CniInterface[];
   ips: CniIpConfig[];
   routes?: Array<{ dst: string; gw?: string }>;
   dns?: { nameservers?: string[]; domain?: string; search?: string[] };
@@ -90,8 +104,8 @@ export interface CniResult {
  */
 export function parseCniRequest(env: Record<string, string | undefined>, stdin: string): CniRequest {
   const command = env.CNI_COMMAND as CniCommand | undefined;
-  if (!command || !COMMANDS.includes(command)) {
-    throw new CniFailure(CniErrorCodes.INVALID_ENV, `CNI_COMMAND must be one of ${COMMANDS.join(', ')}`);
+  if (!command || !CNI_COMMANDS.includes(command)) {
+    throw new CniFailure(CniErrorCodes.INVALID_ENV, `CNI_COMMAND must be one of ${CNI_COMMANDS.join(', ')}`);
   }
   const needsContainer = command === 'ADD' || command === 'DEL' || command === 'CHECK';
   const containerId = env.CNI_CONTAINERID ?? '';
@@ -116,7 +130,7 @@ export function parseCniRequest(env: Record<string, string | undefined>, stdin: 
       ifname,
       args,
       path: env.CNI_PATH ?? '',
-      config: { cniVersion: '1.1.0', name: '', type: '' },
+      config: { cniVersion: requestedCniVersion(stdin), name: '', type: '' },
     };
   }
   return { command, containerId, netns, ifname, args, path: env.CNI_PATH ?? '', config: parseNetworkConfig(stdin) };
@@ -163,7 +177,10 @@ export function parseNetworkConfig(stdin: string): CniNetworkConfig {
   return cfg;
 }
 
-export function versionResult(cniVersion = '1.1.0'): { cniVersion: string; supportedVersions: readonly string[] } {
+export function versionResult(cniVersion = LATEST_CNI_VERSION): {
+  cniVersion: string;
+  supportedVersions: readonly string[];
+} {
   return { cniVersion, supportedVersions: SUPPORTED_VERSIONS };
 }
 
@@ -172,6 +189,83 @@ export function commandSupported(command: CniCommand, cniVersion: string): boole
   if (command === 'CHECK') return !['0.3.0', '0.3.1'].includes(cniVersion);
   if (command === 'GC' || command === 'STATUS') return cniVersion === '1.1.0';
   return true;
+}
+
+/**
+ * What every plugin does before looking at its own config: VERSION is answered here; a verb the
+ * request's cniVersion does not define is refused. Returns VERSION's answer, else undefined.
+ */
+export function versionGate(req: CniRequest): ReturnType<typeof versionResult> | undefined {
+  if (req.command === 'VERSION') return versionResult(req.config.cniVersion);
+  if (!commandSupported(req.command, req.config.cniVersion)) {
+    throw new CniFailure(
+      CniErrorCodes.INCOMPATIBLE_VERSION,
+      `${req.command} is not defined for cniVersion ${req.config.cniVersion}`,
+    );
+  }
+  return undefined;
+}
+
+/** A container's interface, as CNI names an attachment. */
+export interface CniAttachment {
+  containerId: string;
+  ifname: string;
+}
+
+/**
+ * GC's `cni.dev/valid-attachments`: the attachments the runtime still has. Required and checked
+ * strictly: a GC whose list is missing or malformed must fail, never be read as "nothing is
+ * valid" (that would detach every container of the network on the host).
+ */
+export function validAttachments(config: CniNetworkConfig): CniAttachment[] {
+  const raw = config['cni.dev/valid-attachments'];
+  if (!Array.isArray(raw)) {
+    throw new CniFailure(
+      CniErrorCodes.INVALID_NETWORK_CONFIG,
+      raw === undefined
+        ? 'GC needs cni.dev/valid-attachments (the attachments to keep); nothing was collected'
+        : 'cni.dev/valid-attachments must be a list',
+    );
+  }
+  return raw.map((entry: unknown, i) => {
+    const e = (entry ?? {}) as { containerID?: unknown; ifname?: unknown };
+    if (typeof e.containerID !== 'string' || !CONTAINER_ID_RE.test(e.containerID)) {
+      throw new CniFailure(
+        CniErrorCodes.INVALID_NETWORK_CONFIG,
+        `cni.dev/valid-attachments[${i}].containerID is invalid`,
+      );
+    }
+    if (typeof e.ifname !== 'string' || !IFNAME_RE.test(e.ifname)) {
+      throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, `cni.dev/valid-attachments[${i}].ifname is invalid`);
+    }
+    return { containerId: e.containerID, ifname: e.ifname };
+  });
+}
+
+/** What a plugin prints and its exit status. */
+export interface CniReply {
+  exitCode: number;
+  stdout: string;
+}
+
+/**
+ * One CNI invocation from environment and stdin to the reply: parse, version gate, `dispatch`,
+ * and every failure rendered as the spec's error object in the request's own cniVersion.
+ */
+export async function serveCniCall(
+  env: Record<string, string | undefined>,
+  stdin: string,
+  dispatch: (req: CniRequest) => Promise<unknown>,
+): Promise<CniReply & { request?: CniRequest; error?: CniError }> {
+  let request: CniRequest | undefined;
+  try {
+    request = parseCniRequest(env, stdin);
+    const out = versionGate(request) ?? (await dispatch(request));
+    return { exitCode: 0, stdout: out === undefined ? '' : JSON.stringify(out) + '\n', request };
+  } catch (err) {
+    const error = toCniError(err, request?.config.cniVersion || requestedCniVersion(stdin));
+    return { exitCode: 1, stdout: JSON.stringify(error) + '\n', error, ...(request && { request }) };
+  }
 }
 
 const APP_TO_CNI: Partial<Record<ErrorCode, number>> = {
@@ -193,4 +287,51 @@ export function toCniError(err: unknown, cniVersion: string): CniError {
     return { cniVersion, code: APP_TO_CNI[err.code] ?? CniErrorCodes.INTERNAL, msg: err.message, details: err.code };
   }
   return { cniVersion, code: CniErrorCodes.INTERNAL, msg: err instanceof Error ? err.message : String(err) };
+}
+
+const VERSION_MAX = 32;
+const VERSION_CHAR_RE = /[0-9A-Za-z.+-]/;
+const isJsonSpace = (c: string | undefined): boolean => c === ' ' || c === '\t' || c === '\n' || c === '\r';
+
+/**
+ * The `cniVersion` of a network configuration that may be malformed, cut short or too large to
+ * parse, so that even an error about it answers in the caller's version. Only the top-level
+ * object's key counts (a nested `prevResult` has its own); returns `fallback` when there is no
+ * readable one (1-32 of 0-9 A-Z a-z . + -). The C plugin (netd/plugin/netd-cni.c,
+ * find_cni_version) does the same scan.
+ */
+export function requestedCniVersion(config: string, fallback = '1.1.0'): string {
+  let depth = 0;
+  for (let i = 0; i < config.length; i++) {
+    const c = config[i];
+    if (c === '{' || c === '[') depth++;
+    else if (c === '}' || c === ']') depth--;
+    else if (c === '"') {
+      const end = stringEnd(config, i);
+      if (end < 0) return fallback;
+      const isKey = depth === 1 && config.slice(i + 1, end) === 'cniVersion';
+      i = end;
+      if (!isKey) continue;
+      let p = i + 1;
+      while (isJsonSpace(config[p])) p++;
+      if (config[p] !== ':') continue;
+      p++;
+      while (isJsonSpace(config[p])) p++;
+      if (config[p] !== '"') continue;
+      const from = ++p;
+      while (p < config.length && p - from <= VERSION_MAX && VERSION_CHAR_RE.test(config[p]!)) p++;
+      if (config[p] !== '"' || p === from || p - from > VERSION_MAX) return fallback;
+      return config.slice(from, p);
+    }
+  }
+  return fallback;
+}
+
+/** The index of the quote closing the JSON string that opens at `start`, or -1 if it is cut short. */
+function stringEnd(text: string, start: number): number {
+  for (let i = start + 1; i < text.length; i++) {
+    if (text[i] === '\\') i++;
+    else if (text[i] === '"') return i;
+  }
+  return -1;
 }

@@ -13,6 +13,10 @@ export const ErrorCodes = {
   COMMAND_TIMEOUT: 'E_COMMAND_TIMEOUT',
   /** A required tool (binary) or kernel feature is absent on this machine. */
   UNSUPPORTED: 'E_UNSUPPORTED',
+  /** The caller did not prove who it is (no, or an unknown, bearer token). */
+  UNAUTHORIZED: 'E_UNAUTHORIZED',
+  /** The caller is known but may not do this (e.g. a tenant token on an admin route). */
+  FORBIDDEN: 'E_FORBIDDEN',
   /** The thing addressed does not exist. */
   NOT_FOUND: 'E_NOT_FOUND',
   /** The thing to create exists already. */

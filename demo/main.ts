@@ -16,10 +16,10 @@ import { IpClient } from '../sys/ip.js';
 import { EtcdStore } from '../store/etcd.js';
 import { Ipam } from '../ipam/allocator.js';
 import { Podman } from '../test-netns/podman.js';
-import { netdKeys } from '../netd/keys.js';
+import { modelKeys } from '../tenancy/keys.js';
 import { run as runCli } from '../netd/cli.js';
-import { NetdApiClient } from '../netd/api/client.js';
-import type { EndpointRecord } from '../netd/model.js';
+import { NetdApiClient } from '../tenancy/api/client.js';
+import type { EndpointRecord } from '../tenancy/records.js';
 import { startDaemon, stopDaemon } from '../sys/process.js';
 
 /**
@@ -152,7 +152,7 @@ async function ipamAct(s: ClusterSession): Promise<boolean> {
       });
       const ip = (JSON.parse(stdout) as { ips: Array<{ address: string }> }).ips[0]!.address;
       const elapsed = Date.now() - started;
-      const [held] = await admin.getHandle(`${c.name}:eth0`);
+      const [held] = await admin.getHandle(`${hostName}:${c.name}:eth0`);
       const gw = await s.probe.ping(c.netns, '10.60.0.1');
       say(
         `  ${c.name} on ${hostName}: ${ip} from block ${held?.block} (claimed by ${hostName}) in ${elapsed} ms, gateway ${mark(gw)}`,
@@ -212,7 +212,9 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     podman.addNetwork({ name: 'external', plugins: [{ type: 'netd', external: true }] });
     let started = Date.now();
     await podman.run(h2, { name: server, networks: ['external', 'vpc-a'], detach: true }, ['sleep', '600']);
-    const target = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord)[0]!;
+    const target = (await store.list(modelKeys.endpoints())).kvs.map(
+      (kv) => JSON.parse(kv.value) as EndpointRecord,
+    )[0]!;
     say(
       `  podman run on h2 (tenant-1, vpc-a): eth1 ${target.ip}, eth0 from ${cni.externalCidr}, ${Date.now() - started} ms`,
     );
@@ -286,7 +288,7 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     await podman.remove(h2, `${server}-c`);
     await podman.remove(h2, server);
     const left =
-      (await store.list(netdKeys.endpoints())).kvs.length + (await store.list('/netd/v1/external/')).kvs.length;
+      (await store.list(modelKeys.endpoints())).kvs.length + (await store.list('/netd/v1/external/')).kvs.length;
     say(`  podman rm: ${left} endpoint records left`);
     ok &&= left === 0;
     return ok;

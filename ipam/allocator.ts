@@ -161,13 +161,37 @@ export class Ipam {
     return pool;
   }
 
+  /**
+   * A transaction condition: the pool is still the one this host cached. A VPC deleted and
+   * created again with another CIDR has a new pool record, and allocating from the old one's
+   * cached range would hand out addresses outside it.
+   */
+  private poolGuard(pool: Pool): CasWrite {
+    const cached = this.pools.get(pool.spec.name);
+    return { key: ipamKeys.pool(pool.spec.name), expectModRevision: cached?.modRevision ?? 0n, value: undefined };
+  }
+
+  /** After a lost transaction: was it because the pool changed? Then its caches are forgotten. */
+  private async poolMoved(name: string): Promise<boolean> {
+    const kv = await this.store.get(ipamKeys.pool(name));
+    if (kv && kv.modRevision === this.pools.get(name)?.modRevision) return false;
+    this.forgetPool(name);
+    return true;
+  }
+
+  private forgetPool(name: string): void {
+    this.pools.delete(name);
+    this.ownBlocks.delete(name);
+    this.loadedAffinity.delete(name);
+  }
+
   /** Refused while any block of the pool exists (addresses are in use). */
   async deletePool(name: string): Promise<void> {
     const { kvs } = await this.store.list(ipamKeys.blocks(checkSegment('pool', name)));
     if (kvs.length > 0)
       throw new AppError(ErrorCodes.CONFLICT, `pool ${name} still has ${kvs.length} blocks in use`, { pool: name });
     await this.store.delete(ipamKeys.pool(name));
-    this.pools.delete(name);
+    this.forgetPool(name);
   }
 
   // ---- allocation ----------------------------------------------------------------------------
@@ -224,10 +248,17 @@ export class Ipam {
 
   /** Allocates for every request of the batch in one transaction (retried on CAS conflicts). */
   private async allocateBatch(poolName: string, batch: Pending[]): Promise<void> {
-    const pool = await this.getPool(poolName);
+    let pool = await this.getPool(poolName);
     let pending = batch;
     for (let attempt = 0; attempt < MAX_ATTEMPTS && pending.length > 0; attempt++) {
-      const blocks = await this.blocksWithRoom(pool, pending.length);
+      let blocks: CachedBlock[];
+      try {
+        blocks = await this.blocksWithRoom(pool, pending.length);
+      } catch (err) {
+        if (!(err instanceof PoolMoved)) throw err;
+        pool = await this.getPool(poolName);
+        continue;
+      }
       if (blocks.length === 0) {
         const borrowed = pool.spec.strictAffinity ? undefined : await this.findBorrowable(pool);
         if (!borrowed) {
@@ -241,7 +272,7 @@ export class Ipam {
         }
         blocks.push(borrowed);
       }
-      const writes: CasWrite[] = [];
+      const writes: CasWrite[] = [this.poolGuard(pool)];
       const results: Array<{ p: Pending; record: HandleRecord }> = [];
       const updated: Array<{ key: string; block: CachedBlock; record: BlockRecord }> = [];
       let queue = pending;
@@ -277,8 +308,13 @@ export class Ipam {
         pending = queue;
         continue;
       }
-      // Lost a race: another host borrowed from one of our blocks, or a handle exists already
-      // (the same ADD twice). Refresh what we wrote against and answer existing handles.
+      // Lost a race: the pool was replaced (start over with the new one), another host borrowed
+      // from one of our blocks, or a handle exists already (the same ADD twice). Refresh what we
+      // wrote against and answer existing handles.
+      if (await this.poolMoved(poolName)) {
+        pool = await this.getPool(poolName);
+        continue;
+      }
       await this.refreshBlocks(
         pool.spec.name,
         updated.map((u) => u.key),
@@ -296,7 +332,8 @@ export class Ipam {
   }
 
   /** Static or sticky: a specific address, in whatever block holds it. */
-  private async allocateSpecific(pool: Pool, req: AllocateRequest): Promise<Allocation> {
+  private async allocateSpecific(initial: Pool, req: AllocateRequest): Promise<Allocation> {
+    let pool = initial;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       let ip: Ip | undefined = req.ip === undefined ? undefined : parseIp(req.ip);
       let stickyKv;
@@ -341,6 +378,7 @@ export class Ipam {
       const { record, granted } = allocateAt(base, ip, req.handle, pool.reservedValues);
       const handle = this.handleRecord(pool, req, formatIp(ip), current.cidr, granted.seq);
       const writes: CasWrite[] = [
+        this.poolGuard(pool),
         { key, expectModRevision: kv?.modRevision ?? 0n, value: JSON.stringify(record) },
         {
           key: ipamKeys.handleInPool(req.handle, pool.spec.name),
@@ -361,6 +399,7 @@ export class Ipam {
       }
       const again = await this.store.get(ipamKeys.handleInPool(req.handle, pool.spec.name));
       if (again) return this.toAllocation(pool, JSON.parse(again.value) as HandleRecord);
+      if (await this.poolMoved(pool.spec.name)) pool = await this.getPool(pool.spec.name);
     }
     throw new AppError(ErrorCodes.CONFLICT, `static allocation in pool ${pool.spec.name} kept losing races; try again`);
   }
@@ -627,9 +666,11 @@ export class Ipam {
       const record = emptyBlock(formatCidr(cidr), pool.spec.name, this.host);
       const key = ipamKeys.block(pool.spec.name, chosen);
       const { ok, revision } = await commitCas(this.store, [
+        this.poolGuard(pool),
         { key, expectModRevision: 0n, value: JSON.stringify(record) },
         { key: ipamKeys.affinity(this.host, pool.spec.name, chosen), expectModRevision: 0n, value: '' },
       ]);
+      if (!ok && (await this.poolMoved(pool.spec.name))) throw new PoolMoved();
       if (ok) {
         this.log.debug({ pool: pool.spec.name, block: record.cidr }, 'claimed block');
         const cached = { record, modRevision: revision };
@@ -705,6 +746,9 @@ export class Ipam {
     };
   }
 }
+
+/** The pool record changed under a cached copy (see Ipam.poolGuard): start over with the new one. */
+class PoolMoved extends Error {}
 
 function hashIndex(text: string, modulo: bigint): bigint {
   let h = 2166136261;

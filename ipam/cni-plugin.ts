@@ -1,12 +1,13 @@
 import {
   CniFailure,
   CniErrorCodes,
-  commandSupported,
-  versionResult,
+  validAttachments,
+  versionGate,
   type CniRequest,
   type CniResult,
 } from '../core/cni.js';
 import { isAppError } from '../core/errors.js';
+import { endpointId } from '../tenancy/records.js';
 import { Ipam, type Allocation } from './allocator.js';
 import type { Store } from '../store/types.js';
 import type { EtcdConnectionOptions } from '../store/etcd.js';
@@ -117,8 +118,9 @@ export function requestedIp(req: CniRequest): string | undefined {
   return list[0].split('/')[0];
 }
 
-export function handleOf(req: CniRequest): string {
-  return `${req.containerId}:${req.ifname}`;
+/** The address's handle: the attachment on this host (container ids are unique per runtime only). */
+export function handleOf(req: CniRequest, host: string): string {
+  return endpointId({ host, containerId: req.containerId, ifname: req.ifname });
 }
 
 export function toResult(req: CniRequest, a: Allocation, routes: IpamConfig['routes']): CniResult {
@@ -136,14 +138,10 @@ export async function runIpamPlugin(
   env: Record<string, string | undefined>,
   openStore: (etcd: EtcdConnectionOptions) => Store,
 ): Promise<unknown> {
-  if (req.command === 'VERSION') return versionResult(req.config.cniVersion);
-  if (!commandSupported(req.command, req.config.cniVersion)) {
-    throw new CniFailure(
-      CniErrorCodes.INCOMPATIBLE_VERSION,
-      `${req.command} is not defined for cniVersion ${req.config.cniVersion}`,
-    );
-  }
+  const version = versionGate(req);
+  if (version) return version;
   const cfg = ipamConfig(req, env);
+  const handle = handleOf(req, cfg.host);
   const store = openStore(cfg.etcd);
   try {
     const ipam = new Ipam({ store, host: cfg.host });
@@ -151,7 +149,7 @@ export async function runIpamPlugin(
       case 'ADD': {
         const a = await ipam.allocate({
           pool: cfg.pool,
-          handle: handleOf(req),
+          handle: handle,
           owner: { containerId: req.containerId, ifname: req.ifname, netns: req.netns },
           ip: requestedIp(req),
           sticky: req.args.NETD_STICKY,
@@ -159,14 +157,14 @@ export async function runIpamPlugin(
         return toResult(req, a, cfg.routes);
       }
       case 'DEL':
-        await ipam.releaseHandle(handleOf(req), cfg.pool);
+        await ipam.releaseHandle(handle, cfg.pool);
         return undefined;
       case 'CHECK': {
-        const held = (await ipam.getHandle(handleOf(req))).filter((h) => h.pool === cfg.pool);
+        const held = (await ipam.getHandle(handle)).filter((h) => h.pool === cfg.pool);
         if (held.length === 0)
           throw new CniFailure(
             CniErrorCodes.CONTAINER_UNKNOWN,
-            `no address allocated to ${handleOf(req)} in pool ${cfg.pool}`,
+            `no address allocated to ${handle} in pool ${cfg.pool}`,
           );
         const want = (req.config.prevResult?.ips ?? []).map((ip) => ip.address.split('/')[0]);
         if (want.length > 0 && !want.includes(held[0]!.ip)) {
@@ -178,14 +176,7 @@ export async function runIpamPlugin(
         return undefined;
       }
       case 'GC': {
-        const raw = req.config['cni.dev/valid-attachments'];
-        if (raw !== undefined && !Array.isArray(raw))
-          throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, 'cni.dev/valid-attachments must be a list');
-        const valid = ((raw ?? []) as Array<{ containerID?: unknown; ifname?: unknown }>).map((v) => ({
-          containerId: String(v.containerID ?? ''),
-          ifname: String(v.ifname ?? ''),
-        }));
-        await ipam.gcAttachments(cfg.pool, valid);
+        await ipam.gcAttachments(cfg.pool, validAttachments(req.config));
         return undefined;
       }
       case 'STATUS': {

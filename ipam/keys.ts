@@ -12,13 +12,13 @@ import { invalidInput } from '../core/errors.js';
 
 export const IPAM_ROOT = '/netd/v1/ipam/';
 
-const SEGMENT_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$/;
+const SEGMENT_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,399}$/;
 
 /** Handles, hosts and names become key segments: no slashes, bounded, printable. */
 export function checkSegment(what: string, value: unknown): string {
   if (typeof value !== 'string' || !SEGMENT_RE.test(value)) {
     throw invalidInput(
-      `${what} "${String(value)}" must be 1-253 characters of A-Z a-z 0-9 _ . : - (starting alphanumeric)`,
+      `${what} "${String(value)}" must be 1-400 characters of A-Z a-z 0-9 _ . : - (starting alphanumeric)`,
       { [what]: value },
     );
   }

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { parseCniRequest, toCniError } from '../core/cni.js';
-import { describeError } from '../core/errors.js';
+import { isatty } from 'node:tty';
+import { serveCniCall } from '../core/cni.js';
 import { createLogger } from '../sys/log.js';
 import { installCniPlugin } from '../sys/cni-install.js';
 import { runIpamPlugin } from './cni-plugin.js';
@@ -20,22 +20,17 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const env = process.env;
-  let cniVersion = '1.1.0';
-  try {
-    const stdin = env.CNI_COMMAND === 'VERSION' ? '' : readFileSync(0, 'utf8');
-    const req = parseCniRequest(env, stdin);
-    cniVersion = req.config.cniVersion || cniVersion;
+  // VERSION's config is optional: a person typing the command has no stdin to give.
+  const stdin = isatty(0) ? '' : readFileSync(0, 'utf8');
+  const reply = await serveCniCall(env, stdin, async (req) => {
     const logger = createLogger({ level: env.LOG_LEVEL ?? 'warn', destination: process.stderr });
     // Loaded only when needed: grpc takes ~200 ms to load, which VERSION and bad input should not pay.
     const { EtcdStore } = await import('../store/etcd.js');
-    const out = await runIpamPlugin(req, env, (etcd) => new EtcdStore({ ...etcd, callTimeoutMs: 5000, logger }));
-    if (out !== undefined) process.stdout.write(JSON.stringify(out) + '\n');
-    return 0;
-  } catch (err) {
-    process.stdout.write(JSON.stringify(toCniError(err, cniVersion)) + '\n');
-    if (env.LOG_LEVEL === 'debug') process.stderr.write(`netd-ipam: ${describeError(err)}\n`);
-    return 1;
-  }
+    return runIpamPlugin(req, env, (etcd) => new EtcdStore({ ...etcd, callTimeoutMs: 5000, logger }));
+  });
+  process.stdout.write(reply.stdout);
+  if (reply.error && env.LOG_LEVEL === 'debug') process.stderr.write(`netd-ipam: ${reply.error.msg}\n`);
+  return reply.exitCode;
 }
 
 main(process.argv.slice(2)).then((code) => process.exit(code));

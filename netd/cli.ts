@@ -1,5 +1,5 @@
 import { AppError, ErrorCodes, describeError, invalidInput, isAppError } from '../core/errors.js';
-import { NetdApiClient } from './api/client.js';
+import { NetdApiClient } from '../tenancy/api/client.js';
 
 /**
  * `netdctl`: netd's API for people. Tables by default, `--json` for scripts.

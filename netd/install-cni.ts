@@ -2,7 +2,7 @@ import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'n
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AppError, ErrorCodes } from '../core/errors.js';
-import { SOCKET_DIR } from './cni-server.js';
+import { SOCKET_DIR } from './cni/server.js';
 
 /**
  * The `netd` CNI plugin is a small static C program (netd/plugin/netd-cni.c, built next to this

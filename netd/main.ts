@@ -7,13 +7,14 @@ import { createLogger } from '../sys/log.js';
 import { ifname } from '../sys/tokens.js';
 import { EtcdStore } from '../store/etcd.js';
 import { etcdConnection, etcdInputFromEnv, mergeEtcdInput, refusePasswordFlag } from '../store/etcd-config.js';
-import { checkSegment } from '../ipam/keys.js';
+import { Ipam } from '../ipam/allocator.js';
 import { NetdDaemon } from './daemon.js';
-import { buildApi } from './api/app.js';
+import { checkHostName } from '../tenancy/records.js';
+import { buildNetdApi } from './api-routes.js';
 import { NetdMetrics } from './metrics.js';
 import { readFileSync, rmSync, chmodSync } from 'node:fs';
 import { installNetdPlugin } from './install-cni.js';
-import { SOCKET_DIR } from './cni-server.js';
+import { SOCKET_DIR } from './cni/server.js';
 import { EXTERNAL_MODES, type ExternalMode } from './external.js';
 
 /**
@@ -62,7 +63,7 @@ async function main(): Promise<void> {
       'admin-token-file': { type: 'string' },
     },
   });
-  const host = checkSegment('host', values.host);
+  const host = checkHostName(values.host);
   const underlayIp = values['underlay-ip'] ?? '';
   parseIp(underlayIp);
   const uplink = ifname(values.uplink ?? '');
@@ -105,6 +106,8 @@ async function main(): Promise<void> {
     logger.warn('netd-spawner not built (npm run build); spawning from Node, which is slower');
     runner = new ExecRunner({ logger });
   }
+  // One allocator for the daemon and the API: its pool and block caches are shared.
+  const ipam = new Ipam({ store, host, logger });
   const daemon = new NetdDaemon(
     {
       host: { name: host, underlayIp, uplink, underlayMtu: mtu },
@@ -114,7 +117,7 @@ async function main(): Promise<void> {
       sweepIntervalMs: sweepSeconds * 1000,
       ...(values['external-pool'] && { externalPool: values['external-pool'], externalMode }),
     },
-    { store, runner, logger, metrics },
+    { store, runner, ipam, logger, metrics },
   );
   const shutdown = (sig: string) => {
     logger.info({ sig }, 'stopping');
@@ -126,7 +129,7 @@ async function main(): Promise<void> {
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
   await daemon.start();
-  const api = await startApi(values, store, metrics);
+  const api = await startApi(values, { store, pools: ipam, metrics });
   process.stdout.write(`netd ${host} ready\n`);
   process.once('exit', () => void api?.close());
 }
@@ -134,8 +137,7 @@ async function main(): Promise<void> {
 /** The HTTP API, when asked for: on a Unix socket (root-only) and/or a TCP address. */
 async function startApi(
   values: { 'api-socket'?: string; 'api-listen'?: string; 'admin-token-file'?: string },
-  store: EtcdStore,
-  metrics: NetdMetrics,
+  deps: { store: EtcdStore; pools: Ipam; metrics: NetdMetrics },
 ) {
   if (!values['api-socket'] && !values['api-listen']) return undefined;
   const adminToken = (
@@ -145,7 +147,7 @@ async function startApi(
     throw invalidInput(
       'the API needs an admin token of at least 16 characters (--admin-token-file or $NETD_ADMIN_TOKEN)',
     );
-  const app = buildApi({ store, adminToken, metrics });
+  const app = buildNetdApi({ ...deps, adminToken });
   if (values['api-socket']) {
     rmSync(values['api-socket'], { force: true });
     await app.listen({ path: values['api-socket'] });
@@ -154,7 +156,7 @@ async function startApi(
   if (values['api-listen']) {
     const [hostPart, portPart] = values['api-listen'].split(/:(?=\d+$)/);
     // A second listener: fastify listens once, so TCP gets its own server on the same routes.
-    const tcp = buildApi({ store, adminToken, metrics });
+    const tcp = buildNetdApi({ ...deps, adminToken });
     await tcp.listen({ host: hostPart, port: Number(portPart) });
   }
   return app;

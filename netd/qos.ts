@@ -1,6 +1,6 @@
-import { invalidInput } from '../core/errors.js';
 import { TcBatch } from '../sys/tc.js';
-import type { QosSpec } from './model.js';
+import { checkQos } from '../tenancy/qos.js';
+import type { QosSpec } from '../tenancy/records.js';
 
 /**
  * Per-interface rate limits, both directions, with what this kernel has (no act_police): traffic
@@ -8,20 +8,6 @@ import type { QosSpec } from './model.js';
  * container arrives on the host-side veth's ingress, is redirected (u32 match-all + mirred) to an
  * ifb, and shaped by a tbf there. Changing a rate is a `qdisc replace`: flows keep running.
  */
-
-export const MIN_RATE_BPS = 8_000;
-export const MAX_RATE_BPS = 100_000_000_000;
-
-export function checkQos(q: QosSpec | undefined): QosSpec | undefined {
-  if (!q) return undefined;
-  for (const [k, v] of Object.entries(q)) {
-    if (v === undefined) continue;
-    if (!Number.isSafeInteger(v) || v < MIN_RATE_BPS || v > MAX_RATE_BPS) {
-      throw invalidInput(`qos.${k} must be an integer from ${MIN_RATE_BPS} to ${MAX_RATE_BPS} bits/s`, { [k]: v });
-    }
-  }
-  return q.ingressBps === undefined && q.egressBps === undefined ? undefined : q;
-}
 
 /**
  * tbf parameters for a rate: the bucket holds 10 ms of traffic (at least 32 KiB, so one tick of a

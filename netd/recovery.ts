@@ -1,21 +1,17 @@
-import { existsSync } from 'node:fs';
-import { IpClient } from '../sys/ip.js';
 import type { Logger } from '../sys/log.js';
 import type { Ipam } from '../ipam/allocator.js';
-import type { AttachDeps } from './attach.js';
-import { detachInternal } from './attach.js';
-import { detachExternal, type ExternalEndpointRecord } from './external.js';
-import type { EndpointRecord } from './model.js';
+import { modelKeys } from '../tenancy/keys.js';
+import type { AttachmentRecord } from '../tenancy/records.js';
+import type { Attacher } from './attach/template.js';
+import type { HostView } from './host-view.js';
 
 /**
- * What a daemon that died mid-ADD left behind, settled before it serves CNI again: every local
- * attachment ends up fully wired or fully absent. An attachment whose netns is gone, or whose
- * wiring is incomplete (the runtime never got an answer, so it will retry or DEL), is removed — its
- * veth pair, record and address; an address this host holds with no record at all is released.
+ * What an interrupted run left behind, settled before the daemon serves CNI again: every local
+ * attachment ends up fully wired or fully absent. An attachment whose wiring is incomplete (the
+ * runtime never got an answer, so it will retry or DEL) or whose netns is gone is removed — its
+ * veth pair, record and address; an address this host holds with no record at all (an ADD that
+ * died before writing it) is released.
  */
-
-type LocalRecord =
-  (EndpointRecord & { containerId?: string; ifname?: string; netns?: string }) | ExternalEndpointRecord;
 
 export interface RecoveryReport {
   kept: number;
@@ -24,52 +20,41 @@ export interface RecoveryReport {
 }
 
 export async function recoverLocalAttachments(opts: {
-  internal: EndpointRecord[];
-  external: ExternalEndpointRecord[];
-  deps: AttachDeps;
+  view: HostView;
+  attacher: Attacher;
   ipam: Ipam;
-  /** The pools netd allocates from (VPC pools and the external pool); others belong to someone else. */
-  pools: ReadonlySet<string>;
+  /** The pool of eth0 addresses, if this host has an external network. */
+  externalPool?: string;
   logger: Logger;
 }): Promise<RecoveryReport> {
-  const { deps } = opts;
-  const hostIp = new IpClient(deps.runner, deps.hostNetns);
+  const { view, attacher } = opts;
   const report: RecoveryReport = { kept: 0, removed: [], releasedAddresses: [] };
-  const why = new Map<string, string>();
-  const complete = async (r: LocalRecord): Promise<boolean> => {
-    if (!r.netns || !existsSync(r.netns) || !r.ifname) return (why.set(r.id, 'netns gone'), false);
-    if (!(await hostIp.link(r.hostIf))) return (why.set(r.id, 'no host port'), false);
-    const addrs = await new IpClient(deps.runner, { path: r.netns }).addresses(r.ifname).catch(() => []);
-    const ok = addrs.some((a) => a.addr_info.some((x) => x.local === r.ip));
-    if (!ok) why.set(r.id, 'container interface incomplete');
-    return ok;
+  const why: Record<string, string> = {};
+  const internal = view.localEndpoints();
+  const external = view.localExternals();
+  const settle = async (r: AttachmentRecord, spec: { recordKey: string; pool: string }) => {
+    const reason = await attacher.whyNotWired(r);
+    if (reason === undefined) return report.kept++;
+    why[r.id] = reason;
+    await attacher.detach({ id: r.id, recordKey: spec.recordKey, hostIf: r.hostIf, pool: spec.pool });
+    report.removed.push(r.id);
   };
-  for (const r of opts.internal) {
-    if (await complete(r)) {
-      report.kept++;
-      continue;
-    }
-    const [containerId, ifname] = r.id.split(':') as [string, string];
-    await detachInternal({ containerId, ifname, vpc: r.vpc }, deps);
-    report.removed.push(r.id);
-  }
-  for (const r of opts.external) {
-    if (await complete(r)) {
-      report.kept++;
-      continue;
-    }
-    await detachExternal({ containerId: r.containerId, ifname: r.ifname }, { ...deps, externalPool: r.pool });
-    report.removed.push(r.id);
-  }
-  // Addresses allocated by this host whose ADD died before writing its record.
-  const recorded = new Set([...opts.internal, ...opts.external].map((r) => r.id));
-  for (const { record } of await opts.ipam.handles({ host: deps.host.name })) {
-    if (record.containerId === undefined || recorded.has(record.handle) || !opts.pools.has(record.pool)) continue;
+  for (const r of internal) await settle(r, { recordKey: modelKeys.endpoint(r.vpc, r.id), pool: r.vpc });
+  for (const r of external) await settle(r, { recordKey: modelKeys.external(r.host, r.id), pool: r.pool });
+
+  // Addresses this host allocated whose ADD died before writing its record.
+  const pools = new Set([
+    ...[...view.pods.vpcs.values()].map((v) => v.name),
+    ...(opts.externalPool ? [opts.externalPool] : []),
+  ]);
+  const recorded = new Set([...internal, ...external].map((r) => r.id));
+  for (const { record } of await opts.ipam.handles({ host: view.self.name })) {
+    if (record.containerId === undefined || recorded.has(record.handle) || !pools.has(record.pool)) continue;
     await opts.ipam.releaseHandle(record.handle, record.pool);
     report.releasedAddresses.push(`${record.pool}/${record.ip}`);
   }
   if (report.removed.length || report.releasedAddresses.length) {
-    opts.logger.warn({ ...report, why: Object.fromEntries(why) }, 'settled attachments left by an interrupted run');
+    opts.logger.warn({ ...report, why }, 'settled attachments left by an interrupted run');
   }
   return report;
 }

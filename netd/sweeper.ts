@@ -3,7 +3,7 @@ import type { Logger } from '../sys/log.js';
 import type { Lease, Store } from '../store/types.js';
 import type { Ipam } from '../ipam/allocator.js';
 import type { Suspect } from '../ipam/sweep.js';
-import { NETD_ROOT, netdKeys } from './keys.js';
+import { MODEL_ROOT, modelKeys } from '../tenancy/keys.js';
 
 /**
  * The dead-host sweeper. A host that stops renewing its lease disappears from /netd/v1/hosts/ at
@@ -15,7 +15,7 @@ import { NETD_ROOT, netdKeys } from './keys.js';
  * record that changed meanwhile is left for the next pass.
  */
 
-export const SWEEPER_LOCK = `${NETD_ROOT}sweeper`;
+export const SWEEPER_LOCK = `${MODEL_ROOT}sweeper`;
 
 interface Seen {
   modRevision: bigint;
@@ -87,12 +87,12 @@ export class DeadHostSweeper {
     report.leader = true;
     const { store } = this.deps;
     const [hosts, internal, external, vpcs] = await Promise.all([
-      store.list(netdKeys.hosts()),
-      store.list(netdKeys.endpoints()),
-      store.list(`${NETD_ROOT}external/`),
-      store.list(netdKeys.vpcs()),
+      store.list(modelKeys.hosts()),
+      store.list(modelKeys.endpoints()),
+      store.list(modelKeys.externals()),
+      store.list(modelKeys.vpcs()),
     ]);
-    const alive = new Set(hosts.kvs.map((kv) => kv.key.slice(netdKeys.hosts().length)));
+    const alive = new Set(hosts.kvs.map((kv) => kv.key.slice(modelKeys.hosts().length)));
     const records = new Map<string, Seen>();
     const netdPools = new Set([
       ...vpcs.kvs.map((kv) => (JSON.parse(kv.value) as { name: string }).name),

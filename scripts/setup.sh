@@ -23,6 +23,7 @@ PACKAGES=(
   gcc               # builds the netd CNI plugin (a small static C program)
   libc6-dev         # its static libc
   podman            # a real CNI client in the integration tests
+  iptables          # the reference portmap and firewall plugins, chained after netd in tests
   runc              # podman's runtime here (crun fails on hybrid cgroups)
 )
 missing=()

@@ -31,3 +31,27 @@ export async function listJson<T>(store: Store, prefix: string): Promise<{ kvs: 
 export function putJson<T>(store: Store, key: string, value: T, opts?: { lease?: string }): Promise<bigint> {
   return store.put(key, JSON.stringify(value), opts);
 }
+
+/**
+ * Read-modify-write of one JSON record by compare-and-swap on its mod revision, retried while
+ * others change it meanwhile. `change` returns the new value. Absent: E_NOT_FOUND with `missing`.
+ */
+export async function updateJson<T>(
+  store: Store,
+  key: string,
+  change: (current: T) => T,
+  missing: string,
+  attempts = 10,
+): Promise<T> {
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    const kv = await getJson<T>(store, key);
+    if (!kv) throw new AppError(ErrorCodes.NOT_FOUND, missing, { key });
+    const next = change(kv.value);
+    const { succeeded } = await store.txn({
+      compare: [{ key, target: 'modRevision', op: '=', value: kv.modRevision }],
+      success: [{ type: 'put', key, value: JSON.stringify(next) }],
+    });
+    if (succeeded) return next;
+  }
+  throw new AppError(ErrorCodes.CONFLICT, `${key} kept changing; try again`, { key });
+}

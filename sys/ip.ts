@@ -236,8 +236,13 @@ export class IpBatch extends LineBatch {
     );
   }
 
-  neighDel(ip: string, dev: string): this {
-    return this.add('neigh', 'del', ip, 'dev', ifname(dev));
+  /**
+   * Removes a neighbour entry whether or not it is there. `ip neigh` ends the whole batch at its
+   * first kernel error, even under -force (the lines after it never run), so the entry is put in
+   * place first — replace never fails — and then deleted. `lladdr`: its MAC, when known.
+   */
+  neighDel(ip: string, dev: string, lladdr = '00:00:00:00:00:00'): this {
+    return this.neighReplace(ip, lladdr, dev).add('neigh', 'del', ip, 'dev', ifname(dev));
   }
 
   /** The host answers ARP (or NDP) for `ip` on `dev`: a proxy entry, no sysctl needed. */
@@ -245,8 +250,9 @@ export class IpBatch extends LineBatch {
     return this.add('neigh', 'replace', 'proxy', formatIp(parseIp(ip)), 'dev', ifname(dev));
   }
 
+  /** Removes a proxy entry whether or not it is there (see neighDel: replace, then delete). */
   proxyNeighDel(ip: string, dev: string): this {
-    return this.add('neigh', 'del', 'proxy', formatIp(parseIp(ip)), 'dev', ifname(dev));
+    return this.proxyNeighReplace(ip, dev).add('neigh', 'del', 'proxy', formatIp(parseIp(ip)), 'dev', ifname(dev));
   }
 }
 

@@ -32,6 +32,11 @@ export interface CommandResult {
 
 export interface CommandRunner {
   run(cmd: Command, signal?: AbortSignal): Promise<CommandResult>;
+  /**
+   * Set by runners that model the kernel (FakeKernel): SysctlClient then asks them for sysctls of
+   * the caller's own namespace too (`sysctl -w`), instead of writing /proc/sys itself.
+   */
+  readonly interceptsSysctl?: boolean;
 }
 
 /** How a failed command failed, so callers can make mutations idempotent. */
@@ -119,11 +124,13 @@ function firstLines(text: string, max = 3): string {
 /** Tools that take `-n NAME` themselves, which saves an nsenter exec. */
 const NETNS_AWARE_TOOLS = new Set(['ip', 'tc', 'bridge']);
 
+/** A netns path that `ip netns` made: ip/tc/bridge can take its name instead (one exec, not two). */
+const NAMED_NETNS_PATH = /^\/(?:var\/)?run\/netns\/([A-Za-z0-9_][A-Za-z0-9_.-]{0,199})$/;
+
 /**
  * Rewrites a command to run inside its network namespace. Exported so the fake runner and the real
  * one agree on the exact argv.
  */
-const NAMED_NETNS_PATH = /^\/(?:var\/)?run\/netns\/([A-Za-z0-9_][A-Za-z0-9_.-]{0,199})$/;
 
 export function resolveArgv(cmd: Command): string[] {
   const [program, ...rest] = cmd.argv;

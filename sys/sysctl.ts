@@ -4,7 +4,8 @@ import type { CommandRunner, NetnsTarget } from './runner.js';
 
 /**
  * Kernel parameters of one network namespace. In the caller's own namespace a write to /proc/sys
- * (no process started); in another one `sysctl` through the runner (it enters the namespace).
+ * (no process started); in another one `sysctl` through the runner (it enters the namespace). A
+ * runner that models the kernel (`interceptsSysctl`, the FakeKernel) gets every write as `sysctl -w`.
  */
 
 const KEY = /^net\.[a-z0-9_]+(\.[A-Za-z0-9_-]+){1,4}$/;
@@ -19,7 +20,7 @@ export class SysctlClient {
     const v = String(value);
     if (!KEY.test(key) || !/^[A-Za-z0-9_ -]{1,64}$/.test(v))
       throw new AppError(ErrorCodes.INVALID_INPUT, `bad sysctl ${key}=${v}`);
-    if (this.netns === undefined) {
+    if (this.netns === undefined && !this.runner.interceptsSysctl) {
       await writeFile(`/proc/sys/${key.replaceAll('.', '/')}`, v);
       return;
     }

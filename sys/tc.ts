@@ -116,6 +116,10 @@ export class TcBatch extends LineBatch {
       'all',
       'prio',
       1,
+      // A fixed handle makes `replace` replace: without one, every call (each daemon restart,
+      // which forgets what it applied) added another identical filter.
+      'handle',
+      '800::800',
       'u32',
       'match',
       'u32',

@@ -9,7 +9,6 @@ import {
   symlinkSync,
 } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { join, dirname } from 'node:path';
 
 const NETD_MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'netd', 'main.js');
@@ -23,12 +22,13 @@ import { killDaemon, startDaemon, stopDaemon, waitForExit } from '../sys/process
 import { EtcdStore } from '../store/etcd.js';
 import { Ipam } from '../ipam/allocator.js';
 import { installNetdPlugin } from '../netd/install-cni.js';
-import { socketPathForNetns } from '../netd/cni-server.js';
+import { socketPathForNetns } from '../netd/cni/server.js';
 import { EtcdServer, type EtcdServerState } from './etcd.js';
 import { etcdFlags, launchEtcdCluster, type ClusterEtcd } from './etcd-cluster.js';
 import { createEtcdPki } from './pki.js';
 import { checkPrefix, names, FABRIC_BRIDGE, HOST_UPLINK, NETNS_DIR } from './names.js';
 import { underlayPlan, MAX_HOSTS, MAX_ETCD_MEMBERS } from './addressing.js';
+import { eventually } from './testing.js';
 
 /**
  * A virtual multi-host cluster made of network namespaces:
@@ -372,11 +372,8 @@ async function startNetdOnHosts(
   }
   for (const h of d.hosts) {
     const log = join(logDir, `netd-${h.name}.log`);
-    const deadline = Date.now() + 20_000;
-    while (!(existsSync(log) && readFileSync(log, 'utf8').includes('ready'))) {
-      if (Date.now() > deadline) throw new AppError(ErrorCodes.INTERNAL, `netd on ${h.name} did not start; see ${log}`);
-      await sleep(50);
-    }
+    if (!(await eventually(() => existsSync(log) && readFileSync(log, 'utf8').includes('ready'), 20_000)))
+      throw new AppError(ErrorCodes.INTERNAL, `netd on ${h.name} did not start; see ${log}`);
   }
   return { binDir, socketDir, externalPool: EXTERNAL_POOL.name, externalCidr: EXTERNAL_POOL.cidr };
 }

@@ -2,10 +2,10 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { AppError, ErrorCodes } from '../core/errors.js';
 import { isCommandError, type CommandRunner } from '../sys/runner.js';
 import { startDaemon, stopDaemon, type DaemonHandle } from '../sys/process.js';
+import { eventually, uniqueSuffix } from './testing.js';
 
 /**
  * Traffic probes between namespaces: each answers "was it delivered?", so tests can assert both
@@ -16,6 +16,17 @@ const AGENT = join(dirname(fileURLToPath(import.meta.url)), 'probe-agent.js');
 const NOT_DELIVERED_EXIT = 3;
 
 export type Protocol = 'icmp' | 'tcp' | 'udp';
+
+/** Packets counted at a receiver: see Prober.countIn. */
+export interface PacketCounter {
+  /** Packets that matched so far. */
+  read(): Promise<number>;
+  /** Removes the counter's table (the namespace may be gone already). */
+  remove(): Promise<void>;
+}
+
+/** An nft match: tokens, operators and sets, never a statement separator, block or comment. */
+const NFT_MATCH_RE = /^[A-Za-z0-9 ._:/,|&=!<>()-]+$/;
 
 export interface ProbeSpec {
   from: string; // netns name
@@ -39,6 +50,51 @@ export class Prober {
     } finally {
       await server.stop();
     }
+  }
+
+  /**
+   * Counts the packets matching `match` (an nft expression, e.g. `tcp dport 9090`) that reach
+   * `netns` for a local socket (the input hook, before any filtering), so a test can tell at the
+   * receiver whether traffic arrived — a refused connection still counts its SYN, a dropped one
+   * does not. The table is named `tn_c<random>`, so the leak check knows it as ours.
+   */
+  async countIn(netns: string, match: string): Promise<PacketCounter> {
+    if (!NFT_MATCH_RE.test(match)) throw new AppError(ErrorCodes.INVALID_INPUT, `unsafe nft match "${match}"`);
+    const table = `tn_c${uniqueSuffix()}`;
+    const target = { name: netns };
+    await this.runner.run({
+      argv: ['nft', '-f', '-'],
+      netns: target,
+      stdin: [
+        `table inet ${table} {`,
+        '  counter seen { }',
+        '  chain input {',
+        '    type filter hook input priority raw; policy accept;',
+        `    ${match} counter name seen`,
+        '  }',
+        '}',
+        '',
+      ].join('\n'),
+    });
+    return {
+      read: async () => {
+        const { stdout } = await this.runner.run({
+          argv: ['nft', '-j', 'list', 'counter', 'inet', table, 'seen'],
+          netns: target,
+        });
+        const parsed = JSON.parse(stdout) as { nftables: Array<{ counter?: { packets: number } }> };
+        const counter = parsed.nftables.find((e) => e.counter)?.counter;
+        if (!counter) throw new AppError(ErrorCodes.INTERNAL, `nft counter ${table} in ${netns} not found`);
+        return counter.packets;
+      },
+      remove: async () => {
+        await this.runner
+          .run({ argv: ['nft', 'delete', 'table', 'inet', table], netns: target })
+          .catch((err: unknown) => {
+            if (!isCommandError(err)) throw err; // gone with its namespace, or already removed
+          });
+      },
+    };
   }
 
   async ping(fromNetns: string, address: string, timeoutMs = 1000): Promise<boolean> {
@@ -76,11 +132,8 @@ export class Prober {
         netns: { name: netns },
         logFile: join(dir, 'log'),
       });
-      const deadline = Date.now() + 5000;
-      while (!existsSync(readyFile)) {
-        if (Date.now() > deadline) throw new AppError(ErrorCodes.INTERNAL, `probe server in ${netns} did not start`);
-        await sleep(10);
-      }
+      if (!(await eventually(() => existsSync(readyFile), 5000, 10)))
+        throw new AppError(ErrorCodes.INTERNAL, `probe server in ${netns} did not start`);
       return { stop };
     } catch (err) {
       await stop();

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ExecRunner, type CommandRunner } from '../sys/runner.js';
 
 /**
@@ -25,6 +26,24 @@ export function requireRoot(t: TestLike): boolean {
     t.plan(0, 'skipped: needs root (run the tests as root, or in CI)');
   }
   return false;
+}
+
+/**
+ * Polls `check` every `stepMs` until it holds: resolves true as soon as it does, false once
+ * `timeoutMs` has passed (the caller asserts on the result: `t.ok(await eventually(...), 'what')`).
+ * A test waits on the condition it needs, never for a fixed time. A check that throws rejects.
+ */
+export async function eventually(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+  stepMs = 50,
+): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return true;
+    if (Date.now() >= deadline) return false;
+    await sleep(stepMs);
+  }
 }
 
 /** A short random name part, so parallel test files never collide. */

@@ -1,9 +1,10 @@
 import { join } from 'node:path';
 import type { CommandRunner } from '../../sys/runner.js';
 import { IpClient } from '../../sys/ip.js';
-import { quantile } from '../stats.js';
+import { quantile, describeRuns } from '../stats.js';
 import type { Benchmark } from '../benchmark.js';
-import { NetdBenchHost } from './netd-host.js';
+import type { EtcdMembers } from './bench-cluster.js';
+import { NetdBenchHost, counterDelta } from './netd-host.js';
 
 /**
  * CNI ADD and DEL latency of one VPC interface: netd (C shim plugin → daemon → ipam on etcd → veth,
@@ -13,10 +14,35 @@ import { NetdBenchHost } from './netd-host.js';
 
 const CONTAINERS = 40;
 
-export function netdCniLatencyBenchmark(runner: CommandRunner): Benchmark {
+/** What netd's VPC interface does that bridge + host-local do not, and the other way round. */
+export const VPC_INTERFACE_SUBJECT_ONLY = [
+  'cluster-wide addresses: per ADD one etcd transaction on the host’s address block that also writes the endpoint record ' +
+    '(other hosts program their FDB and ARP entries from it); per DEL an etcd delete of the record and a release transaction',
+  'a daemon (Node.js) that follows etcd; a record it did not write itself (or wrote before it noted it) makes it run a full ' +
+    'reconcile, which lists every link of the host, beside the next call',
+  'no IPv6 link-local on either end of the veth (addrgenmode none): no DAD, router solicitations or MLD',
+  'a VXLAN device on the VPC’s bridge; bridges without multicast snooping, removed when their last local container goes',
+  'the container’s MAC follows its address (set before the link comes up)',
+];
+
+export const VPC_INTERFACE_PEER_ONLY = [
+  'a Go plugin process per call plus a host-local process (netd: a small static C plugin and a socket call)',
+  'sysctls per ADD: accept_ra=0 on bridge and host end, accept_dad=0 and arp_notify=1 in the container ' +
+    '(the container keeps an IPv6 link-local address; arp_notify sends a gratuitous ARP)',
+  'host-local: a lock file and one file per address (plus last_reserved_ip) in a directory, no fsync',
+  'bridges with multicast snooping on (the kernel default)',
+];
+
+export function netdCniLatencyBenchmark(
+  runner: CommandRunner,
+  opts: { etcdMembers: EtcdMembers; suffix: string },
+): Benchmark {
   const host = new NetdBenchHost(runner);
   let trial = 0;
   const rss: number[] = [];
+  const reconcilesPerAdd: number[] = [];
+  const reconcilesPerDel: number[] = [];
+  const daemonDel: number[] = [];
   const invoke = async (
     plugin: string,
     command: 'ADD' | 'DEL',
@@ -26,15 +52,18 @@ export function netdCniLatencyBenchmark(runner: CommandRunner): Benchmark {
   ) => (await host.invoke({ plugin, command, config, containerId, ifname: 'eth1', netnsPath })).ms;
 
   return {
-    name: 'netd-cni-latency',
-    title: `netd: CNI ADD/DEL latency of one VPC interface vs bridge + host-local (${CONTAINERS} containers, sequential)`,
+    name: `netd-cni-latency${opts.suffix}`,
+    title: `netd: CNI ADD/DEL latency of one VPC interface vs bridge + host-local (${CONTAINERS} containers, sequential, ${opts.etcdMembers === 1 ? '1 etcd member' : `${opts.etcdMembers} etcd members`})`,
     description:
       `${CONTAINERS} containers get one VPC interface each, one ADD after another, then are deleted one after another, on one ` +
       'virtual host. Subject: the netd plugin (a static C shim to the host daemon, which allocates from the cluster IPAM on ' +
-      'etcd, fsync included, wires the veth and converges bridge + vxlan). Peer: the reference `bridge` plugin with `host-local` IPAM ' +
-      '(node-local files, no cluster state). Latency per call, lower is better.',
+      'etcd, wires the veth and converges bridge + vxlan). Peer: the reference `bridge` plugin with `host-local` IPAM. ' +
+      'Latency per call, lower is better.',
     subjectLabel: 'netd',
     peerLabel: 'bridge + host-local',
+    subjectOnly: VPC_INTERFACE_SUBJECT_ONLY,
+    peerOnly: VPC_INTERFACE_PEER_ONLY,
+    store: () => host.describeStore(),
     metrics: [
       { name: 'ADD p50', unit: 'ms', better: 'lower' },
       { name: 'ADD p99', unit: 'ms', better: 'lower' },
@@ -44,10 +73,11 @@ export function netdCniLatencyBenchmark(runner: CommandRunner): Benchmark {
     runs: 3,
     needsRoot: true,
     async setup() {
-      await host.setup({ vpcCidr: '10.128.0.0/16' });
+      await host.setup({ vpcs: [{ name: 'bench', cidr: '10.128.0.0/16' }], etcdMembers: opts.etcdMembers });
     },
-    async trial(side) {
+    async trial(side, ctx) {
       const n = trial++;
+      const recording = !ctx.warmup;
       const ip = new IpClient(runner);
       const names = Array.from({ length: CONTAINERS }, (_, i) => `tn-bcc${process.pid}-${n}-${i}`);
       await ip.addNetns(names);
@@ -69,11 +99,21 @@ export function netdCniLatencyBenchmark(runner: CommandRunner): Benchmark {
       const add: number[] = [];
       const del: number[] = [];
       try {
+        const c0 = side === 'subject' ? await host.counters() : undefined;
         for (const [i, ns] of names.entries())
           add.push(await invoke(plugin, 'ADD', config, `c${n}-${i}`, `/run/netns/${ns}`));
-        if (side === 'subject') rss.push(host.rssKb());
+        const c1 = side === 'subject' ? await host.counters() : undefined;
+        if (side === 'subject' && recording) rss.push(host.rssKb());
         for (const [i, ns] of names.entries())
           del.push(await invoke(plugin, 'DEL', config, `c${n}-${i}`, `/run/netns/${ns}`));
+        if (side === 'subject' && recording) {
+          const c2 = await host.counters();
+          const inAdd = counterDelta(c0!, c1!);
+          const inDel = counterDelta(c1!, c2);
+          reconcilesPerAdd.push(inAdd.reconciles / CONTAINERS);
+          reconcilesPerDel.push(inDel.reconciles / CONTAINERS);
+          daemonDel.push((inDel.cni.DEL!.seconds / inDel.cni.DEL!.count) * 1000);
+        }
       } finally {
         await ip.deleteNetns(names);
       }
@@ -86,7 +126,14 @@ export function netdCniLatencyBenchmark(runner: CommandRunner): Benchmark {
     },
     teardown: () => host.teardown(),
     notes() {
-      return rss.length ? [`netd RSS with ${CONTAINERS} endpoints: ${(Math.max(...rss) / 1024) | 0} MiB.`] : [];
+      if (!rss.length) return [];
+      return [
+        `netd RSS with ${CONTAINERS} endpoints: ${(Math.max(...rss) / 1024) | 0} MiB.`,
+        `Full reconciles netd ran per ADD: ${describeRuns(reconcilesPerAdd, 2)}; per DEL: ${describeRuns(reconcilesPerDel, 2)} ` +
+          '(each lists every link of the host; it runs beside the next call).',
+        `Time netd spent on a DEL (mean, from its /metrics: request received to reply): ${describeRuns(daemonDel, 1, ' ms')}; ` +
+          'the rest of the DEL latency above is the plugin process and its socket round trip (see netd-del).',
+      ];
     },
   };
 }

@@ -3,6 +3,7 @@ import type { CommandRunner } from '../../sys/runner.js';
 import { IpClient } from '../../sys/ip.js';
 import { quantile } from '../stats.js';
 import type { Benchmark } from '../benchmark.js';
+import type { EtcdMembers } from './bench-cluster.js';
 import { NetdBenchHost } from './netd-host.js';
 
 /**
@@ -20,7 +21,10 @@ const BANDWIDTH = {
   egressBurst: 1_000_000,
 };
 
-export function netdFullAddBenchmark(runner: CommandRunner): Benchmark {
+export function netdFullAddBenchmark(
+  runner: CommandRunner,
+  opts: { etcdMembers: EtcdMembers; suffix: string },
+): Benchmark {
   const host = new NetdBenchHost(runner);
   let trial = 0;
   const lists = (side: 'subject' | 'peer') => {
@@ -69,17 +73,34 @@ export function netdFullAddBenchmark(runner: CommandRunner): Benchmark {
   };
 
   return {
-    name: 'netd-full-add',
-    title: `netd: a whole container (eth0 external + eth1 VPC, QoS both ways on both) vs bridge + host-local + bandwidth, twice (${CONTAINERS} containers, sequential)`,
+    name: `netd-full-add${opts.suffix}`,
+    title: `netd: a whole container (eth0 external + eth1 VPC, QoS both ways on both) vs bridge + host-local + bandwidth, twice (${CONTAINERS} containers, sequential, ${opts.etcdMembers === 1 ? '1 etcd member' : `${opts.etcdMembers} etcd members`})`,
     description:
       `${CONTAINERS} containers are attached one after another to two networks each, as podman does with ` +
       '`--network external --network vpc`, with the bandwidth capability (100 Mbit/s each way) on both, then detached. ' +
-      'Subject: netd (eth0 from the external pool with proxy-ARP gateway and NAT, eth1 on the VPC bridge + vxlan, ' +
-      'tbf and ifb-redirected tbf per interface, addresses from the cluster IPAM on etcd). Peer: the reference chain ' +
-      '`bridge` + `host-local` + `bandwidth`, once per network, each plugin a process given the previous result as libcni does ' +
-      '(no ipMasq: the peer does less than netd here). Time per container, both interfaces; lower is better.',
+      'Subject: netd (two single-plugin network lists). Peer: the reference chain `bridge` + `host-local` + `bandwidth`, ' +
+      'once per network, each plugin a process given the previous result as libcni does. Time per container, both ' +
+      'interfaces; lower is better.',
     subjectLabel: 'netd',
     peerLabel: '(bridge + host-local + bandwidth) × 2',
+    subjectOnly: [
+      'cluster-wide addresses for both interfaces (external pool and VPC): one etcd transaction per interface on ADD ' +
+        '(address + record), a record delete and a release transaction per interface on DEL',
+      'eth0: a /32 with a default route via a link-local gateway the host answers by proxy ARP, a /32 host route, ' +
+        'and SNAT out of the uplink (nft table made once)',
+      'eth1: a VXLAN device on the VPC bridge; bridges without multicast snooping; no IPv6 link-local on any veth end',
+      'a daemon (Node.js) that follows etcd and reconciles the host',
+      'on DEL of a limited interface, the ifb is deleted in the same `ip` process as the veth (two unregistrations)',
+    ],
+    peerOnly: [
+      'three Go processes per network and call (bridge, the host-local it runs, bandwidth), six per container ADD ' +
+        'and six per DEL (netd: one small static C plugin process and a socket call per network)',
+      'a gateway address on each bridge (isGateway) and IP forwarding switched on; sysctls per ADD (accept_ra, ' +
+        'accept_dad, arp_notify); the containers keep IPv6 link-local addresses',
+      'host-local: a lock file and one file per address in a directory, no fsync',
+      'no NAT (ipMasq off): the peer does less than netd on eth0',
+    ],
+    store: () => host.describeStore(),
     metrics: [
       { name: 'ADD p50', unit: 'ms', better: 'lower' },
       { name: 'ADD p99', unit: 'ms', better: 'lower' },
@@ -88,7 +109,12 @@ export function netdFullAddBenchmark(runner: CommandRunner): Benchmark {
     ],
     runs: 3,
     needsRoot: true,
-    setup: () => host.setup({ vpcCidr: '10.128.0.0/16', externalCidr: '100.64.0.0/16' }),
+    setup: () =>
+      host.setup({
+        vpcs: [{ name: 'bench', cidr: '10.128.0.0/16' }],
+        externalCidr: '100.64.0.0/16',
+        etcdMembers: opts.etcdMembers,
+      }),
     async trial(side) {
       const n = trial++;
       const ip = new IpClient(runner);

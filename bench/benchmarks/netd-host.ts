@@ -1,4 +1,6 @@
 import { mkdtempSync, rmSync, symlinkSync, readFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -6,34 +8,56 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SpawnerRunner, type CommandRunner } from '../../sys/runner.js';
 import { startDaemon, stopDaemon, processStartTime, type DaemonHandle } from '../../sys/process.js';
-import { VirtualCluster, teardownCluster } from '../../test-netns/cluster.js';
-import { etcdFlags } from '../../test-netns/etcd-cluster.js';
-import { uniqueSuffix } from '../../test-netns/testing.js';
-import { EtcdStore } from '../../store/etcd.js';
+import type { EtcdStore } from '../../store/etcd.js';
 import { Ipam } from '../../ipam/allocator.js';
 import { installNetdPlugin } from '../../netd/install-cni.js';
-import { netdKeys } from '../../netd/keys.js';
+import { modelKeys } from '../../tenancy/keys.js';
+import { BenchCluster, describeFilesystem, type EtcdMembers } from './bench-cluster.js';
+import { parsePrometheus } from '../prometheus.js';
 
 /**
- * One virtual host running netd (a VPC `bench` and an external pool), with the netd plugin and the
+ * One virtual host running netd (VPCs and an optional external pool), with the netd plugin and the
  * reference plugins installed side by side, for the netd benchmarks. Plugins are invoked as a
- * runtime would: one process per call, in the host's namespace.
+ * runtime would: one process per call, in the host's namespace. Everything the benchmarks need
+ * from netd and test-netns goes through here (and bench-cluster.ts).
  */
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'netd', 'main.js');
 export const REFERENCE_PLUGINS = ['bridge', 'host-local', 'bandwidth'] as const;
 
+/** A Linux bridge takes at most 1023 ports (BR_MAX_PORTS); netd's VXLAN device is one of them. */
+export const PORTS_PER_BRIDGE = 1000;
+
 export interface CniCall {
   plugin: string;
-  command: 'ADD' | 'DEL' | 'CHECK';
+  command: 'ADD' | 'DEL' | 'CHECK' | 'STATUS';
   config: object;
   containerId: string;
   ifname: string;
   netnsPath: string;
 }
 
+export interface VpcSpec {
+  name: string;
+  cidr: string;
+}
+
+export interface NetdHostOptions {
+  vpcs: VpcSpec[];
+  externalCidr?: string;
+  etcdMembers: EtcdMembers;
+}
+
+/** The figures netd's /metrics gives that the benchmarks use. */
+export interface NetdCounters {
+  reconciles: number;
+  reconcileSeconds: number;
+  /** CNI requests served by the daemon (by verb) and the time spent serving them. */
+  cni: Record<string, { count: number; seconds: number }>;
+}
+
 export class NetdBenchHost {
-  cluster: VirtualCluster | undefined;
+  cluster: BenchCluster | undefined;
   dir = '';
   daemon: DaemonHandle | undefined;
 
@@ -41,7 +65,7 @@ export class NetdBenchHost {
    * Plugins are started through the posix_spawn helper, as a Go runtime starts them: Node's own
    * spawn would fork this harness for every call and load the CPU both sides share.
    */
-  private readonly plugins = new SpawnerRunner();
+  readonly plugins = new SpawnerRunner();
 
   constructor(private readonly runner: CommandRunner) {}
 
@@ -53,18 +77,23 @@ export class NetdBenchHost {
     return join(this.dir, 'bin');
   }
 
-  async setup(opts: { vpcCidr: string; externalCidr?: string }): Promise<void> {
+  private get apiSocket(): string {
+    return join(this.dir, 'api.sock');
+  }
+
+  async setup(opts: NetdHostOptions): Promise<void> {
     this.dir = mkdtempSync(join(tmpdir(), 'bench-netd-'));
-    this.cluster = await VirtualCluster.up({ prefix: `bc${uniqueSuffix(2)}`, hosts: 1 }, { runner: this.runner });
-    const d = this.cluster.description;
-    const store = new EtcdStore(d.etcd.client);
+    this.cluster = await BenchCluster.up({ prefix: 'bc', hosts: 1, etcdMembers: opts.etcdMembers }, this.runner);
+    const store = this.cluster.openStore();
     try {
-      await store.put(
-        netdKeys.vpc('bench'),
-        JSON.stringify({ name: 'bench', tenant: 't', mode: 'vxlan', cidr: opts.vpcCidr, vni: 4000 }),
-      );
       const ipam = new Ipam({ store, host: 'admin' });
-      await ipam.createPool({ name: 'bench', cidr: opts.vpcCidr, kind: 'vpc' });
+      for (const [i, vpc] of opts.vpcs.entries()) {
+        await store.put(
+          modelKeys.vpc(vpc.name),
+          JSON.stringify({ name: vpc.name, tenant: 't', mode: 'vxlan', cidr: vpc.cidr, vni: 4000 + i }),
+        );
+        await ipam.createPool({ name: vpc.name, cidr: vpc.cidr, kind: 'vpc' });
+      }
       if (opts.externalCidr) await ipam.createPool({ name: 'ext', cidr: opts.externalCidr, kind: 'external' });
     } finally {
       await store.close();
@@ -83,18 +112,33 @@ export class NetdBenchHost {
         h.underlayIp,
         '--uplink',
         h.uplink,
-        ...etcdFlags(d),
+        ...this.cluster.etcdFlags(),
         '--cni-socket-dir',
         join(this.dir, 'sock'),
+        // For /metrics (reconciles, time spent serving CNI calls); scraped only between phases.
+        '--api-socket',
+        this.apiSocket,
         ...(opts.externalCidr ? ['--external-pool', 'ext'] : []),
       ],
       netns: { name: h.netns },
       logFile: log,
-      env: { LOG_LEVEL: 'warn' },
+      env: { LOG_LEVEL: 'warn', NETD_ADMIN_TOKEN: randomBytes(24).toString('base64url') },
     });
     for (let i = 0; i < 300 && !readFileSync(log, 'utf8').includes('ready'); i++) await sleep(50);
     if (!readFileSync(log, 'utf8').includes('ready'))
       throw new Error(`netd did not start: ${readFileSync(log, 'utf8').slice(-2000)}`);
+  }
+
+  /** Where each side keeps its state, for the report. */
+  describeStore(): string {
+    return (
+      `netd: ${this.cluster!.describe()}. ` +
+      `Reference: host-local files on ${describeFilesystem(this.dir)}, no fsync; no cluster state.`
+    );
+  }
+
+  openStore(): EtcdStore {
+    return this.cluster!.openStore();
   }
 
   /** Runs one plugin call; returns its stdout (parsed) and how long it took. */
@@ -148,6 +192,47 @@ export class NetdBenchHost {
     return performance.now() - started;
   }
 
+  /** netd's counters from its /metrics (over its API socket). */
+  async counters(): Promise<NetdCounters> {
+    const text = await new Promise<string>((resolve, reject) => {
+      const req = request({ socketPath: this.apiSocket, path: '/metrics', method: 'GET' }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    const samples = parsePrometheus(text);
+    const sum = (name: string, match: Record<string, string> = {}) =>
+      samples
+        .filter((s) => s.name === name && Object.entries(match).every(([k, v]) => s.labels[k] === v))
+        .reduce((a, s) => a + s.value, 0);
+    const cni: NetdCounters['cni'] = {};
+    for (const verb of ['ADD', 'DEL', 'STATUS', 'CHECK']) {
+      cni[verb] = {
+        count: sum('netd_cni_request_duration_seconds_count', { verb }),
+        seconds: sum('netd_cni_request_duration_seconds_sum', { verb }),
+      };
+    }
+    return {
+      reconciles: sum('netd_reconciles_total'),
+      reconcileSeconds: sum('netd_reconcile_duration_seconds_sum'),
+      cni,
+    };
+  }
+
+  /** Address blocks this host holds (each claim is an extra etcd transaction on some ADD). */
+  async blocksHeld(): Promise<number> {
+    const store = this.openStore();
+    try {
+      return (await store.list('/netd/v1/ipam/affinity/h1/')).kvs.length;
+    } finally {
+      await store.close();
+    }
+  }
+
   /** netd's resident memory, in KiB. */
   rssKb(): number {
     if (!this.daemon || processStartTime(this.daemon.pid) === undefined) return 0;
@@ -164,18 +249,40 @@ export class NetdBenchHost {
 
   async teardown(): Promise<void> {
     this.plugins.close();
-    if (this.daemon) await stopDaemon(this.daemon);
-    if (this.cluster) await teardownCluster(this.cluster.prefix, { runner: this.runner });
-    rmSync(this.dir, { recursive: true, force: true });
+    try {
+      if (this.daemon) await stopDaemon(this.daemon);
+      if (this.cluster) await this.cluster.teardown();
+    } finally {
+      if (this.dir) rmSync(this.dir, { recursive: true, force: true });
+    }
   }
+}
+
+/** Counters accumulated between two readings. */
+export function counterDelta(before: NetdCounters, after: NetdCounters): NetdCounters {
+  const cni: NetdCounters['cni'] = {};
+  for (const verb of Object.keys(after.cni)) {
+    cni[verb] = {
+      count: after.cni[verb]!.count - (before.cni[verb]?.count ?? 0),
+      seconds: after.cni[verb]!.seconds - (before.cni[verb]?.seconds ?? 0),
+    };
+  }
+  return {
+    reconciles: after.reconciles - before.reconciles,
+    reconcileSeconds: after.reconcileSeconds - before.reconcileSeconds,
+    cni,
+  };
 }
 
 /**
  * Waits until the machine is mostly idle (or `maxMs` passed): deleting hundreds of namespaces
  * leaves the kernel cleaning up in the background for seconds, which would slow whichever side
- * runs next.
+ * runs next. (BENCH_QUIET_MAX_MS caps the wait on a machine that is never idle.)
  */
-export async function waitQuiet(maxMs = 30_000, idleShare = 0.8): Promise<void> {
+export async function waitQuiet(
+  maxMs = Number(process.env.BENCH_QUIET_MAX_MS ?? 30_000),
+  idleShare = 0.8,
+): Promise<void> {
   const read = () => {
     const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
     const idle = f[3]! + f[4]!;

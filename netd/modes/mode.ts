@@ -1,4 +1,4 @@
-import type { HostView } from '../model.js';
+import type { HostSnapshot } from '../model.js';
 
 /**
  * A network mode turns the cluster's records into the data path one host should have. Modes are
@@ -58,7 +58,7 @@ export function neighKey(n: { dev: string; ip: string }): string {
 
 export interface NetworkMode {
   readonly name: 'vxlan' | 'vlan' | 'routed';
-  render(view: HostView): DesiredL2;
+  render(view: HostSnapshot): DesiredL2;
 }
 
 export function emptyDesired(): DesiredL2 {

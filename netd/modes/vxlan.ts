@@ -1,6 +1,6 @@
 import { invalidInput } from '../../core/errors.js';
 import { parseCidr } from '../../core/cidr.js';
-import type { HostView } from '../model.js';
+import type { HostSnapshot } from '../model.js';
 import { linkNames } from '../names.js';
 import { emptyDesired, fdbKey, neighKey, type DesiredL2, type NetworkMode } from './mode.js';
 
@@ -17,7 +17,7 @@ const ZERO_MAC = '00:00:00:00:00:00';
  */
 export const vxlanMode: NetworkMode = {
   name: 'vxlan',
-  render(view: HostView): DesiredL2 {
+  render(view: HostSnapshot): DesiredL2 {
     const desired = emptyDesired();
     const self = view.self.name;
     const local = view.endpoints.filter((e) => e.host === self);

@@ -1,24 +1,23 @@
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { ClusterSession } from '../../test-netns/harness.js';
 import { etcdFlags } from '../../test-netns/etcd-cluster.js';
+import { eventually } from '../../test-netns/testing.js';
 import { startDaemon, stopDaemon, type DaemonHandle } from '../../sys/process.js';
 import { isCommandError } from '../../sys/runner.js';
+import { EtcdStore } from '../../store/etcd.js';
+import type { Store } from '../../store/types.js';
+import { Ipam } from '../../ipam/allocator.js';
+import { installNetdPlugin } from '../install-cni.js';
+import { modelKeys } from '../../tenancy/keys.js';
+import type { DirectDeps as AttachDeps } from './direct-attach.js';
+import type { HostRecord, VpcRecord } from '../../tenancy/records.js';
 
-/** Starts netd on every host of a virtual cluster, as separate processes in the hosts' namespaces. */
+/** Starts netd on the hosts of a virtual cluster, as separate processes in the hosts' namespaces. */
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'main.js');
-
-export async function eventually(check: () => Promise<boolean>, timeoutMs: number, stepMs = 50): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(stepMs);
-  }
-  return false;
-}
 
 export interface NetdHost {
   host: string;
@@ -59,7 +58,8 @@ export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): N
     ],
     netns: { name: h.netns },
     logFile: log,
-    env: { LOG_LEVEL: 'warn' },
+    // NETD_TEST_LOG_LEVEL=debug shows every command a daemon ran, when a test needs explaining.
+    env: { LOG_LEVEL: process.env.NETD_TEST_LOG_LEVEL ?? 'warn' },
   });
   return { host, handle, log };
 }
@@ -68,17 +68,10 @@ export async function waitReady(n: NetdHost, timeoutMs = 15_000): Promise<boolea
   return eventually(async () => readFileSync(n.log, 'utf8').includes('ready'), timeoutMs);
 }
 
-export async function startNetdEverywhere(s: ClusterSession, opts: NetdOptions): Promise<NetdHost[]> {
-  const all = s.cluster.description.hosts.map((h) => startNetd(s, h.name, opts));
-  for (const n of all) {
-    if (!(await waitReady(n)))
-      throw new Error(`netd on ${n.host} did not start: ${readFileSync(n.log, 'utf8').slice(-2000)}`);
-  }
-  return all;
-}
-
-export async function stopNetd(all: readonly NetdHost[]): Promise<void> {
-  for (const n of all) await stopDaemon(n.handle);
+export interface PluginAnswer {
+  ok: boolean;
+  out: Record<string, unknown>;
+  ms: number;
 }
 
 /** Invokes an installed `netd` plugin in a host's netns, as a runtime on that host would. */
@@ -89,7 +82,7 @@ export async function invokePlugin(
   command: string,
   config: object | string,
   cniEnv: Record<string, string>,
-): Promise<{ ok: boolean; out: Record<string, unknown>; ms: number }> {
+): Promise<PluginAnswer> {
   const started = performance.now();
   try {
     const { stdout } = await s.runner.run({
@@ -113,4 +106,146 @@ export async function invokePlugin(
       };
     throw err;
   }
+}
+
+/** Puts each VPC's record and creates its address pool. */
+export async function putVpcs(store: Store, vpcs: readonly VpcRecord[]): Promise<void> {
+  const ipam = new Ipam({ store, host: 'admin' });
+  for (const v of vpcs) {
+    await store.put(modelKeys.vpc(v.name), JSON.stringify(v));
+    await ipam.createPool({ name: v.name, cidr: v.cidr, kind: 'vpc' });
+  }
+}
+
+/** What a daemon of the testbed can be given beyond what the testbed sets itself. */
+export type NetdDaemonOptions = Omit<NetdOptions, 'dir' | 'socketDir' | 'externalPool'>;
+
+export interface NetdTestbedOptions {
+  /** VPC records to put, each with its address pool. */
+  vpcs?: readonly VpcRecord[];
+  /** An external (eth0) pool to create; every daemon then gets `--external-pool`. */
+  externalPool?: { name: string; cidr: string };
+  /** netd on every host (true, the default), on none yet (false), or on these hosts. */
+  start?: boolean | readonly string[];
+  /** Daemon options: the same for every host, or chosen per host. */
+  netd?: NetdDaemonOptions | ((host: string) => NetdDaemonOptions);
+  /** Names the temporary directory (`netd-<label>-*`). */
+  label?: string;
+}
+
+/** A cluster with netd's CNI plugin installed, VPCs and pools in etcd, and netd on its hosts. */
+export interface NetdTestbed {
+  s: ClusterSession;
+  store: EtcdStore;
+  /** The admin's ipam (pools). */
+  ipam: Ipam;
+  /** Temporary directory: logs, `bin` and `socketDir` live in it. */
+  dir: string;
+  /** The CNI bin directory holding the installed `netd` plugin. */
+  bin: string;
+  socketDir: string;
+  /** The daemon last started on each host. */
+  daemons: Map<string, NetdHost>;
+  /**
+   * Starts netd on these hosts (default: all) and waits until each is ready, asserting it
+   * ("netd on hN ready"); throws with the log's tail when one is not. A host's previous daemon
+   * must have been stopped.
+   */
+  start(hosts?: readonly string[], opts?: NetdDaemonOptions): Promise<NetdHost[]>;
+  /** Gracefully stops every daemon the testbed started (before a residue check). */
+  stopAll(): Promise<void>;
+  /** Invokes the installed plugin in a host's namespace, as a runtime on that host would. */
+  plugin(
+    host: string,
+    command: string,
+    config: object | string,
+    cniEnv?: Record<string, string>,
+  ): Promise<PluginAnswer>;
+  /** The host's record, as its netd registers it. */
+  hostRecord(host: string): HostRecord;
+  /** What attachInternal/detachInternal need to act as the host's CNI side, outside a daemon. */
+  attachDeps(host: string): AttachDeps;
+}
+
+interface TestbedTest {
+  ok(value: unknown, message: string): unknown;
+  teardown(fn: () => unknown): unknown;
+}
+
+/**
+ * The setup netd's integration tests share. Registers its teardown on `t` (daemons stopped,
+ * store closed, directory removed), which runs even when the test fails.
+ */
+export async function netdTestbed(
+  t: TestbedTest,
+  s: ClusterSession,
+  opts: NetdTestbedOptions = {},
+): Promise<NetdTestbed> {
+  const dir = mkdtempSync(join(tmpdir(), `netd-${opts.label ?? 'test'}-`));
+  const started: NetdHost[] = [];
+  const d = s.cluster.description;
+  const store = new EtcdStore(d.etcd.client);
+  t.teardown(async () => {
+    for (const n of started) await stopDaemon(n.handle);
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const socketDir = join(dir, 'sock');
+  const bin = join(dir, 'bin');
+  installNetdPlugin(bin, socketDir);
+  const ipam = new Ipam({ store, host: 'admin' });
+  await putVpcs(store, opts.vpcs ?? []);
+  if (opts.externalPool) await ipam.createPool({ ...opts.externalPool, kind: 'external' });
+  const daemons = new Map<string, NetdHost>();
+  const optionsFor = (host: string): NetdDaemonOptions =>
+    typeof opts.netd === 'function' ? opts.netd(host) : (opts.netd ?? {});
+
+  const hostRecord = (host: string): HostRecord => {
+    const h = s.cluster.host(host);
+    return { name: h.name, underlayIp: h.underlayIp, uplink: h.uplink, underlayMtu: d.underlay.mtu };
+  };
+  const testbed: NetdTestbed = {
+    s,
+    store,
+    ipam,
+    dir,
+    bin,
+    socketDir,
+    daemons,
+    async start(hosts = d.hosts.map((h) => h.name), extra) {
+      const now = hosts.map((host) => {
+        const n = startNetd(s, host, {
+          ...optionsFor(host),
+          ...extra,
+          dir,
+          socketDir,
+          externalPool: opts.externalPool?.name,
+        });
+        started.push(n);
+        daemons.set(host, n);
+        return n;
+      });
+      for (const n of now) {
+        const ready = await waitReady(n);
+        t.ok(ready, `netd on ${n.host} ready`);
+        if (!ready) throw new Error(`netd on ${n.host} did not start: ${readFileSync(n.log, 'utf8').slice(-2000)}`);
+      }
+      return now;
+    },
+    async stopAll() {
+      for (const n of started) await stopDaemon(n.handle);
+    },
+    plugin: (host, command, config, cniEnv = {}) => invokePlugin(s, bin, host, command, config, cniEnv),
+    hostRecord,
+    attachDeps: (host) => ({
+      store,
+      ipam: new Ipam({ store, host }),
+      runner: s.runner,
+      host: hostRecord(host),
+      hostNetns: { name: s.cluster.host(host).netns },
+    }),
+  };
+  const start = opts.start ?? true;
+  if (start !== false) await testbed.start(start === true ? undefined : start);
+  return testbed;
 }

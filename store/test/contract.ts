@@ -2,7 +2,8 @@ import type { Test } from 'tap';
 import { ErrorCodes, isAppError } from '../../core/errors.js';
 import type { KV, Store, WatchBatch, WatchEvent } from '../types.js';
 import { WatchConsumer, type WatchEventKind } from '../watch-consumer.js';
-import { applyEvents, eventually, retry, sortedKvs } from './helpers.js';
+import { applyEvents, retry, sortedKvs } from './helpers.js';
+import { eventually } from '../../test-netns/testing.js';
 
 /**
  * One behavioural contract for every Store implementation. A fixture gives two clients of one
@@ -148,9 +149,8 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     await store.put('/lease/dying', 'x', { lease: dying.id });
     dying.release(); // the holder "dies": no more keep-alives
     const start = Date.now();
-    await eventually(
-      async () => (await direct.get('/lease/dying')) === undefined,
-      (dying.ttlSeconds + 5) * 1000,
+    t.ok(
+      await eventually(async () => (await direct.get('/lease/dying')) === undefined, (dying.ttlSeconds + 5) * 1000),
       'lease expiry',
     );
     const took = Date.now() - start;
@@ -172,12 +172,11 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     let lost: Error | undefined;
     lease.onLost((err) => (lost = err));
     await cut();
-    await eventually(
-      async () => (await direct.get('/lp/k')) === undefined,
-      (lease.ttlSeconds + 5) * 1000,
+    t.ok(
+      await eventually(async () => (await direct.get('/lp/k')) === undefined, (lease.ttlSeconds + 5) * 1000),
       'key of the unrenewed lease gone',
     );
-    await eventually(() => lost !== undefined, (2 * lease.ttlSeconds + 5) * 1000, 'onLost');
+    t.ok(await eventually(() => lost !== undefined, (2 * lease.ttlSeconds + 5) * 1000), 'onLost');
     t.ok(lost, `onLost called: ${lost?.message}`);
     await restore();
     const unavailable = (e: unknown) => isAppError(e, ErrorCodes.STORE_UNAVAILABLE); // still reconnecting
@@ -310,10 +309,10 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     t.equal(snapshot?.size, 20, 'initial snapshot');
     t.equal(consumer.status, 'synced');
     await direct.put('/vc/live', 'x');
-    await eventually(() => consumer.state().get('/vc/live')?.value === 'x', 10_000, 'live event');
+    t.ok(await eventually(() => consumer.state().get('/vc/live')?.value === 'x', 10_000), 'live event');
 
     await cut();
-    await eventually(() => consumer.status === 'disconnected', 15_000, 'consumer notices the partition');
+    t.ok(await eventually(() => consumer.status === 'disconnected', 15_000), 'consumer notices the partition');
     // While it is away: deletes of keys it saw, changes, new keys, then compaction of all history.
     for (let i = 0; i < 10; i++) await direct.delete(`/vc/k${i}`);
     for (let i = 10; i < 20; i++) await direct.put(`/vc/k${i}`, `changed${i}`);
@@ -329,9 +328,11 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     await restore();
 
     const truth = async () => (await direct.list('/vc/')).kvs;
-    await eventually(
-      async () => consumer.status === 'synced' && consumer.lastAppliedRevision >= (await direct.currentRevision()),
-      20_000,
+    t.ok(
+      await eventually(
+        async () => consumer.status === 'synced' && consumer.lastAppliedRevision >= (await direct.currentRevision()),
+        20_000,
+      ),
       'resync',
     );
     t.same(sortedKvs(consumer.state()), await truth(), 'consumer state equals a fresh list, exactly');
@@ -345,7 +346,10 @@ export function storeContract(t: Test, name: string, factory: FixtureFactory): v
     t.ok(statuses.includes('resyncing') || statuses.includes('disconnected'), `statuses ${statuses.join(',')}`);
 
     await direct.put('/vc/after', 'y');
-    await eventually(() => consumer.state().get('/vc/after')?.value === 'y', 10_000, 'live again after the resync');
+    t.ok(
+      await eventually(() => consumer.state().get('/vc/after')?.value === 'y', 10_000),
+      'live again after the resync',
+    );
     for (const l of later.slice(-1)) applyEvents(replayed, l.events);
     t.same(sortedKvs(replayed), await truth());
   });

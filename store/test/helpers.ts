@@ -5,24 +5,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { EtcdServer } from '../../test-netns/etcd.js';
 import { startEtcdCluster, type EtcdCluster } from '../../test-netns/etcd-cluster.js';
 import { ExecRunner } from '../../sys/runner.js';
+import { eventually } from '../../test-netns/testing.js';
 import type { KV, WatchEvent } from '../types.js';
 
 /** The part of a tap Test the helpers need (kept structural so helpers do not depend on tap). */
 export interface TeardownHost {
   teardown(fn: () => unknown): unknown;
-}
-
-/** Polls `check` every 20 ms until it holds; fails after `timeoutMs` (never a fixed sleep). */
-export async function eventually(
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-  what = 'condition',
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 /** Retries `fn` while it fails with an error `retryable` accepts (e.g. while a client reconnects); bounded. */
@@ -82,7 +70,7 @@ export async function startSecureEtcd(
 }
 
 async function retryUntilStopped(server: EtcdServer): Promise<void> {
-  await eventually(() => !server.running(), 10_000, `etcd ${server.name} to exit`);
+  if (!(await eventually(() => !server.running(), 10_000))) throw new Error(`etcd ${server.name} did not exit`);
 }
 
 /** Applies events to a key → KV map, as a handler would. */

@@ -1,5 +1,13 @@
 import t from 'tap';
-import { parseCniRequest, parseCniArgs, CniFailure, CniErrorCodes, toCniError, commandSupported } from '../../cni.js';
+import {
+  parseCniRequest,
+  parseCniArgs,
+  CniFailure,
+  CniErrorCodes,
+  toCniError,
+  commandSupported,
+  requestedCniVersion,
+} from '../../cni.js';
 import { AppError, ErrorCodes } from '../../errors.js';
 
 const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'abc', CNI_NETNS: '/run/netns/x', CNI_IFNAME: 'eth0' };
@@ -94,4 +102,24 @@ t.test('our error codes map onto CNI codes', async (t) => {
   t.notOk(commandSupported('GC', '1.0.0'));
   t.ok(commandSupported('GC', '1.1.0'));
   t.notOk(commandSupported('CHECK', '0.3.1'));
+});
+
+t.test("an error answers in the request's cniVersion, read even from a config that does not parse", async (t) => {
+  const cases: Array<[string, string]> = [
+    ['{"cniVersion":"1.0.0","name":"n"}', '1.0.0'],
+    ['{ "name": "n",\n\t"cniVersion"  :\n  "0.4.0" }', '0.4.0'],
+    ['{"cniVersion":"1.0.0","pad":"' + 'x'.repeat(2000), '1.0.0'], // cut short
+    ['{"cniVersion":"1.0.0", oops', '1.0.0'], // not JSON after it
+    ['{"prevResult":{"cniVersion":"0.3.1"},"cniVersion":"1.0.0"}', '1.0.0'], // nested one ignored
+    ['{"prevResult":{"cniVersion":"0.3.1"}}', '1.1.0'],
+    ['{"name":"cniVersion","x":"\\"cniVersion\\":\\"0.1\\""}', '1.1.0'], // a value, and inside a string
+    ['{"cniVersion":5}', '1.1.0'],
+    ['{"cniVersion":"1.0.0\\"}', '1.1.0'], // an escape: not a version
+    ['{"cniVersion":"' + '9'.repeat(40) + '"}', '1.1.0'], // too long
+    ['{"cniVersion":"1.0.0;rm"}', '1.1.0'],
+    ['', '1.1.0'],
+    ['{"cniVersion":"', '1.1.0'],
+  ];
+  for (const [config, want] of cases) t.equal(requestedCniVersion(config), want, JSON.stringify(config.slice(0, 60)));
+  t.equal(requestedCniVersion('{}', '0.4.0'), '0.4.0', "the fallback is the caller's");
 });

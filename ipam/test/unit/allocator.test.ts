@@ -3,6 +3,7 @@ import { MemoryStore } from '../../../store/memory.js';
 import { Ipam } from '../../allocator.js';
 import { ErrorCodes } from '../../../core/errors.js';
 import { ipamKeys } from '../../keys.js';
+import { contains, parseCidr, parseIp } from '../../../core/cidr.js';
 
 function setup(t: { teardown(fn: () => unknown): void }, hosts = ['h1']) {
   const store = new MemoryStore();
@@ -230,3 +231,26 @@ t.test("alsoWrite: the caller's record is written in the allocation's own transa
   t.equal(fixed.wroteAlso, true);
   t.same(JSON.parse((await store.get('/test/ep/static'))!.value), { ip: '10.1.0.200' });
 });
+
+t.test(
+  'a pool deleted and created again with another CIDR: a host that served it allocates from the new one',
+  async (t) => {
+    const store = new MemoryStore();
+    t.teardown(() => store.close());
+    const admin = new Ipam({ store, host: 'admin' });
+    const h1 = new Ipam({ store, host: 'h1' });
+    await admin.createPool({ name: 'v', cidr: '10.1.0.0/24', kind: 'vpc' });
+    const first = await h1.allocate({ pool: 'v', handle: 'a' });
+    t.ok(contains(parseCidr('10.1.0.0/24'), parseIp(first.ip)), `first address ${first.ip} is in the first CIDR`);
+    await h1.releaseHandle('a', 'v');
+    await admin.deletePool('v');
+    await admin.createPool({ name: 'v', cidr: '10.2.0.0/24', kind: 'vpc' });
+    const dynamic = await h1.allocate({ pool: 'v', handle: 'b' });
+    t.ok(contains(parseCidr('10.2.0.0/24'), parseIp(dynamic.ip)), `then ${dynamic.ip}: from the new CIDR`);
+    t.equal(dynamic.cidr.split('/')[1], '24');
+    // A static address in the new range works too (the cached old pool would call it out of range).
+    const fixed = await h1.allocate({ pool: 'v', handle: 'c', ip: '10.2.0.77' });
+    t.equal(fixed.ip, '10.2.0.77');
+    for (const b of await h1.blocks('v')) t.ok(b.cidr.startsWith('10.2.0.'), `block ${b.cidr} is in the new CIDR`);
+  },
+);

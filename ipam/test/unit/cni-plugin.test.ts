@@ -100,9 +100,34 @@ t.test('CHECK, DEL, GC and STATUS', async (t) => {
     conf({ 'cni.dev/valid-attachments': [{ containerID: 'keep', ifname: 'eth1' }] }, '1.1.0'),
   );
   const ipam = new Ipam({ store, host: 'h1' });
-  t.equal((await ipam.getHandle('keep:eth1')).length, 1);
-  t.equal((await ipam.getHandle('drop:eth1')).length, 0, 'GC released the unlisted one');
+  t.equal((await ipam.getHandle('h1:keep:eth1')).length, 1);
+  t.equal((await ipam.getHandle('h1:drop:eth1')).length, 0, 'GC released the unlisted one');
+  // A GC whose list is missing or malformed is an error, never "nothing is valid" (a purge).
+  for (const bad of [
+    {},
+    { 'cni.dev/valid-attachments': 'keep' },
+    { 'cni.dev/valid-attachments': [{ containerID: 'keep' }] },
+  ]) {
+    const r = await invoke(store, { CNI_COMMAND: 'GC' }, conf(bad, '1.1.0'));
+    t.equal(r.error?.code, CniErrorCodes.INVALID_NETWORK_CONFIG, `GC with ${JSON.stringify(bad)} refused`);
+  }
+  t.equal((await ipam.getHandle('h1:keep:eth1')).length, 1, 'and released nothing');
   t.equal((await invoke(store, { CNI_COMMAND: 'STATUS' }, conf({}, '1.1.0'))).error, undefined);
+});
+
+t.test('the same container id on two hosts: two attachments, two addresses; DEL on one leaves the other', async (t) => {
+  const store = new MemoryStore();
+  t.teardown(() => store.close());
+  await new Ipam({ store, host: 'admin' }).createPool({ name: 'p', cidr: '10.44.0.0/24', kind: 'vpc' });
+  const on = (host: string, extra: object = {}) => conf({ ipam: { ...conf().ipam, host }, ...extra });
+  const a = await invoke(store, add('same'), on('h1'));
+  const b = await invoke(store, add('same'), on('h2'));
+  const ipOf = (r: { out?: unknown }) => (r.out as { ips: Array<{ address: string }> }).ips[0]!.address;
+  t.not(ipOf(a), ipOf(b), `h1 got ${ipOf(a)}, h2 ${ipOf(b)}`);
+  t.equal((await invoke(store, { ...add('same'), CNI_COMMAND: 'DEL' }, on('h2'))).error, undefined);
+  const ipam = new Ipam({ store, host: 'h1' });
+  t.equal((await ipam.getHandle('h1:same:eth1')).length, 1, "h1's address is still held");
+  t.equal((await ipam.getHandle('h2:same:eth1')).length, 0, "h2's is released");
 });
 
 t.test('etcd unreachable is CNI code 11 (try again later) and leaves nothing behind', async (t) => {

@@ -1,13 +1,12 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { withCluster } from '../../../test-netns/harness.js';
-import { requireRoot } from '../../../test-netns/testing.js';
+import { eventually, requireRoot } from '../../../test-netns/testing.js';
 import { IpClient } from '../../../sys/ip.js';
 import { EtcdStore } from '../../../store/etcd.js';
-import { Ipam } from '../../../ipam/allocator.js';
-import { netdKeys } from '../../keys.js';
-import { NetdApiClient } from '../../api/client.js';
-import { eventually } from '../netd-hosts.js';
+import { modelKeys } from '../../../tenancy/keys.js';
+import { NetdApiClient } from '../../../tenancy/api/client.js';
+import { putVpcs } from '../netd-hosts.js';
 
 const CYCLES = 2000;
 const IN_FLIGHT = 8;
@@ -19,11 +18,7 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
     const cni = d.cni!;
     const store = new EtcdStore(d.etcd.client);
     t.teardown(() => store.close());
-    await store.put(
-      netdKeys.vpc('a'),
-      JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.51.0.0/16', vni: 51 }),
-    );
-    await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.51.0.0/16', kind: 'vpc' });
+    await putVpcs(store, [{ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.51.0.0/16', vni: 51 }]);
     const h1 = s.cluster.host('h1');
     const ip = new IpClient(s.runner);
     // One namespace per worker, reused: each cycle attaches and detaches eth1 in it.
@@ -91,7 +86,7 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
       await eventually(async () => /netd_endpoints\{kind="vpc"\} 0\n/.test(await api.text('/metrics')), 5_000),
       '/metrics: no endpoint left on the host',
     );
-    t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record');
+    t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint record');
     t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address handle');
     t.same((await store.list('/netd/v1/ipam/blocks/a/')).kvs, [], 'no block left claimed');
     const links = (await new IpClient(s.runner, { name: h1.netns }).links())
@@ -102,7 +97,7 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
       const inside = (await new IpClient(s.runner, { name: slot }).links()).map((l) => l.ifname);
       t.same(inside, ['lo'], `${slot}: only lo`);
     }
-    await store.deletePrefix(netdKeys.vpcs());
+    await store.deletePrefix(modelKeys.vpcs());
     await store.deletePrefix('/netd/v1/ipam/pools/a');
   });
 });

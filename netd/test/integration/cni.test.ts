@@ -1,90 +1,33 @@
 import t from 'tap';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
-import { etcdFlags } from '../../../test-netns/etcd-cluster.js';
+import { withCluster } from '../../../test-netns/harness.js';
 import type { TestContainer } from '../../../test-netns/containers.js';
-import { requireRoot } from '../../../test-netns/testing.js';
-import { eventually, invokePlugin } from '../netd-hosts.js';
-import { startDaemon, stopDaemon, isRunning, type DaemonHandle } from '../../../sys/process.js';
+import { eventually, requireRoot } from '../../../test-netns/testing.js';
+import { netdTestbed } from '../netd-hosts.js';
+import { isRunning } from '../../../sys/process.js';
 import { IpClient } from '../../../sys/ip.js';
-import { EtcdStore } from '../../../store/etcd.js';
-import { Ipam } from '../../../ipam/allocator.js';
-import { installNetdPlugin } from '../../install-cni.js';
-import { netdKeys } from '../../keys.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
 import { TcClient } from '../../../sys/tc.js';
-
-const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'main.js');
-
-interface Env {
-  s: ClusterSession;
-  bin: string;
-}
-
-/** Invokes the installed `netd` plugin in a host's netns, as a runtime on that host would. */
-const plugin = (env: Env, host: string, command: string, config: object | string, cniEnv: Record<string, string>) =>
-  invokePlugin(env.s, env.bin, host, command, config, cniEnv);
 
 t.test(
   'the netd CNI plugin wires eth1 through the host daemon: ADD, CHECK, DEL (twice, and after the netns is gone), VERSION, STATUS, bad input',
   async (t) => {
     if (!requireRoot(t)) return;
-    const dir = mkdtempSync(join(tmpdir(), 'netd-cni-'));
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-    const socketDir = join(dir, 'sock');
-    const bin = join(dir, 'bin');
-    installNetdPlugin(bin, socketDir);
     await withCluster({ hosts: 2 }, async (s) => {
       const d = s.cluster.description;
-      const store = new EtcdStore(d.etcd.client);
-      t.teardown(() => store.close());
-      await store.put(
-        netdKeys.vpc('a'),
-        JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.5.0.0/24', vni: 500 }),
-      );
-      await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.5.0.0/24', kind: 'vpc' });
-      const daemons: DaemonHandle[] = [];
-      for (const h of d.hosts) {
-        const log = join(dir, `${h.name}.log`);
-        daemons.push(
-          startDaemon({
-            argv: [
-              process.execPath,
-              MAIN,
-              '--host',
-              h.name,
-              '--underlay-ip',
-              h.underlayIp,
-              '--uplink',
-              h.uplink,
-              ...etcdFlags(d),
-              '--lease-ttl',
-              '2',
-              '--cni-socket-dir',
-              socketDir,
-            ],
-            netns: { name: h.netns },
-            logFile: log,
-            env: { LOG_LEVEL: 'warn' },
-          }),
-        );
-        t.ok(
-          await eventually(async () => readFileSync(log, 'utf8').includes('ready'), 15_000),
-          `netd on ${h.name} ready`,
-        );
-      }
-      t.teardown(async () => {
-        for (const h of daemons) await stopDaemon(h);
+      const tb = await netdTestbed(t, s, {
+        label: 'cni',
+        vpcs: [{ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.5.0.0/24', vni: 500 }],
+        // No dead-host sweep during the test: its lock key would change etcd under "exactly as before".
+        netd: { extraArgs: ['--sweep-interval', '3600'] },
       });
-      const env: Env = { s, bin };
+      const { store } = tb;
+      const daemons = () => [...tb.daemons.values()].map((n) => n.handle);
       const conf = { cniVersion: '1.0.0', name: 'vpc-a', type: 'netd', vpc: 'a' };
 
-      const version = await plugin(env, 'h1', 'VERSION', '', {});
+      const version = await tb.plugin('h1', 'VERSION', '', {});
       t.match(version.out, { supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });
-      t.ok((await plugin(env, 'h1', 'STATUS', { ...conf, cniVersion: '1.1.0' }, {})).ok, 'STATUS: ready');
+      t.ok((await tb.plugin('h1', 'STATUS', { ...conf, cniVersion: '1.1.0' }, {})).ok, 'STATUS: ready');
 
       const made: Array<{ c: TestContainer; host: string; ip: string }> = [];
       for (const [name, host] of [
@@ -92,7 +35,7 @@ t.test(
         ['c2', 'h2'],
       ] as const) {
         const c = await s.containers.add({ host, name });
-        const add = await plugin(env, host, 'ADD', conf, {
+        const add = await tb.plugin(host, 'ADD', conf, {
           CNI_CONTAINERID: name,
           CNI_NETNS: c.netnsPath,
           CNI_IFNAME: 'eth1',
@@ -101,7 +44,11 @@ t.test(
         t.comment(`ADD ${name} took ${add.ms.toFixed(1)} ms through the plugin`);
         const ips = add.out.ips as Array<{ address: string; interface: number }>;
         t.match(ips[0]?.address, /^10\.5\.0\.\d+\/24$/);
-        t.match(add.out.interfaces, [{ name: 'eth1', sandbox: c.netnsPath, mac: /^02:/ }]);
+        // Every interface the attachment made: the host end (no sandbox) and the container's.
+        const ifaces = add.out.interfaces as Array<{ name: string; mac?: string; sandbox?: string }>;
+        t.same(ifaces[0], { name: linkNames.internalPort(`${host}:${name}:eth1`) }, 'the host end first');
+        t.match(ifaces[1], { name: 'eth1', sandbox: c.netnsPath, mac: /^02:/ }, "then the container's");
+        t.equal(ips[0]?.interface, 1, "the address is on the container's interface");
         const inside = await new IpClient(s.runner, { name: c.netns }).addresses('eth1');
         t.ok(
           inside[0]?.addr_info.some((a) => `${a.local}/${a.prefixlen}` === ips[0]!.address),
@@ -113,7 +60,7 @@ t.test(
         );
         const port = (
           await new IpClient(s.runner, { name: s.cluster.host(host).netns }).addresses(
-            linkNames.internalPort(`${name}:eth1`),
+            linkNames.internalPort(`${host}:${name}:eth1`),
           )
         )[0];
         t.notOk(
@@ -127,8 +74,8 @@ t.test(
         'c1 (h1) reaches c2 (h2) over eth1',
       );
       const env1 = { CNI_CONTAINERID: 'c1', CNI_NETNS: made[0]!.c.netnsPath, CNI_IFNAME: 'eth1' };
-      t.ok((await plugin(env, 'h1', 'CHECK', conf, env1)).ok, 'CHECK');
-      const again = await plugin(env, 'h1', 'ADD', conf, env1);
+      t.ok((await tb.plugin('h1', 'CHECK', conf, env1)).ok, 'CHECK');
+      const again = await tb.plugin('h1', 'ADD', conf, env1);
       t.match(again.out, { ips: [{ address: `${made[0]!.ip}/24` }] }, 'ADD twice: same address');
 
       // The bandwidth capability: both limits are in place when ADD answers (no reconcile to wait
@@ -148,8 +95,8 @@ t.test(
             },
           },
         };
-        t.ok((await plugin(env, 'h1', 'ADD', bwConf, e)).ok, 'ADD with the bandwidth capability');
-        const port = linkNames.internalPort('bw:eth1');
+        t.ok((await tb.plugin('h1', 'ADD', bwConf, e)).ok, 'ADD with the bandwidth capability');
+        const port = linkNames.internalPort('h1:bw:eth1');
         const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });
         const rateOf = async (dev: string) => (await tc.qdiscs(dev)).find((q) => q.kind === 'tbf')?.options?.rate;
         t.equal(
@@ -166,7 +113,7 @@ t.test(
           (await tc.qdiscs(port)).some((q) => q.kind === 'ingress'),
           'the port redirects its ingress',
         );
-        t.ok((await plugin(env, 'h1', 'DEL', bwConf, e)).ok, 'DEL');
+        t.ok((await tb.plugin('h1', 'DEL', bwConf, e)).ok, 'DEL');
         const hostIp = new IpClient(s.runner, { name: s.cluster.host('h1').netns });
         t.equal(await hostIp.link(linkNames.ifbFor(port)), undefined, 'the ifb went with the port');
         await s.containers.remove(c);
@@ -176,15 +123,15 @@ t.test(
       // that have no limits of their own; taking them away removes the shaping.
       {
         const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });
-        const port = linkNames.internalPort('c1:eth1');
+        const port = linkNames.internalPort('h1:c1:eth1');
         const rateOf = async () => (await tc.qdiscs(port)).find((q) => q.kind === 'tbf')?.options?.rate;
-        const vpc = JSON.parse((await store.get(netdKeys.vpc('a')))!.value) as Record<string, unknown>;
-        await store.put(netdKeys.vpc('a'), JSON.stringify({ ...vpc, qos: { ingressBps: 8_000_000 } }));
+        const vpc = JSON.parse((await store.get(modelKeys.vpc('a')))!.value) as Record<string, unknown>;
+        await store.put(modelKeys.vpc('a'), JSON.stringify({ ...vpc, qos: { ingressBps: 8_000_000 } }));
         t.ok(
           await eventually(async () => (await rateOf()) === 1_000_000, 10_000),
           'the VPC default (8 Mbit/s in) shapes the running c1',
         );
-        await store.put(netdKeys.vpc('a'), JSON.stringify(vpc));
+        await store.put(modelKeys.vpc('a'), JSON.stringify(vpc));
         t.ok(await eventually(async () => (await rateOf()) === undefined, 10_000), 'and its removal unshapes it');
       }
 
@@ -204,18 +151,24 @@ t.test(
         ],
       ];
       for (const [what, config, e, code] of bad) {
-        const r = await plugin(env, 'h1', 'ADD', config, e);
+        const r = await tb.plugin('h1', 'ADD', config, e);
         t.notOk(r.ok, `${what}: refused`);
         t.equal(r.out.code, code, `${what}: CNI code ${code} (${String(r.out.msg)})`);
       }
+      const oversized = await tb.plugin('h1', 'ADD', { ...conf, pad: 'x'.repeat(1100 * 1024) }, env1);
+      t.match(
+        oversized.out,
+        { cniVersion: '1.0.0', code: 6, msg: /request over/ },
+        'an oversized request: code 6, in its own version',
+      );
       t.same(
-        (await store.list(netdKeys.endpoints())).kvs.map((kv) => kv.key).sort(),
-        ['/netd/v1/endpoints/a/c1:eth1', '/netd/v1/endpoints/a/c2:eth1'],
+        (await store.list(modelKeys.endpoints())).kvs.map((kv) => kv.key).sort(),
+        ['/netd/v1/endpoints/a/h1:c1:eth1', '/netd/v1/endpoints/a/h2:c2:eth1'],
         'bad ADDs left no record',
       );
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs.length, 2, 'and no address (the failed ADD rolled back)');
       t.ok(
-        daemons.every((h) => isRunning(h)),
+        daemons().every((h) => isRunning(h)),
         'both daemons still run',
       );
 
@@ -263,14 +216,14 @@ t.test(
       for (let i = 0; i < 500; i++) {
         const config = pick(configs);
         const e = { ...baseEnv, ...pick(envs), ...(rand() < 0.5 ? pick(envs) : {}) };
-        const r = await plugin(env, 'h1', pick(['ADD', 'ADD', 'ADD', 'CHECK', 'FROB']), config, e);
+        const r = await tb.plugin('h1', pick(['ADD', 'ADD', 'ADD', 'CHECK', 'FROB']), config, e);
         if (!r.ok && typeof r.out.code === 'number' && typeof r.out.msg === 'string') wellFormed++;
         codes.set(Number(r.out.code), (codes.get(Number(r.out.code)) ?? 0) + 1);
       }
       t.comment(`error codes seen: ${[...codes].map(([c, n]) => `${c}×${n}`).join(' ')}`);
       t.equal(wellFormed, 500, 'all 500 malformed calls failed with a spec error (code and msg) and a non-zero exit');
       t.ok(
-        daemons.every((h) => isRunning(h)),
+        daemons().every((h) => isRunning(h)),
         'no daemon crashed',
       );
       const after = (await store.list('/netd/')).kvs.map((kv) => `${kv.key}@${kv.modRevision}`).sort();
@@ -278,15 +231,15 @@ t.test(
 
       for (const m of made) {
         const e = { CNI_CONTAINERID: m.c.name, CNI_NETNS: m.c.netnsPath, CNI_IFNAME: 'eth1' };
-        t.ok((await plugin(env, m.host, 'DEL', conf, e)).ok, `DEL ${m.c.name}`);
-        t.ok((await plugin(env, m.host, 'DEL', conf, e)).ok, `DEL ${m.c.name} twice`);
+        t.ok((await tb.plugin(m.host, 'DEL', conf, e)).ok, `DEL ${m.c.name}`);
+        t.ok((await tb.plugin(m.host, 'DEL', conf, e)).ok, `DEL ${m.c.name} twice`);
         await s.containers.remove(m.c);
         t.ok(
-          (await plugin(env, m.host, 'DEL', conf, { ...e, CNI_NETNS: '' })).ok,
+          (await tb.plugin(m.host, 'DEL', conf, { ...e, CNI_NETNS: '' })).ok,
           `DEL ${m.c.name} after its netns is gone`,
         );
       }
-      t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint left');
+      t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint left');
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left');
       for (const h of d.hosts) {
         const ip = new IpClient(s.runner, { name: h.netns });
@@ -298,7 +251,19 @@ t.test(
           `${h.name}: no netd link left`,
         );
       }
-      for (const h of daemons) await stopDaemon(h);
+      await tb.stopAll();
+
+      // With the host's daemon down, the plugin answers by itself, in the request's version:
+      // STATUS says "plugin not available" (50), ADD "try again later" (11).
+      t.match(
+        (await tb.plugin('h1', 'STATUS', { ...conf, cniVersion: '1.1.0' })).out,
+        { cniVersion: '1.1.0', code: 50 },
+        'STATUS with no daemon: code 50 in version 1.1.0',
+      );
+      const noDaemon = await tb.plugin('h1', 'ADD', conf, env1);
+      t.notOk(noDaemon.ok, 'ADD with no daemon fails');
+      t.match(noDaemon.out, { cniVersion: '1.0.0', code: 11 }, 'ADD with no daemon: code 11 in version 1.0.0');
+
       await store.deletePrefix('/netd/v1/');
       t.same(await s.residue(), []);
     });

@@ -1,18 +1,17 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { withCluster } from '../../../test-netns/harness.js';
-import { requireRoot } from '../../../test-netns/testing.js';
+import { eventually, requireRoot } from '../../../test-netns/testing.js';
 import { readState } from '../../../test-netns/cluster.js';
 import { killDaemon, isRunning } from '../../../sys/process.js';
 import { IpClient } from '../../../sys/ip.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
-import { netdKeys } from '../../keys.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
-import type { EndpointRecord } from '../../model.js';
-import { startNetd, waitReady, eventually } from '../netd-hosts.js';
+import type { EndpointRecord } from '../../../tenancy/records.js';
+import { putVpcs, startNetd, waitReady } from '../netd-hosts.js';
 
 const ADDS = 200;
 const IN_FLIGHT = 16;
@@ -26,11 +25,7 @@ t.test(
       const cni = d.cni!;
       const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
-      await store.put(
-        netdKeys.vpc('a'),
-        JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.50.0.0/16', vni: 50 }),
-      );
-      await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.50.0.0/16', kind: 'vpc' });
+      await putVpcs(store, [{ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.50.0.0/16', vni: 50 }]);
       const h1 = s.cluster.host('h1');
       const ip = new IpClient(s.runner);
       const names = Array.from({ length: ADDS }, (_, i) => `tn-${d.prefix}-k${i}`);
@@ -69,7 +64,7 @@ t.test(
             if (i >= ADDS) return;
             if (await call('ADD', i)) {
               succeeded++;
-              answered.add(`k${i}:eth1`);
+              answered.add(`h1:k${i}:eth1`);
             }
           }
         }),
@@ -94,7 +89,7 @@ t.test(
       t.teardown(() => killDaemon(restarted.handle, 'SIGTERM'));
       t.ok(await waitReady(restarted), 'netd restarted');
 
-      const records = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+      const records = (await store.list(modelKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
       const handles = (await new Ipam({ store, host: 'h1' }).handles({ host: 'h1' })).map((h) => h.record.handle);
       t.same(
         handles.sort(),
@@ -106,7 +101,7 @@ t.test(
       let absent = 0;
       const broken: string[] = [];
       for (let i = 0; i < ADDS; i++) {
-        const id = `k${i}:eth1`;
+        const id = `h1:k${i}:eth1`;
         const record = records.find((r) => r.id === id);
         const inside = (await new IpClient(s.runner, { name: names[i]! }).links()).filter((l) => l.ifname !== 'lo');
         const port = hostLinks.has(linkNames.internalPort(id));
@@ -132,10 +127,19 @@ t.test(
 
       // DEL everything (the runtime's cleanup), then nothing is left.
       for (let i = 0; i < ADDS; i++) await call('DEL', i);
-      t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record');
+      t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint record');
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address');
-      await sleep(200);
-      await store.deletePrefix(netdKeys.vpcs());
+      // The daemon has followed the DELs (its ports, ifbs and the VPC's devices gone) before the
+      // VPC record goes.
+      t.ok(
+        await eventually(
+          async () =>
+            (await new IpClient(s.runner, { name: h1.netns }).links()).every((l) => !/^n[bxieq]/.test(l.ifname)),
+          15_000,
+        ),
+        'h1: no netd link left',
+      );
+      await store.deletePrefix(modelKeys.vpcs());
     });
   },
 );

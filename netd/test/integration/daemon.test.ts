@@ -1,87 +1,39 @@
 import t from 'tap';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
-import { etcdFlags } from '../../../test-netns/etcd-cluster.js';
+import { withCluster } from '../../../test-netns/harness.js';
 import type { TestContainer } from '../../../test-netns/containers.js';
-import { requireRoot } from '../../../test-netns/testing.js';
-import { eventually } from '../netd-hosts.js';
-import { startDaemon, stopDaemon, killDaemon, type DaemonHandle } from '../../../sys/process.js';
+import { eventually, requireRoot } from '../../../test-netns/testing.js';
+import { netdTestbed } from '../netd-hosts.js';
+import { stopDaemon, killDaemon } from '../../../sys/process.js';
 import { IpClient } from '../../../sys/ip.js';
 import { BridgeClient } from '../../../sys/bridge.js';
-import { EtcdStore } from '../../../store/etcd.js';
-import { Ipam } from '../../../ipam/allocator.js';
-import { attachInternal, detachInternal, type AttachDeps } from '../../attach.js';
-import { netdKeys } from '../../keys.js';
+import { attachInternal, detachInternal } from '../direct-attach.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
-import type { HostRecord, VpcRecord } from '../../model.js';
 
-const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'main.js');
 const LEASE_TTL = 2;
-
-function runNetd(s: ClusterSession, host: string, dir: string): { handle: DaemonHandle; log: string } {
-  const h = s.cluster.host(host);
-  const log = join(dir, `netd-${host}-${Date.now()}.log`);
-  const handle = startDaemon({
-    argv: [
-      process.execPath,
-      MAIN,
-      '--host',
-      h.name,
-      '--underlay-ip',
-      h.underlayIp,
-      '--uplink',
-      h.uplink,
-      ...etcdFlags(s.cluster.description),
-      '--lease-ttl',
-      String(LEASE_TTL),
-    ],
-    netns: { name: h.netns },
-    logFile: log,
-    env: { LOG_LEVEL: 'warn' },
-  });
-  return { handle, log };
-}
-
-async function ready(run: { log: string }): Promise<boolean> {
-  return eventually(async () => readFileSync(run.log, 'utf8').includes('ready'), 15_000);
-}
+const H1_LEASE_TTL = 15;
 
 t.test(
   'netd daemons converge the vxlan data path from etcd; a dead host is dropped, a restarted one comes back',
   async (t) => {
     if (!requireRoot(t)) return;
-    const dir = mkdtempSync(join(tmpdir(), 'netd-daemon-'));
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     await withCluster({ hosts: 2 }, async (s) => {
-      const d = s.cluster.description;
-      const store = new EtcdStore(d.etcd.client);
-      t.teardown(() => store.close());
-      const ipam = new Ipam({ store, host: 'admin' });
-      const vpcs: VpcRecord[] = [
-        { name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.0.0.0/24', vni: 300 },
-        { name: 'b', tenant: 't2', mode: 'vxlan', cidr: '10.0.0.0/24', vni: 301 },
-      ];
-      for (const v of vpcs) {
-        await store.put(netdKeys.vpc(v.name), JSON.stringify(v));
-        await ipam.createPool({ name: v.name, cidr: v.cidr, kind: 'vpc' });
-      }
+      const tb = await netdTestbed(t, s, {
+        label: 'daemon',
+        vpcs: [
+          { name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.0.0.0/24', vni: 300 },
+          { name: 'b', tenant: 't2', mode: 'vxlan', cidr: '10.0.0.0/24', vni: 301 },
+        ],
+        start: false,
+        // h2's lease is short (its death is noticed quickly); h1's must outlast a graceful restart,
+        // which takes several seconds on a loaded machine (node start-up, etcd, the first reconcile).
+        netd: (host) => ({ leaseTtl: host === 'h1' ? H1_LEASE_TTL : LEASE_TTL }),
+      });
+      const { store } = tb;
       // The CNI side of ADD, done before the daemons run (outside a daemon nothing claims a port
       // while it is wired, so a running reconcile could take it for an orphan): one container per
       // VPC per host. Starting, the daemons find records and ports and converge the rest from etcd.
-      const depsFor = (host: string): AttachDeps => {
-        const h = s.cluster.host(host);
-        const record: HostRecord = {
-          name: h.name,
-          underlayIp: h.underlayIp,
-          uplink: h.uplink,
-          underlayMtu: d.underlay.mtu,
-        };
-        return { store, ipam: new Ipam({ store, host }), runner: s.runner, host: record, hostNetns: { name: h.netns } };
-      };
+      const depsFor = tb.attachDeps;
       const containers: Array<{
         name: string;
         host: string;
@@ -104,14 +56,8 @@ t.test(
         containers.push({ name, host, vpc, netns: c.netns, ip: att.allocation.ip, container: c });
       }
       const by = (n: string) => containers.find((c) => c.name === n)!;
-      const daemons = new Map([
-        ['h1', runNetd(s, 'h1', dir)],
-        ['h2', runNetd(s, 'h2', dir)],
-      ]);
-      t.teardown(async () => {
-        for (const r of daemons.values()) await stopDaemon(r.handle);
-      });
-      for (const [h, r] of daemons) t.ok(await ready(r), `netd on ${h} is ready`);
+      await tb.start(); // asserts "netd on hN ready"
+      const daemons = tb.daemons;
       t.ok(
         await eventually(() => s.probe.ping(by('a1').netns, by('a2').ip, 500), 15_000),
         'a1 reaches a2 across hosts once the daemons converged',
@@ -141,15 +87,25 @@ t.test(
         }),
         'b1 reaches b2 (tcp)',
       );
-      const server = await s.probe.serve(by('a2').netns, 'tcp', by('a2').ip, 7100);
+      // VPC b must not reach a2's server. Judged at the receivers: a2 counts what arrives for the
+      // port (a refusal by VPC b's own holder of the address must not pass for isolation), and
+      // that holder, when there is one, counts b1's packets: they stayed in VPC b.
+      const a2 = by('a2');
+      const server = await s.probe.serve(a2.netns, 'tcp', a2.ip, 7100);
+      const inA2 = await s.probe.countIn(a2.netns, 'tcp dport 7100');
+      const sameAddrInB = containers.find((c) => c.vpc === 'b' && c.ip === a2.ip);
+      const inSameAddrInB = sameAddrInB && (await s.probe.countIn(sameAddrInB.netns, 'tcp dport 7100'));
       try {
-        const sameAddrInB = containers.find((c) => c.vpc === 'b' && c.ip === by('a2').ip);
         if (sameAddrInB) t.comment(`${sameAddrInB.name} in VPC b has a2's address too`);
-        t.notOk(
-          await s.probe.connect(by('b1').netns, 'tcp', by('a2').ip, 7100, 800),
-          "VPC b cannot reach VPC a's server",
-        );
+        t.notOk(await s.probe.connect(by('b1').netns, 'tcp', a2.ip, 7100, 800), "VPC b cannot reach VPC a's server");
+        t.equal(await inA2.read(), 0, 'no packet from VPC b reached a2');
+        if (sameAddrInB && inSameAddrInB)
+          t.ok((await inSameAddrInB.read()) > 0, `b1's packets stayed in VPC b: ${sameAddrInB.name} received them`);
+        t.ok(await s.probe.connect(by('a1').netns, 'tcp', a2.ip, 7100), 'a1, in the same VPC, reaches the server');
+        t.ok((await inA2.read()) > 0, "a2's counter saw a1's packets (the same check, able to fail)");
       } finally {
+        await inA2.remove();
+        await inSameAddrInB?.remove();
         await server.stop();
       }
 
@@ -161,27 +117,44 @@ t.test(
       killDaemon(daemons.get('h2')!.handle, 'SIGKILL');
       await daemons.get('h2')!.handle.exited;
       t.ok(await eventually(async () => !(await towardsH2()), 15_000), 'after the lease expired, h1 dropped h2');
-      daemons.set('h2', runNetd(s, 'h2', dir));
-      t.ok(await ready(daemons.get('h2')!), 'h2 restarted');
+      await tb.start(['h2']); // asserts "netd on h2 ready"
       t.ok(await eventually(() => s.probe.ping(by('a1').netns, by('a2').ip, 500), 15_000), 'a1 reaches a2 again');
 
       // A graceful restart of h1's netd does not disturb h2: its registration outlives the restart.
+      // h2 is sampled from the stop until the old lease is really gone from etcd.
       const h2Fdb = () =>
         new BridgeClient(s.runner, { name: s.cluster.host('h2').netns }).fdb({ dev: linkNames.vxlan(300) });
-      await stopDaemon(daemons.get('h1')!.handle);
-      daemons.set('h1', runNetd(s, 'h1', dir));
+      const towardsH1 = async () => (await h2Fdb()).some((e) => e.dst === s.cluster.host('h1').underlayIp);
+      const oldLease = (await store.get(modelKeys.host('h1')))?.lease;
+      t.ok(oldLease, "h1's registration is bound to a lease");
+      // etcd answers TTL -1 for a lease that expired (or never was).
+      const leaseAlive = async (id: string) =>
+        Number((await store.client.leaseClient.leaseTimeToLive({ ID: id })).TTL) >= 0;
       let dropped = false;
-      for (let i = 0; i < 10; i++) {
-        if (!(await h2Fdb()).some((e) => e.dst === s.cluster.host('h1').underlayIp)) dropped = true;
-        await sleep(100);
-      }
-      t.ok(await ready(daemons.get('h1')!), 'h1 restarted');
-      t.notOk(dropped, 'h2 never dropped h1 during the graceful restart');
-      await sleep(LEASE_TTL * 1000 + 1000);
-      t.ok(
-        (await h2Fdb()).some((e) => e.dst === s.cluster.host('h1').underlayIp),
-        'and still has it after the old lease expired',
+      let sampling = true;
+      const sampler = eventually(
+        async () => {
+          if (!(await towardsH1())) dropped = true;
+          return !sampling;
+        },
+        120_000,
+        100,
       );
+      try {
+        await stopDaemon(daemons.get('h1')!.handle);
+        await tb.start(['h1']); // asserts "netd on h1 ready"
+        t.ok(
+          await eventually(async () => !(await leaseAlive(oldLease!)), (H1_LEASE_TTL + 10) * 1000),
+          "h1's old lease expired in etcd",
+        );
+        const registration = await store.get(modelKeys.host('h1'));
+        t.ok(registration?.lease && registration.lease !== oldLease, 'h1 is registered under a new lease');
+      } finally {
+        sampling = false;
+        await sampler;
+      }
+      t.notOk(dropped, 'h2 never dropped h1 during the graceful restart, nor when the old lease expired');
+      t.ok(await towardsH1(), 'and still has it after the old lease expired');
 
       // DEL everything: records, addresses and netd's links go.
       for (const c of containers)
@@ -196,9 +169,9 @@ t.test(
           `${h}: netd's links are gone`,
         );
       }
-      t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record left');
+      t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint record left');
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left');
-      for (const r of daemons.values()) await stopDaemon(r.handle);
+      await tb.stopAll();
       await store.deletePrefix('/netd/v1/');
       for (const c of containers) await s.containers.remove(c.container);
       t.same(await s.residue(), []);

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { withCluster } from '../../../test-netns/harness.js';
-import { requireRoot } from '../../../test-netns/testing.js';
+import { eventually, requireRoot } from '../../../test-netns/testing.js';
 import { findLeader } from '../../../test-netns/etcd.js';
 import { isCommandError } from '../../../sys/runner.js';
 import { IpClient } from '../../../sys/ip.js';
@@ -9,10 +9,10 @@ import { BridgeClient } from '../../../sys/bridge.js';
 import { addressAt, formatIp, parseCidr } from '../../../core/cidr.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
-import { netdKeys } from '../../keys.js';
+import { modelKeys } from '../../../tenancy/keys.js';
+import { endpointId, type EndpointRecord } from '../../../tenancy/records.js';
 import { linkNames } from '../../names.js';
-import type { EndpointRecord } from '../../model.js';
-import { eventually } from '../netd-hosts.js';
+import { putVpcs } from '../netd-hosts.js';
 
 const ADDS = 120;
 const IN_FLIGHT = 8;
@@ -34,12 +34,9 @@ t.test(
       const cni = d.cni!;
       const store = new EtcdStore(d.etcd.client);
       t.teardown(() => store.close());
-      await store.put(
-        netdKeys.vpc('a'),
-        JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.60.0.0/16', vni: VNI }),
-      );
+      await putVpcs(store, [{ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.60.0.0/16', vni: VNI }]);
       const ipam = new Ipam({ store, host: 'admin' });
-      await ipam.createPool({ name: 'a', cidr: '10.60.0.0/16', kind: 'vpc' });
+      const id = (host: string, container: string) => endpointId({ host, containerId: container, ifname: 'eth1' });
 
       // Containers as a runtime makes them: plain namespaces (removed with the cluster's).
       const names = Array.from({ length: ADDS }, (_, i) => `tn-${d.prefix}-k${i}`);
@@ -132,7 +129,7 @@ t.test(
       );
       t.equal(inBlocks.size, handles.length, 'and every block allocation has its handle');
       const records = new Map(
-        (await store.list(netdKeys.endpoints())).kvs.map((kv) => {
+        (await store.list(modelKeys.endpoints())).kvs.map((kv) => {
           const r = JSON.parse(kv.value) as EndpointRecord;
           return [r.id, r];
         }),
@@ -140,13 +137,13 @@ t.test(
       const answeredWithoutRecord = [...answers]
         .filter(([, a]) => a.ok)
         .filter(([i, a]) => {
-          const r = records.get(`k${i}:eth1`);
+          const r = records.get(id('h1', `k${i}`));
           const address = (a.out.ips as Array<{ address: string }> | undefined)?.[0]?.address.split('/')[0];
           return !r || r.ip !== address;
         })
         .map(([i]) => `k${i}`);
       t.same(answeredWithoutRecord, [], 'every answered ADD has its endpoint record, with the address it answered');
-      const failedWithRecord = failed.filter(([i]) => records.has(`k${i}:eth1`)).length;
+      const failedWithRecord = failed.filter(([i]) => records.has(id('h1', `k${i}`))).length;
       if (failedWithRecord) t.comment(`${failedWithRecord} failed ADDs left a record (their rollback met the outage)`);
       t.same(
         [...records.values()].filter((r) => !handles.some((h) => h.handle === r.id && h.ip === r.ip)).map((r) => r.id),
@@ -158,9 +155,9 @@ t.test(
       const z = await call('h2', 'ADD', 'late', late);
       t.ok(z.ok, `ADD on h2 after the kill: ${JSON.stringify(z.out)}`);
       const zRecord = async () =>
-        (await store.list(netdKeys.endpoints())).kvs
+        (await store.list(modelKeys.endpoints())).kvs
           .map((kv) => JSON.parse(kv.value) as EndpointRecord)
-          .find((r) => r.id === 'late:eth1');
+          .find((r) => r.id === id('h2', 'late'));
       const zMac = (await zRecord())?.mac;
       t.ok(zMac, 'its endpoint record is in etcd');
       const h1Fdb = new BridgeClient(s.runner, { name: s.cluster.host('h1').netns });
@@ -186,10 +183,10 @@ t.test(
           }
         }),
       );
-      t.same((await store.list(netdKeys.endpoints())).kvs, [], 'no endpoint record left');
+      t.same((await store.list(modelKeys.endpoints())).kvs, [], 'no endpoint record left');
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left');
       await ipam.deletePool('a');
-      await store.deletePrefix(netdKeys.vpcs());
+      await store.deletePrefix(modelKeys.vpcs());
       await ip.deleteNetns([...names, late]);
     });
   },

@@ -1,16 +1,10 @@
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { withCluster } from '../../../test-netns/harness.js';
-import { requireRoot } from '../../../test-netns/testing.js';
+import { eventually, requireRoot } from '../../../test-netns/testing.js';
 import { IpClient } from '../../../sys/ip.js';
-import { EtcdStore } from '../../../store/etcd.js';
-import { Ipam } from '../../../ipam/allocator.js';
-import { installNetdPlugin } from '../../install-cni.js';
 import { TcClient } from '../../../sys/tc.js';
 import { linkNames } from '../../names.js';
-import { startNetd, waitReady, stopNetd, invokePlugin, eventually } from '../netd-hosts.js';
+import { netdTestbed } from '../netd-hosts.js';
 
 /**
  * eth0 in both external modes at once: h1 routes its containers' addresses as they are (it answers
@@ -23,20 +17,15 @@ const POOL = { name: 'ext', cidr: '100.64.0.0/24' };
 
 t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL leaves no proxy entry', async (t) => {
   if (!requireRoot(t)) return;
-  const dir = mkdtempSync(join(tmpdir(), 'netd-ext-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const socketDir = join(dir, 'sock');
-  const bin = join(dir, 'bin');
-  installNetdPlugin(bin, socketDir);
   await withCluster({ hosts: 2 }, async (s) => {
     const d = s.cluster.description;
-    const store = new EtcdStore(d.etcd.client);
-    t.teardown(() => store.close());
-    await new Ipam({ store, host: 'admin' }).createPool({ ...POOL, kind: 'external' });
-    const h1 = startNetd(s, 'h1', { dir, socketDir, externalPool: POOL.name, externalMode: 'routed' });
-    const h2 = startNetd(s, 'h2', { dir, socketDir, externalPool: POOL.name, externalMode: 'nat' });
-    t.teardown(() => stopNetd([h1, h2]));
-    t.ok((await waitReady(h1)) && (await waitReady(h2)), 'netd ready on both hosts');
+    // Asserts "netd on h1 ready", "netd on h2 ready".
+    const tb = await netdTestbed(t, s, {
+      label: 'ext',
+      externalPool: POOL,
+      netd: (host) => ({ externalMode: host === 'h1' ? 'routed' : 'nat' }),
+    });
+    const { store } = tb;
 
     const ip = new IpClient(s.runner);
     const out = d.outside.netns;
@@ -66,7 +55,7 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
     t.teardown(() => ip.deleteNetns(Object.values(ns)));
     const conf = { cniVersion: '1.0.0', name: 'external', type: 'netd', external: true };
     const add = async (host: 'h1' | 'h2') => {
-      const r = await invokePlugin(s, bin, host, 'ADD', conf, {
+      const r = await tb.plugin(host, 'ADD', conf, {
         CNI_CONTAINERID: `c-${host}`,
         CNI_NETNS: `/run/netns/${ns[host]}`,
         CNI_IFNAME: 'eth0',
@@ -86,7 +75,7 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
     t.same(await uplinkOf('h2').proxyNeighbours('uplink'), [], 'h2 (NAT) answers for nothing');
     const sysctlOn = async (host: string, key: string) =>
       (await s.runner.run({ argv: ['sysctl', '-n', key], netns: { name: s.cluster.host(host).netns } })).stdout.trim();
-    const h1Port = (JSON.parse((await store.get('/netd/v1/external/h1/c-h1:eth0'))!.value) as { hostIf: string })
+    const h1Port = (JSON.parse((await store.get('/netd/v1/external/h1/h1:c-h1:eth0'))!.value) as { hostIf: string })
       .hostIf;
     t.equal(
       await sysctlOn('h1', `net.ipv4.neigh.${h1Port}.proxy_delay`),
@@ -141,7 +130,7 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
 
     // eth0's limits change at runtime (PATCH .../external writes them on the eth0 record).
     {
-      const key = '/netd/v1/external/h1/c-h1:eth0';
+      const key = '/netd/v1/external/h1/h1:c-h1:eth0';
       const rec = JSON.parse((await store.get(key))!.value) as Record<string, unknown>;
       const port = String(rec.hostIf);
       const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });
@@ -160,7 +149,7 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
     }
 
     for (const host of ['h1', 'h2'] as const) {
-      const r = await invokePlugin(s, bin, host, 'DEL', conf, {
+      const r = await tb.plugin(host, 'DEL', conf, {
         CNI_CONTAINERID: `c-${host}`,
         CNI_NETNS: `/run/netns/${ns[host]}`,
         CNI_IFNAME: 'eth0',
@@ -171,6 +160,6 @@ t.test('eth0 routed (proxy ARP on the uplink, no NAT) and NAT side by side; DEL 
     t.notOk(await s.probe.ping(out, routedIp), 'the address is no longer answered');
     t.same((await store.list('/netd/v1/external/')).kvs, [], 'no external endpoint record left');
     t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left');
-    await new Ipam({ store, host: 'admin' }).deletePool(POOL.name);
+    await tb.ipam.deletePool(POOL.name);
   });
 });

@@ -1,42 +1,27 @@
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { withCluster } from '../../../test-netns/harness.js';
-import { requireRoot, uniqueSuffix } from '../../../test-netns/testing.js';
+import { eventually, requireRoot, uniqueSuffix } from '../../../test-netns/testing.js';
 import { Podman } from '../../../test-netns/podman.js';
 import { isCommandError } from '../../../sys/runner.js';
-import { EtcdStore } from '../../../store/etcd.js';
-import { Ipam } from '../../../ipam/allocator.js';
-import { installNetdPlugin } from '../../install-cni.js';
-import { netdKeys } from '../../keys.js';
-import type { EndpointRecord } from '../../model.js';
-import { startNetdEverywhere, stopNetd, eventually } from '../netd-hosts.js';
+import { modelKeys } from '../../../tenancy/keys.js';
+import type { EndpointRecord } from '../../../tenancy/records.js';
+import { netdTestbed } from '../netd-hosts.js';
 
 t.test(
   'podman containers on two hosts talk inside their VPC and not across VPCs; podman rm leaves nothing',
   async (t) => {
     if (!requireRoot(t)) return;
-    const dir = mkdtempSync(join(tmpdir(), 'netd-podman-'));
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-    const socketDir = join(dir, 'sock');
-    const bin = join(dir, 'bin');
-    installNetdPlugin(bin, socketDir);
     await withCluster({ hosts: 2 }, async (s) => {
       const d = s.cluster.description;
-      const store = new EtcdStore(d.etcd.client);
-      t.teardown(() => store.close());
-      const ipam = new Ipam({ store, host: 'admin' });
-      for (const [name, tenant, vni] of [
-        ['a', 't1', 700],
-        ['b', 't2', 701],
-      ] as const) {
-        await store.put(netdKeys.vpc(name), JSON.stringify({ name, tenant, mode: 'vxlan', cidr: '10.70.0.0/24', vni }));
-        await ipam.createPool({ name, cidr: '10.70.0.0/24', kind: 'vpc' });
-      }
-      await ipam.createPool({ name: 'ext', cidr: '100.64.0.0/24', kind: 'external' });
-      const daemons = await startNetdEverywhere(s, { dir, socketDir, externalPool: 'ext' });
-      t.teardown(() => stopNetd(daemons));
+      const tb = await netdTestbed(t, s, {
+        label: 'podman',
+        vpcs: [
+          { name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.70.0.0/24', vni: 700 },
+          { name: 'b', tenant: 't2', mode: 'vxlan', cidr: '10.70.0.0/24', vni: 701 },
+        ],
+        externalPool: { name: 'ext', cidr: '100.64.0.0/24' },
+      });
+      const { store, bin } = tb;
       const podman = await Podman.create(s.runner, { pluginDir: bin });
       t.teardown(() => podman.cleanup());
       podman.addNetwork({ name: 'vpc-a', plugins: [{ type: 'netd', vpc: 'a' }] });
@@ -48,7 +33,7 @@ t.test(
       const server = `tn-a2-${uniqueSuffix()}`;
       t.teardown(() => podman.remove(h2, server).catch(() => undefined));
       await podman.run(h2, { name: server, networks: ['vpc-a'], detach: true }, ['sleep', '300']);
-      const records = (await store.list(netdKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
+      const records = (await store.list(modelKeys.endpoints())).kvs.map((kv) => JSON.parse(kv.value) as EndpointRecord);
       t.equal(records.length, 1, 'podman run created one endpoint');
       const target = records[0]!;
       t.equal(target.host, 'h2');
@@ -81,7 +66,7 @@ t.test(
 
       await podman.remove(h2, server);
       t.ok(
-        await eventually(async () => (await store.list(netdKeys.endpoints())).kvs.length === 0, 10_000),
+        await eventually(async () => (await store.list(modelKeys.endpoints())).kvs.length === 0, 10_000),
         'podman rm: no endpoint record left',
       );
       t.same((await store.list('/netd/v1/ipam/handles/')).kvs, [], 'no address left (internal or external)');
@@ -98,7 +83,7 @@ t.test(
           `${h}: no netd link left`,
         );
       }
-      await stopNetd(daemons);
+      await tb.stopAll();
       await store.deletePrefix('/netd/v1/');
       t.same(await s.residue(), []);
     });

@@ -4,14 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
-import { requireRoot } from '../../../test-netns/testing.js';
+import { eventually, requireRoot } from '../../../test-netns/testing.js';
 import { startDaemon, stopDaemon } from '../../../sys/process.js';
-import { EtcdStore } from '../../../store/etcd.js';
-import { Ipam } from '../../../ipam/allocator.js';
-import { attachInternal } from '../../attach.js';
-import { netdKeys } from '../../keys.js';
-import type { EndpointRecord, HostRecord } from '../../model.js';
-import { startNetdEverywhere, stopNetd, eventually } from '../netd-hosts.js';
+import { TcClient } from '../../../sys/tc.js';
+import { attachInternal } from '../direct-attach.js';
+import { modelKeys } from '../../../tenancy/keys.js';
+import { linkNames } from '../../names.js';
+import type { EndpointRecord } from '../../../tenancy/records.js';
+import { netdTestbed } from '../netd-hosts.js';
 
 interface Interval {
   bps: number;
@@ -34,41 +34,40 @@ async function iperf(
     logFile: join(dir, 'server.log'),
   });
   try {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const { stdout } = await s.runner.run({
-          // -O 1: the first second (slow start, filling the bucket) is left out of the summary.
-          argv: [
-            'iperf3',
-            '-c',
-            serverIp,
-            '-p',
-            String(port),
-            '-t',
-            String(seconds),
-            '-O',
-            '1',
-            '-i',
-            '1',
-            '-J',
-            ...(reverse ? ['-R'] : []),
-          ],
-          netns: { name: from },
-          timeoutMs: (seconds + 20) * 1000,
-        });
-        const report = JSON.parse(stdout) as {
-          intervals: Array<{ sum: { bits_per_second: number; omitted: boolean } }>;
-          end: { sum_received: { bits_per_second: number } };
-        };
-        return {
-          intervals: report.intervals.filter((i) => !i.sum.omitted).map((i) => ({ bps: i.sum.bits_per_second })),
-          received: report.end.sum_received.bits_per_second,
-        };
-      } catch (err) {
-        if (attempt > 20) throw err;
-        await sleep(100); // the server is not listening yet
-      }
-    }
+    // iperf3 -s needs a moment to listen: wait for its socket, not for a fixed time.
+    const listening = async () =>
+      (
+        await s.runner.run({ argv: ['ss', '-Htln', 'sport', '=', `:${port}`], netns: { name: serverNetns } })
+      ).stdout.trim() !== '';
+    if (!(await eventually(listening, 10_000, 20))) throw new Error(`iperf3 server on port ${port} did not listen`);
+    const { stdout } = await s.runner.run({
+      // -O 1: the first second (slow start, filling the bucket) is left out of the summary.
+      argv: [
+        'iperf3',
+        '-c',
+        serverIp,
+        '-p',
+        String(port),
+        '-t',
+        String(seconds),
+        '-O',
+        '1',
+        '-i',
+        '1',
+        '-J',
+        ...(reverse ? ['-R'] : []),
+      ],
+      netns: { name: from },
+      timeoutMs: (seconds + 20) * 1000,
+    });
+    const report = JSON.parse(stdout) as {
+      intervals: Array<{ sum: { bits_per_second: number; omitted: boolean } }>;
+      end: { sum_received: { bits_per_second: number } };
+    };
+    return {
+      intervals: report.intervals.filter((i) => !i.sum.omitted).map((i) => ({ bps: i.sum.bits_per_second })),
+      received: report.end.sum_received.bits_per_second,
+    };
   } finally {
     await stopDaemon(server, 1000);
     rmSync(dir, { recursive: true, force: true });
@@ -81,26 +80,14 @@ t.test(
   'QoS: 10, 100 and 500 Mbit/s in each direction within 5%, and a change through etcd takes effect on a running flow',
   async (t) => {
     if (!requireRoot(t)) return;
-    const dir = mkdtempSync(join(tmpdir(), 'netd-qos-'));
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     await withCluster({ hosts: 1 }, async (s) => {
-      const d = s.cluster.description;
-      const store = new EtcdStore(d.etcd.client);
-      t.teardown(() => store.close());
-      await store.put(
-        netdKeys.vpc('a'),
-        JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.90.0.0/24', vni: 900 }),
-      );
-      await new Ipam({ store, host: 'admin' }).createPool({ name: 'a', cidr: '10.90.0.0/24', kind: 'vpc' });
-      const h = s.cluster.host('h1');
-      const host: HostRecord = { name: 'h1', underlayIp: h.underlayIp, uplink: h.uplink, underlayMtu: d.underlay.mtu };
-      const deps = {
-        store,
-        ipam: new Ipam({ store, host: 'h1' }),
-        runner: s.runner,
-        host,
-        hostNetns: { name: h.netns },
-      };
+      const tb = await netdTestbed(t, s, {
+        label: 'qos',
+        vpcs: [{ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.90.0.0/24', vni: 900 }],
+        start: false,
+      });
+      const { store } = tb;
+      const deps = tb.attachDeps('h1');
       const limited = await s.containers.add({ host: 'h1', name: 'lim' });
       const peer = await s.containers.add({ host: 'h1', name: 'peer' });
       const a = await attachInternal(
@@ -112,20 +99,30 @@ t.test(
         deps,
       );
       // netd starts after the CNI side (outside a daemon nothing claims a port while it is wired).
-      const daemons = await startNetdEverywhere(s, { dir, socketDir: join(dir, 'sock') });
-      t.teardown(() => stopNetd(daemons));
+      await tb.start();
       t.ok(
         await eventually(() => s.probe.ping(limited.netns, b.allocation.ip, 500), 20_000),
         'the two containers talk',
       );
 
+      const tc = new TcClient(s.runner, { name: s.cluster.host('h1').netns });
+      const rateOf = async (dev: string) => (await tc.qdiscs(dev)).find((q) => q.kind === 'tbf')?.options?.rate;
+      const port = linkNames.internalPort(a.endpoint.id);
       const setQos = async (mbit: number) => {
-        const key = netdKeys.endpoint('a', a.endpoint.id);
+        const key = modelKeys.endpoint('a', a.endpoint.id);
         const rec = JSON.parse((await store.get(key))!.value) as EndpointRecord;
         await store.put(key, JSON.stringify({ ...rec, qos: { ingressBps: mbit * 1e6, egressBps: mbit * 1e6 } }));
-        await sleep(300); // the daemon's watch and reconcile
+        // The daemon's watch and reconcile: done once tc shows the new rate (bytes/s) both ways.
+        const bytes = (mbit * 1e6) / 8;
+        t.ok(
+          await eventually(
+            async () => (await rateOf(port)) === bytes && (await rateOf(linkNames.ifbFor(port))) === bytes,
+            10_000,
+          ),
+          `${mbit} Mbit/s is in place on ${port} and its ifb`,
+        );
       };
-      let port = 5201;
+      let iperfPort = 5201;
       for (const mbit of [10, 100, 500]) {
         await setQos(mbit);
         for (const [direction, reverse] of [
@@ -134,7 +131,7 @@ t.test(
         ] as const) {
           const started = Date.now();
           const measured =
-            (await iperf(s, limited.netns, peer.netns, b.allocation.ip, 3, reverse, port++)).received / 1e6;
+            (await iperf(s, limited.netns, peer.netns, b.allocation.ip, 3, reverse, iperfPort++)).received / 1e6;
           t.comment(`iperf3 took ${Date.now() - started} ms`);
           const error = Math.abs(measured - mbit) / mbit;
           t.ok(
@@ -148,8 +145,8 @@ t.test(
       // (Raising, not lowering: iperf3's own control connection shares the shaped path, and a sudden
       // tenfold cut can starve its end-of-test exchange.)
       await setQos(10);
-      const flow = iperf(s, limited.netns, peer.netns, b.allocation.ip, 7, false, port++);
-      await sleep(3500);
+      const flow = iperf(s, limited.netns, peer.netns, b.allocation.ip, 7, false, iperfPort++);
+      await sleep(3500); // the flow runs at 10 Mbit/s for a while
       await setQos(100);
       const { intervals } = await flow;
       t.comment(`per-second rates: ${intervals.map((i) => (i.bps / 1e6).toFixed(1)).join(', ')}`);
@@ -160,7 +157,7 @@ t.test(
         `the same flow went from ${before.toFixed(1)} to ${after.toFixed(1)} Mbit/s without reconnecting`,
       );
 
-      await stopNetd(daemons);
+      await tb.stopAll();
       await store.deletePrefix('/netd/v1/');
       await s.containers.remove(limited);
       await s.containers.remove(peer);

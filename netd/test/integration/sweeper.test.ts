@@ -1,19 +1,13 @@
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { withCluster } from '../../../test-netns/harness.js';
-import { requireRoot } from '../../../test-netns/testing.js';
+import { eventually, requireRoot } from '../../../test-netns/testing.js';
 import { IpClient } from '../../../sys/ip.js';
 import { BridgeClient } from '../../../sys/bridge.js';
 import { killDaemon } from '../../../sys/process.js';
-import { EtcdStore } from '../../../store/etcd.js';
-import { Ipam } from '../../../ipam/allocator.js';
-import { installNetdPlugin } from '../../install-cni.js';
-import { netdKeys } from '../../keys.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
-import type { EndpointRecord } from '../../model.js';
-import { startNetd, waitReady, stopNetd, invokePlugin, eventually, type NetdHost } from '../netd-hosts.js';
+import type { EndpointRecord } from '../../../tenancy/records.js';
+import { netdTestbed } from '../netd-hosts.js';
 
 /**
  * A host dies for good: the others drop its FDB entries as soon as its lease expires, and only
@@ -27,33 +21,16 @@ t.test(
   'dead host: FDB dropped at once; records and addresses swept after the grace; a late return cleans its ports',
   async (t) => {
     if (!requireRoot(t)) return;
-    const dir = mkdtempSync(join(tmpdir(), 'netd-sweep-'));
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-    const socketDir = join(dir, 'sock');
-    const bin = join(dir, 'bin');
-    installNetdPlugin(bin, socketDir);
     await withCluster({ hosts: 2 }, async (s) => {
       const d = s.cluster.description;
-      const store = new EtcdStore(d.etcd.client);
-      t.teardown(() => store.close());
-      await store.put(
-        netdKeys.vpc('a'),
-        JSON.stringify({ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.6.0.0/24', vni: 600 }),
-      );
-      const ipam = new Ipam({ store, host: 'admin' });
-      await ipam.createPool({ name: 'a', cidr: '10.6.0.0/24', kind: 'vpc' });
-      const opts = {
-        dir,
-        socketDir,
-        leaseTtl: 2,
-        extraArgs: ['--dead-host-grace', String(GRACE_SECONDS), '--sweep-interval', '0.5'],
-      };
-      const daemons = new Map<string, NetdHost>([
-        ['h1', startNetd(s, 'h1', opts)],
-        ['h2', startNetd(s, 'h2', opts)],
-      ]);
-      t.teardown(() => stopNetd([...daemons.values()]));
-      for (const [h, n] of daemons) t.ok(await waitReady(n), `netd on ${h} ready`);
+      // Asserts "netd on h1 ready", "netd on h2 ready".
+      const tb = await netdTestbed(t, s, {
+        label: 'sweep',
+        vpcs: [{ name: 'a', tenant: 't1', mode: 'vxlan', cidr: '10.6.0.0/24', vni: 600 }],
+        netd: { leaseTtl: 2, extraArgs: ['--dead-host-grace', String(GRACE_SECONDS), '--sweep-interval', '0.5'] },
+      });
+      const { store, ipam } = tb;
+      const daemons = tb.daemons;
 
       const ip = new IpClient(s.runner);
       const ns = { h1: `tn-${d.prefix}-s1`, h2: `tn-${d.prefix}-s2` };
@@ -66,9 +43,9 @@ t.test(
         CNI_IFNAME: 'eth1',
       });
       for (const host of ['h1', 'h2'] as const)
-        t.ok((await invokePlugin(s, bin, host, 'ADD', conf, env(host))).ok, `ADD on ${host}`);
+        t.ok((await tb.plugin(host, 'ADD', conf, env(host))).ok, `ADD on ${host}`);
       const records = async () =>
-        (await store.list(netdKeys.endpoints())).kvs.map((kv) => (JSON.parse(kv.value) as EndpointRecord).host).sort();
+        (await store.list(modelKeys.endpoints())).kvs.map((kv) => (JSON.parse(kv.value) as EndpointRecord).host).sort();
       const handleHosts = async () => (await ipam.handles()).map((h) => h.record.host).sort();
       const h1Fdb = () =>
         new BridgeClient(s.runner, { name: s.cluster.host('h1').netns }).fdb({ dev: linkNames.vxlan(600) });
@@ -98,19 +75,18 @@ t.test(
       );
 
       // h2 comes back late: nothing records its container any more, so its port is an orphan.
-      daemons.set('h2', startNetd(s, 'h2', opts));
-      t.ok(await waitReady(daemons.get('h2')!), 'h2 restarted');
+      await tb.start(['h2']); // asserts "netd on h2 ready"
       const h2Ports = async () =>
         (await new IpClient(s.runner, { name: s.cluster.host('h2').netns }).links()).filter((l) =>
           /^n[ie]/.test(l.ifname),
         ).length;
       t.ok(await eventually(async () => (await h2Ports()) === 0, 15_000), 'h2 removed the port nobody records');
 
-      t.ok((await invokePlugin(s, bin, 'h1', 'DEL', conf, env('h1'))).ok, 'DEL on h1');
-      t.ok((await invokePlugin(s, bin, 'h2', 'DEL', conf, env('h2'))).ok, 'DEL on h2 of what is already gone succeeds');
+      t.ok((await tb.plugin('h1', 'DEL', conf, env('h1'))).ok, 'DEL on h1');
+      t.ok((await tb.plugin('h2', 'DEL', conf, env('h2'))).ok, 'DEL on h2 of what is already gone succeeds');
       t.same(await records(), [], 'no record left');
       t.same(await handleHosts(), [], 'no address left');
-      await stopNetd([...daemons.values()]);
+      await tb.stopAll();
       await store.deletePrefix('/netd/v1/');
     });
   },

@@ -4,7 +4,8 @@ import type { TestContainer } from '../../../test-netns/containers.js';
 import { requireRoot } from '../../../test-netns/testing.js';
 import { IpBatch, IpClient } from '../../../sys/ip.js';
 import { BridgeClient } from '../../../sys/bridge.js';
-import type { EndpointRecord, HostRecord, HostView, VpcRecord } from '../../model.js';
+import type { EndpointRecord, HostRecord, VpcRecord } from '../../../tenancy/records.js';
+import type { HostSnapshot } from '../../model.js';
 import { vxlanMode } from '../../modes/vxlan.js';
 import { reconcile, isEmptyPlan } from '../../dataplane.js';
 import { linkNames } from '../../names.js';
@@ -52,7 +53,7 @@ t.test(
       const b2 = await attach(s, 'h2', 'b2', 'b', '10.0.0.12/24');
       let endpoints = [a1, b1, a2, b2].map((x) => x.record);
       const converge = async (host: string) => {
-        const view: HostView = { self: hosts.get(host)!, hosts, vpcs, endpoints };
+        const view: HostSnapshot = { self: hosts.get(host)!, hosts, vpcs, endpoints };
         const netns = { name: s.cluster.host(host).netns };
         return reconcile(vxlanMode.render(view), {
           ip: new IpClient(s.runner, netns),
@@ -83,12 +84,21 @@ t.test(
         await s.probe.delivered({ from: b1.netns, to: b2.netns, address: '10.0.0.12', protocol: 'tcp', port: 8080 }),
         'b1 -> b2 (tcp), same addresses as VPC a',
       );
-      // The server listens only in a2: from VPC b the same address must not reach it.
+      // The server listens only in a2: from VPC b the same address must not reach it. Judged at the
+      // receivers: b2 (VPC b's 10.0.0.12) refuses b1's connection, which must not count as "a2
+      // dropped it" — so a2 must see none of b1's packets, and b2 must see them.
       const server = await s.probe.serve(a2.netns, 'tcp', '10.0.0.12', 9090);
+      const inA2 = await s.probe.countIn(a2.netns, 'tcp dport 9090');
+      const inB2 = await s.probe.countIn(b2.netns, 'tcp dport 9090');
       try {
-        t.ok(await s.probe.connect(a1.netns, 'tcp', '10.0.0.12', 9090), 'a1 reaches the server in a2');
         t.notOk(await s.probe.connect(b1.netns, 'tcp', '10.0.0.12', 9090, 800), 'b1 does not: another VPC');
+        t.equal(await inA2.read(), 0, 'no packet of b1 reached a2');
+        t.ok((await inB2.read()) > 0, "b1's packets stayed in VPC b: they reached b2, its holder of 10.0.0.12");
+        t.ok(await s.probe.connect(a1.netns, 'tcp', '10.0.0.12', 9090), 'a1 reaches the server in a2');
+        t.ok((await inA2.read()) > 0, "a2's counter sees a1's packets (the same check, able to fail)");
       } finally {
+        await inA2.remove();
+        await inB2.remove();
         await server.stop();
       }
 

@@ -1,12 +1,13 @@
 import t from 'tap';
 import { MemoryStore } from '../../../store/memory.js';
-import { buildApi } from '../../api/app.js';
-import { netdKeys } from '../../keys.js';
+import { buildNetdApi } from '../../api-routes.js';
+import { Ipam } from '../../../ipam/allocator.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 import { NetdMetrics } from '../../metrics.js';
 
 async function setup(t: { teardown(fn: () => unknown): void }) {
   const store = new MemoryStore();
-  const app = buildApi({ store, adminToken: 'admin-secret' });
+  const app = buildNetdApi({ store, pools: new Ipam({ store, host: 'api' }), adminToken: 'admin-secret' });
   t.teardown(async () => {
     await app.close();
     await store.close();
@@ -70,6 +71,19 @@ t.test(
       ['a.web'],
     );
     t.equal((await call('GET', '/v1/vpcs/web', b)).json().id, 'b.web');
+    // The id POST returned addresses the VPC in every route, as its name does; another tenant's id
+    // answers like a VPC that does not exist.
+    t.equal((await call('GET', '/v1/vpcs/a.web', a)).json().id, 'a.web', 'GET by id');
+    t.equal((await call('GET', '/v1/vpcs/a.web/endpoints', a)).statusCode, 200, 'endpoints by id');
+    t.equal((await call('GET', '/v1/vpcs/a.web/cni-config', a)).json().name, 'vpc-a.web', 'cni-config by id');
+    t.equal(
+      (await call('PATCH', '/v1/vpcs/a.web', a, { qos: { ingressBps: 10_000_000 } })).statusCode,
+      200,
+      'PATCH by id',
+    );
+    t.equal((await call('GET', '/v1/vpcs/b.web', a)).statusCode, 404, "another tenant's id: 404");
+    t.equal((await call('GET', '/v1/vpcs/a.web', b)).json().code, 'E_NOT_FOUND');
+    t.equal((await call('GET', '/v1/vpcs/a..web', a)).statusCode, 400, 'a malformed id: 400');
     t.equal((await call('GET', '/v1/vpcs/nope', a)).statusCode, 404);
     t.equal((await call('DELETE', '/v1/vpcs/web', 'b.forged-token')).statusCode, 401);
     for (const body of [
@@ -94,7 +108,7 @@ t.test(
       mac: '02:00:00:00:00:05',
       hostIf: 'ni0123456789',
     };
-    await store.put(netdKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
+    await store.put(modelKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
     t.same((await call('GET', '/v1/vpcs/web/endpoints', a)).json(), [ep]);
     t.same((await call('GET', '/v1/vpcs/web/endpoints', b)).json(), [], "b's web is another VPC");
     const del = await call('DELETE', '/v1/vpcs/web', a);
@@ -104,7 +118,7 @@ t.test(
       qos: { ingressBps: 20_000_000, egressBps: 5_000_000 },
     });
     t.equal(patched.statusCode, 200);
-    t.same(JSON.parse((await store.get(netdKeys.endpoint('a.web', 'c1:eth1')))!.value).qos, {
+    t.same(JSON.parse((await store.get(modelKeys.endpoint('a.web', 'c1:eth1')))!.value).qos, {
       ingressBps: 20_000_000,
       egressBps: 5_000_000,
     });
@@ -113,7 +127,7 @@ t.test(
       name: 'vpc-a.web',
       plugins: [{ type: 'netd', vpc: 'a.web' }],
     });
-    await store.delete(netdKeys.endpoint('a.web', 'c1:eth1'));
+    await store.delete(modelKeys.endpoint('a.web', 'c1:eth1'));
     t.equal((await call('DELETE', '/v1/vpcs/web', a)).statusCode, 204);
     t.equal((await call('GET', '/v1/vpcs/web', a)).statusCode, 404);
     t.equal((await store.list('/netd/v1/ipam/pools/a.web')).kvs.length, 0, 'its address pool went too');
@@ -154,7 +168,7 @@ t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document a
   metrics.observeCni('ADD', 'error', 0.002, 7);
   metrics.observeReconcile('ok', 0.03);
   metrics.countEndpointsWith(() => ({ vpc: 12, external: 3 }));
-  const app = buildApi({ store, adminToken: 'admin-secret', metrics });
+  const app = buildNetdApi({ store, pools: new Ipam({ store, host: 'api' }), adminToken: 'admin-secret', metrics });
   t.teardown(async () => {
     await app.close();
     await store.close();
@@ -179,7 +193,7 @@ t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document a
   const ui = await app.inject({ method: 'GET', url: '/docs' });
   t.equal(ui.statusCode, 200);
   t.match(ui.body, /swagger/i);
-  const none = buildApi({ store, adminToken: 'admin-secret' });
+  const none = buildNetdApi({ store, pools: new Ipam({ store, host: 'api' }), adminToken: 'admin-secret' });
   t.equal((await none.inject({ method: 'GET', url: '/metrics' })).statusCode, 404, 'no metrics without a registry');
   await none.close();
 });
@@ -200,7 +214,7 @@ t.test('VPC default QoS changes through PATCH; modes other than vxlan are refuse
   t.equal(patched.statusCode, 200);
   t.same(patched.json().qos, { ingressBps: 8_000_000 });
   t.same(
-    JSON.parse((await store.get(netdKeys.vpc('a.web')))!.value).qos,
+    JSON.parse((await store.get(modelKeys.vpc('a.web')))!.value).qos,
     { ingressBps: 8_000_000 },
     'stored for the hosts to apply',
   );
@@ -231,9 +245,9 @@ t.test(
       containerId: 'c1',
       ifname: 'eth1',
     };
-    await store.put(netdKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
+    await store.put(modelKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
     await store.put(
-      netdKeys.endpoint('a.web', 'c2:eth1'),
+      modelKeys.endpoint('a.web', 'c2:eth1'),
       JSON.stringify({ ...ep, id: 'c2:eth1', containerId: 'c2', ip: '10.0.0.6' }),
     );
     const ext = {

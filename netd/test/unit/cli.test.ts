@@ -3,8 +3,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MemoryStore } from '../../../store/memory.js';
-import { buildApi } from '../../api/app.js';
-import { NetdApiClient } from '../../api/client.js';
+import { buildNetdApi } from '../../api-routes.js';
+import { Ipam } from '../../../ipam/allocator.js';
+import { NetdApiClient } from '../../../tenancy/api/client.js';
 import { formatTable, parseCommand, parseRate, run, type Invocation } from '../../cli.js';
 
 t.test('rates: bits per second with k/m/g', async (t) => {
@@ -100,7 +101,7 @@ t.test('tables: aligned columns, "-" for missing cells', async (t) => {
 t.test('end to end against the API on a Unix socket: tenant → VPC → list → show → cni-config → delete', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'netdctl-'));
   const store = new MemoryStore();
-  const app = buildApi({ store, adminToken: 'admin-secret-0123456789' });
+  const app = buildNetdApi({ store, pools: new Ipam({ store, host: 'api' }), adminToken: 'admin-secret-0123456789' });
   const socket = join(dir, 'api.sock');
   await app.listen({ path: socket });
   t.teardown(async () => {
@@ -140,9 +141,12 @@ t.test('end to end against the API on a Unix socket: tenant → VPC → list →
     'vpc qos replaces the defaults',
   );
   t.match(JSON.parse(await exec(['cni-config', 'web'], token!)), {
-    cniVersion: '1.0.0',
+    cniVersion: '1.1.0',
     plugins: [{ type: 'netd', vpc: 'acme.web' }],
   });
+  // The id the API returns ("acme.web") works wherever the name does.
+  t.match(await exec(['vpc', 'show', 'acme.web'], token!), /web\s+10\.9\.0\.0\/24/, 'vpc show by id');
+  t.match(JSON.parse(await exec(['cni-config', 'acme.web'], token!)), { name: 'vpc-acme.web' }, 'cni-config by id');
   t.match(JSON.parse(await exec(['cni-config', '--external'], token!)), {
     plugins: [{ type: 'netd', external: true }],
   });

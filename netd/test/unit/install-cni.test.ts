@@ -1,8 +1,10 @@
 import t from 'tap';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { linkSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { installNetdPlugin, patchSocketDir, PLUGIN_BINARY } from '../../install-cni.js';
+import { ownSocketPath } from '../../cni/server.js';
 import { ExecRunner, isCommandError } from '../../../sys/runner.js';
 import { ErrorCodes } from '../../../core/errors.js';
 
@@ -60,3 +62,67 @@ t.test('the built plugin: VERSION without a daemon, code 11 when no daemon liste
     'a spec error with code 11 (try again later)',
   );
 });
+
+t.test(
+  "the built plugin without a daemon: STATUS answers 50, other verbs 11, each in the request's cniVersion",
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'netd-plugin-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const socketDir = join(dir, 'sock');
+    const plugin = installNetdPlugin(join(dir, 'bin'), socketDir);
+    const runner = new ExecRunner();
+    const call = async (command: string, stdin: string) => {
+      const err = await runner
+        .run({
+          argv: [plugin],
+          env: { CNI_COMMAND: command, CNI_CONTAINERID: 'c', CNI_NETNS: '/x', CNI_IFNAME: 'eth0' },
+          stdin,
+        })
+        .then(
+          () => undefined,
+          (e: unknown) => (isCommandError(e) ? e : Promise.reject(e)),
+        );
+      t.equal(err?.exitCode, 1, `${command}: non-zero exit`);
+      return JSON.parse(err?.stdout || '{}') as { cniVersion?: string; code?: number; msg?: string };
+    };
+    const expectations = async (why: string) => {
+      t.match(
+        await call('STATUS', '{"cniVersion":"1.1.0","name":"n","type":"netd"}'),
+        { cniVersion: '1.1.0', code: 50, msg: /not running/ },
+        `${why}: STATUS answers 50 (plugin not available)`,
+      );
+      t.match(
+        await call('ADD', '{\n  "name": "n",\n  "cniVersion" :\t"1.0.0",\n  "type": "netd"\n}'),
+        { cniVersion: '1.0.0', code: 11 },
+        `${why}: ADD answers 11 (try again later) in its version`,
+      );
+      t.match(
+        await call('DEL', '{"prevResult":{"cniVersion":"0.3.1"},"cniVersion":"0.4.0"}'),
+        { cniVersion: '0.4.0', code: 11 },
+        `${why}: the top-level version counts, not prevResult's`,
+      );
+      t.match(
+        await call('ADD', '{"cniVersion":"1.0.0","pad":"' + 'x'.repeat(2 * 1024 * 1024) + '"}'),
+        { cniVersion: '1.0.0', code: 11 },
+        `${why}: an oversized request answers in its version`,
+      );
+      t.match(await call('ADD', '{oops'), { cniVersion: '1.1.0', code: 11 }, `${why}: no version: 1.1.0`);
+      t.match(
+        await call('STATUS', '{"cniVersion":"1.1.0\\"; x"}'),
+        { cniVersion: '1.1.0', code: 50 },
+        `${why}: an unreadable version is not echoed`,
+      );
+    };
+    await expectations('no socket');
+
+    // A socket file nobody listens on (what a SIGKILLed daemon leaves): connection refused.
+    const path = ownSocketPath(socketDir);
+    mkdirSync(socketDir, { recursive: true });
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(path, resolve));
+    linkSync(path, `${path}.kept`);
+    await new Promise<void>((resolve) => server.close(() => resolve())); // unlinks `path`
+    renameSync(`${path}.kept`, path);
+    await expectations('connection refused');
+  },
+);

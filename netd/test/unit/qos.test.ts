@@ -1,5 +1,6 @@
 import t from 'tap';
-import { qosBatch, tbfFor, checkQos, fromBandwidthCapability } from '../../qos.js';
+import { qosBatch, tbfFor, fromBandwidthCapability } from '../../qos.js';
+import { checkQos } from '../../../tenancy/qos.js';
 import { ErrorCodes } from '../../../core/errors.js';
 
 t.test('qos batches: set, change, remove', async (t) => {

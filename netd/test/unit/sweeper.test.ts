@@ -3,7 +3,7 @@ import { MemoryStore } from '../../../store/memory.js';
 import { Ipam } from '../../../ipam/allocator.js';
 import { silentLogger } from '../../../sys/log.js';
 import { agedOut, DeadHostSweeper, SWEEPER_LOCK } from '../../sweeper.js';
-import { netdKeys } from '../../keys.js';
+import { modelKeys } from '../../../tenancy/keys.js';
 
 t.test('agedOut: due only after the grace, unchanged; a change or a return starts over', async (t) => {
   const gone = (rev: bigint) => ({ modRevision: rev, gone: true });
@@ -41,12 +41,12 @@ t.test(
     await admin.createPool({ name: 'other', cidr: '10.2.0.0/24', kind: 'vpc' });
     await admin.createPool({ name: 'ext', cidr: '100.64.0.0/24', kind: 'external' });
     await store.put(
-      netdKeys.vpc('t.web'),
+      modelKeys.vpc('t.web'),
       JSON.stringify({ name: 't.web', tenant: 't', mode: 'vxlan', cidr: '10.1.0.0/24', vni: 5 }),
     );
     const leaseH1 = await store.lease(60);
     const leaseH2 = await store.lease(60);
-    await store.put(netdKeys.host('h1'), '{}', { lease: leaseH1.id });
+    await store.put(modelKeys.host('h1'), '{}', { lease: leaseH1.id });
     // h2 is dead (never registered, or its lease ran out). h9 uses only a pool that is not netd's.
     const onH1 = await new Ipam({ store, host: 'h1' }).allocate({ pool: 't.web', handle: 'c1:eth1' });
     const onH2 = await new Ipam({ store, host: 'h2' }).allocate({ pool: 't.web', handle: 'c2:eth1' });
@@ -55,8 +55,8 @@ t.test(
     await new Ipam({ store, host: 'h9' }).allocate({ pool: 'other', handle: 'c9:eth0' });
     const rec = (host: string, id: string, ip: string) =>
       JSON.stringify({ vpc: 't.web', id, host, ip, mac: '02:00:00:00:00:01', hostIf: 'ni1' });
-    await store.put(netdKeys.endpoint('t.web', 'c1:eth1'), rec('h1', 'c1:eth1', onH1.ip));
-    await store.put(netdKeys.endpoint('t.web', 'c2:eth1'), rec('h2', 'c2:eth1', onH2.ip));
+    await store.put(modelKeys.endpoint('t.web', 'c1:eth1'), rec('h1', 'c1:eth1', onH1.ip));
+    await store.put(modelKeys.endpoint('t.web', 'c2:eth1'), rec('h2', 'c2:eth1', onH2.ip));
 
     const sweeper = (host: string) =>
       new DeadHostSweeper(
@@ -79,27 +79,27 @@ t.test(
     t.same([r.removedRecords, r.releasedAddresses], [[], []], 'nothing before the grace');
     now = 10_000;
     r = await s1.pass(leaseH1);
-    t.same(r.removedRecords, [netdKeys.endpoint('t.web', 'c2:eth1')], "the dead host's record goes");
+    t.same(r.removedRecords, [modelKeys.endpoint('t.web', 'c2:eth1')], "the dead host's record goes");
     t.same(
       r.releasedAddresses.sort(),
       [`t.web/${onH2.ip}`, `t.web/${orphan.ip}`, `ext/${eth0.ip}`].sort(),
       'and its addresses, also those without a record',
     );
-    t.ok(await store.get(netdKeys.endpoint('t.web', 'c1:eth1')), "a live host's record stays");
+    t.ok(await store.get(modelKeys.endpoint('t.web', 'c1:eth1')), "a live host's record stays");
     const left = (await admin.handles()).map((h) => h.record.handle).sort();
     t.same(left, ['c1:eth1', 'c9:eth0'], "live hosts' addresses and addresses in pools that are not netd's stay");
 
     // A leader that dies hands over; the new one starts its grace periods afresh.
     await leaseH1.revoke();
-    await store.put(netdKeys.host('h3'), '{}', { lease: leaseH2.id });
-    await store.put(netdKeys.endpoint('t.web', 'c4:eth1'), rec('h1', 'c4:eth1', '10.1.0.44'));
+    await store.put(modelKeys.host('h3'), '{}', { lease: leaseH2.id });
+    await store.put(modelKeys.endpoint('t.web', 'c4:eth1'), rec('h1', 'c4:eth1', '10.1.0.44'));
     r = await s3.pass(leaseH2);
     t.ok(r.leader, 'h3 took over the lock');
     t.same(r.removedRecords, [], 'and removed nothing on its first pass');
     now = 20_000;
     t.same(
       (await s3.pass(leaseH2)).removedRecords.sort(),
-      [netdKeys.endpoint('t.web', 'c1:eth1'), netdKeys.endpoint('t.web', 'c4:eth1')].sort(),
+      [modelKeys.endpoint('t.web', 'c1:eth1'), modelKeys.endpoint('t.web', 'c4:eth1')].sort(),
       'h1 is dead now: its records go after the grace',
     );
   },

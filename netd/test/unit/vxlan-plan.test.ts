@@ -3,7 +3,7 @@ import { vxlanMode } from '../../modes/vxlan.js';
 import { plan, isEmptyPlan } from '../../dataplane.js';
 import { emptyDesired } from '../../modes/mode.js';
 import { linkNames, OWNED_LINK_RE } from '../../names.js';
-import type { EndpointRecord, HostRecord, VpcRecord } from '../../model.js';
+import type { EndpointRecord, HostRecord, VpcRecord } from '../../../tenancy/records.js';
 import { ErrorCodes } from '../../../core/errors.js';
 
 const hosts = new Map<string, HostRecord>([

@@ -5,7 +5,8 @@ import { findLeader } from '../../../test-netns/etcd.js';
 import { EtcdStore, type EtcdStoreOptions } from '../../etcd.js';
 import { WatchConsumer } from '../../watch-consumer.js';
 import type { WatchEvent } from '../../types.js';
-import { eventually, startSecureEtcd, type TeardownHost } from '../helpers.js';
+import { eventually } from '../../../test-netns/testing.js';
+import { startSecureEtcd, type TeardownHost } from '../helpers.js';
 
 function client(t: TeardownHost, opts: EtcdStoreOptions): EtcdStore {
   const s = new EtcdStore({ callTimeoutMs: 2_000, dialTimeoutMs: 1_000, watchConnectTimeoutMs: 3_000, ...opts });
@@ -97,7 +98,7 @@ t.test(
         `retried failures: ${JSON.stringify(Object.fromEntries(errors))}; ` +
         `committed by an attempt that had failed: ${committedByAnEarlierAttempt}`,
     );
-    await eventually(async () => (await findLeader(servers)) !== undefined, 10_000, 'a new leader');
+    t.ok(await eventually(async () => (await findLeader(servers)) !== undefined, 10_000), 'the others elect a leader');
     const newLeader = await findLeader(servers);
     t.not(newLeader, leader, `a new leader: m${(newLeader ?? -1) + 1}`);
 
@@ -110,10 +111,9 @@ t.test(
     const history = [...truth].sort((a, b) => (a.modRevision < b.modRevision ? -1 : 1));
     const expected = history.map((kv) => `${kv.key}@${kv.modRevision}`);
 
-    await eventually(
-      () => anywhere.consumer.lastAppliedRevision >= history[N - 1]!.modRevision,
-      15_000,
-      'the unpinned consumer to catch up',
+    t.ok(
+      await eventually(() => anywhere.consumer.lastAppliedRevision >= history[N - 1]!.modRevision, 15_000),
+      'the unpinned consumer caught up',
     );
     t.same(
       anywhere.live.map((e) => `${e.kv.key}@${e.kv.modRevision}`),
@@ -123,10 +123,9 @@ t.test(
 
     t.equal(pinned.consumer.status === 'synced', false, 'the consumer pinned to the dead member is not synced');
     await servers[leader]!.restart();
-    await eventually(
-      () => pinned.consumer.lastAppliedRevision >= history[N - 1]!.modRevision,
-      20_000,
-      'the pinned consumer to resume once its member is back',
+    t.ok(
+      await eventually(() => pinned.consumer.lastAppliedRevision >= history[N - 1]!.modRevision, 20_000),
+      'the pinned consumer resumed once its member was back',
     );
     t.same(
       pinned.live.map((e) => `${e.kv.key}@${e.kv.modRevision}`),

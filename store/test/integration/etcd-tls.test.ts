@@ -8,7 +8,8 @@ import { createEtcdPki } from '../../../test-netns/pki.js';
 import { EtcdStore, type EtcdStoreOptions } from '../../etcd.js';
 import { etcdConnection } from '../../etcd-config.js';
 import { storeContract } from '../contract.js';
-import { eventually, startSecureEtcd, type TeardownHost } from '../helpers.js';
+import { eventually } from '../../../test-netns/testing.js';
+import { startSecureEtcd, type TeardownHost } from '../helpers.js';
 import { TcpProxy } from '../tcp-proxy.js';
 
 /** Short deadlines: a refusal or partition must show quickly. */
@@ -160,7 +161,7 @@ t.test('the netd user reads and writes under /netd/ only', async (t) => {
     for await (const b of netd.watch('/netd/', from, ac.signal)) seen.push(...b.events.map((e) => e.kv.key));
   })().catch(() => undefined);
   await root.put('/netd/v1/z', '1');
-  await eventually(() => seen.includes('/netd/v1/z'), 5_000, 'the netd watch to see a write');
+  t.ok(await eventually(() => seen.includes('/netd/v1/z'), 5_000), 'a netd watch inside /netd/ sees a write');
   await root.deletePrefix('/netd/');
   await root.delete('/secret');
 });

@@ -8,7 +8,8 @@ import { EtcdStore } from '../../etcd.js';
 import { WatchConsumer } from '../../watch-consumer.js';
 import type { KV, WatchEvent } from '../../types.js';
 import { storeContract } from '../contract.js';
-import { applyEvents, eventually, retry, sortedKvs, startEtcd, type TeardownHost } from '../helpers.js';
+import { applyEvents, retry, sortedKvs, startEtcd, type TeardownHost } from '../helpers.js';
+import { eventually } from '../../../test-netns/testing.js';
 import { TcpProxy } from '../tcp-proxy.js';
 
 /** Short deadlines: a partition must show up as E_STORE_UNAVAILABLE quickly in tests. */
@@ -78,11 +79,11 @@ t.test('a watch sees every change in order across an etcd restart', async (t) =>
   const N = 50;
   const M = 100;
   for (let i = 1; i <= N; i++) await writer.put(`/r/k${i % 7}`, `v${i}`);
-  await eventually(() => events.length === N, 10_000, `first ${N}`);
+  t.ok(await eventually(() => events.length === N, 10_000), `first ${N}`);
   await server.restart();
   // Writes right after the restart race the consumer's reconnection: it must catch up from history.
   for (let i = N + 1; i <= M; i++) await retry(() => writer.put(`/r/k${i % 7}`, `v${i}`));
-  await eventually(() => events.length >= M, 20_000, `all ${M}`);
+  t.ok(await eventually(() => events.length >= M, 20_000), `all ${M}`);
   t.same(
     events.map((e) => `${e.kv.key}=${e.kv.value}`),
     Array.from({ length: M }, (_, i) => `/r/k${(i + 1) % 7}=v${i + 1}`),
@@ -119,9 +120,8 @@ t.test('after etcd is restored from an older backup, the consumer converges to i
   for (let i = 0; i < 30; i++) await retry(() => writer.put(`/r/b${i}`, 'new'));
   await writer.put('/r/a1', 'changed');
   await writer.delete('/r/a0');
-  await eventually(
-    () => consumer.state().size === 34 && consumer.state().get('/r/a1')?.value === 'changed',
-    10_000,
+  t.ok(
+    await eventually(() => consumer.state().size === 34 && consumer.state().get('/r/a1')?.value === 'changed', 10_000),
     'consumer caught up',
   );
   const ahead = consumer.lastAppliedRevision;
@@ -130,9 +130,8 @@ t.test('after etcd is restored from an older backup, the consumer converges to i
   cpSync(join(backup, 'data'), join(dir, 'data'), { recursive: true });
   await server.restart();
   t.ok((await retry(() => writer.currentRevision())) < ahead, 'the store went back in time');
-  await eventually(
-    () => consumer.lastAppliedRevision < ahead && consumer.status === 'synced',
-    20_000,
+  t.ok(
+    await eventually(() => consumer.lastAppliedRevision < ahead && consumer.status === 'synced', 20_000),
     'rollback resync',
   );
   const truth = (await writer.list('/r/')).kvs;

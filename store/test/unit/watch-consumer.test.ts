@@ -2,7 +2,8 @@ import t from 'tap';
 import { MemoryStore } from '../../memory.js';
 import type { KV, Lease, ListResult, Store, TxnRequest, TxnResult, WatchBatch, WatchEvent } from '../../types.js';
 import { WatchConsumer, type WatchStatus } from '../../watch-consumer.js';
-import { applyEvents, eventually, sortedKvs } from '../helpers.js';
+import { applyEvents, sortedKvs } from '../helpers.js';
+import { eventually } from '../../../test-netns/testing.js';
 
 /** Delegates to a replaceable backend: swapping it simulates etcd restored from an older backup. */
 class SwitchableStore implements Store {
@@ -87,7 +88,7 @@ t.test('a handler that throws gets the same events again, then the consumer goes
   await consumer.start();
   await store.put('/h/1', 'a');
   await store.put('/h/2', 'b');
-  await eventually(() => got.length === 2);
+  t.ok(await eventually(() => got.length === 2), 'both puts arrive');
   t.same(got, ['/h/1', '/h/2'], 'no loss, no duplicate');
   await consumer.stop();
   t.equal(consumer.status, 'stopped');
@@ -113,7 +114,7 @@ t.test('batches at or below the last applied revision are dropped (a replaying s
   backend.setAvailable(false); // forces a re-watch, which replays again
   backend.setAvailable(true);
   await backend.put('/d/new2', 'z');
-  await eventually(() => r.rec.events.length === 2, 5_000, 'two live events');
+  t.ok(await eventually(() => r.rec.events.length === 2, 5_000), 'two live events');
   t.same(
     r.rec.events.map((e) => e.kv.key),
     ['/d/new', '/d/new2'],
@@ -158,7 +159,7 @@ t.test('stop() while the store is unreachable ends start() and the loop', async 
     backoff: { initialMs: 5, maxMs: 10 },
   });
   const started = consumer.start();
-  await eventually(() => consumer.status === 'disconnected');
+  t.ok(await eventually(() => consumer.status === 'disconnected'), 'the consumer reports the outage');
   await consumer.stop();
   await t.resolves(started);
   t.equal(consumer.status, 'stopped');
@@ -183,7 +184,7 @@ t.test('a disconnect resumes from the last applied revision: every change once, 
     if (i % 10 === 0 && i < 30) store.setAvailable(false); // the consumer's client drops; writes go on
     if (i % 10 === 3) store.setAvailable(true);
   }
-  await eventually(() => r.rec.events.length === 30, 5_000, 'all 30');
+  t.ok(await eventually(() => r.rec.events.length === 30, 5_000), 'all 30');
   t.same(
     r.rec.events.map((e) => e.kv.value),
     Array.from({ length: 30 }, (_, i) => `v${i + 1}`),
@@ -224,9 +225,8 @@ t.test('when the store revision goes backwards (restored backup), the consumer r
   original.setAvailable(false); // etcd goes down ...
   store.target = restored; // ... and comes back from the backup
   t.ok((await restored.currentRevision()) < ahead, 'the restored store is behind what the consumer applied');
-  await eventually(
-    () => consumer.lastAppliedRevision < ahead && consumer.status === 'synced',
-    5_000,
+  t.ok(
+    await eventually(() => consumer.lastAppliedRevision < ahead && consumer.status === 'synced', 5_000),
     'rollback resync',
   );
   t.same(sortedKvs(consumer.state()), (await restored.list('/rb/')).kvs, 'state equals the restored store exactly');
@@ -235,6 +235,6 @@ t.test('when the store revision goes backwards (restored backup), the consumer r
 
   // Live again on the restored store, even though its revisions repeat ones seen before.
   await restored.put('/rb/after', 'y');
-  await eventually(() => consumer.state().get('/rb/after')?.value === 'y', 5_000, 'live after rollback');
+  t.ok(await eventually(() => consumer.state().get('/rb/after')?.value === 'y', 5_000), 'live after rollback');
   t.same(r.replayed(), (await restored.list('/rb/')).kvs);
 });

@@ -84,7 +84,7 @@ t.test('ip: deleting several links in one process; only missing links are forgiv
 t.test('ip: proxy neighbour entries (answering ARP for an address on a link)', async (t) => {
   t.equal(
     new IpBatch().proxyNeighReplace('100.64.0.5', 'uplink').proxyNeighDel('fd00::5', 'uplink').render(),
-    'neigh replace proxy 100.64.0.5 dev uplink\nneigh del proxy fd00::5 dev uplink\n',
+    'neigh replace proxy 100.64.0.5 dev uplink\nneigh replace proxy fd00::5 dev uplink\nneigh del proxy fd00::5 dev uplink\n',
   );
   t.throws(() => new IpBatch().proxyNeighReplace('100.64.0.5\nlink del x', 'uplink'), {
     code: ErrorCodes.INVALID_INPUT,
@@ -195,7 +195,7 @@ t.test('tc: shaping both directions renders one batch', async (t) => {
     [
       'qdisc replace dev c-1 root tbf rate 10000000bit burst 20000 latency 50ms',
       'qdisc replace dev c-1 handle ffff: ingress',
-      'filter replace dev c-1 parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred egress redirect dev ifb-c1',
+      'filter replace dev c-1 parent ffff: protocol all prio 1 handle 800::800 u32 match u32 0 0 action mirred egress redirect dev ifb-c1',
       'qdisc replace dev ifb-c1 root tbf rate 5000000bit burst 10000 latency 20ms',
       '',
     ].join('\n'),

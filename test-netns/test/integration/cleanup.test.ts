@@ -1,12 +1,11 @@
 import t, { type Test } from 'tap';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { findLeaks } from '../../leaks.js';
 import { teardownCluster } from '../../cluster.js';
-import { requireRoot, uniqueSuffix } from '../../testing.js';
+import { eventually, requireRoot, uniqueSuffix } from '../../testing.js';
 import { ExecRunner } from '../../../sys/runner.js';
 import { startDaemon, type DaemonHandle } from '../../../sys/process.js';
 
@@ -27,12 +26,8 @@ function startSession(t: Test, prefix: string, mode: 'throw' | 'wait'): Session 
 }
 
 async function waitForLine(session: Session, line: string): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (readFileSync(session.log, 'utf8').includes(line)) return;
-    await sleep(20);
-  }
-  throw new Error(`session did not print "${line}"`);
+  if (!(await eventually(() => readFileSync(session.log, 'utf8').includes(line), 30_000, 20)))
+    throw new Error(`session did not print "${line}"`);
 }
 
 t.test('a session that throws mid-test leaves nothing behind', async (t) => {

@@ -5,9 +5,10 @@ import { withCluster } from '../../harness.js';
 import { teardownCluster } from '../../cluster.js';
 import { findLeader } from '../../etcd.js';
 import { EtcdStore } from '../../../store/etcd.js';
-import { eventually } from '../../../store/test/helpers.js';
+
 import { findLeaks } from '../../leaks.js';
-import { requireRoot, uniqueSuffix } from '../../testing.js';
+import { eventually, requireRoot, scratchNetns, uniqueSuffix } from '../../testing.js';
+import { pathsIntoCluster } from '../../exposure.js';
 import { ExecRunner } from '../../../sys/runner.js';
 
 const runner = new ExecRunner();
@@ -42,8 +43,44 @@ t.test('three hosts reach each other over the underlay, and nothing is left afte
     // Probes must be able to fail: nothing listens / nobody has this address.
     t.notOk(await probe.ping(h1.netns, '10.77.0.99', 500), 'an unused underlay address does not answer');
     t.notOk(await probe.connect(h1.netns, 'tcp', h2.underlayIp, 5999, 500), 'tcp to a closed port is not delivered');
-    // The fabric is in its own namespace: the root namespace has no route to the underlay.
-    t.notOk(await probe.ping('', '10.77.0.11', 500).catch(() => false), 'root namespace cannot reach the underlay');
+    // The fabric is in its own namespace: the root namespace has no way into the underlay. Judged
+    // from its tables (no packet: one from the root namespace to 10.77.x would leave the machine).
+    t.same(await pathsIntoCluster(runner, cluster.description), [], 'the root namespace has no way into the underlay');
+    // The check sees a way in where there is one: a scratch namespace (not the root one) wired
+    // into the fabric, that really reaches a host through it.
+    const control = await scratchNetns(t, runner);
+    t.same(await pathsIntoCluster(runner, cluster.description, control), [], 'control: a fresh namespace has none');
+    const fabric = { name: cluster.description.fabric.netns };
+    await runner.run({
+      argv: ['ip', 'link', 'add', 'ctl0', 'type', 'veth', 'peer', 'name', 'uplink', 'netns', control],
+      netns: fabric,
+    });
+    await runner.run({
+      argv: ['ip', 'link', 'set', 'ctl0', 'master', cluster.description.fabric.bridge, 'up'],
+      netns: fabric,
+    });
+    await runner.run({ argv: ['ip', 'addr', 'add', '10.77.0.250/24', 'dev', 'uplink'], netns: { name: control } });
+    await runner.run({ argv: ['ip', 'link', 'set', 'uplink', 'up'], netns: { name: control } });
+    t.ok(await probe.ping(control, h1.underlayIp), 'control: the wired namespace reaches h1 through the fabric');
+    const found = await pathsIntoCluster(runner, cluster.description, control);
+    t.match(
+      found,
+      [
+        `link uplink has its other end in ${cluster.description.fabric.netns}`,
+        /^address 10\.77\.0\.250\/24 on uplink is in the underlay/,
+      ],
+      'control: the check finds the link and the address',
+    );
+    t.ok(
+      found.some((f) => /^route 10\.77\.0\.0\/24 dev uplink goes through a link into the cluster/.test(f)),
+      'control: and the route',
+    );
+    t.ok(
+      found.includes(`a packet for ${h1.underlayIp} would leave through uplink, into the cluster`),
+      'control: and where a packet for h1 would go',
+    );
+    await runner.run({ argv: ['ip', 'link', 'del', 'ctl0'], netns: fabric }); // takes both ends
+    await runner.run({ argv: ['ip', 'netns', 'del', control] });
     t.same(await residue(), [], 'no residue while up');
   });
   t.same(await findLeaks({ prefix, runner }), [], 'down leaves nothing');
@@ -132,7 +169,7 @@ t.test(
       t.teardown(() => store.close());
       const follower = members.findIndex((_, i) => i !== leader);
       cluster.etcdMember(follower).kill();
-      await eventually(() => !cluster.etcdMember(follower).running(), 5_000, 'the member to die');
+      t.ok(await eventually(() => !cluster.etcdMember(follower).running(), 5_000), 'the member is gone');
       // A quorum is left: writes succeed (a call that hits the dead member moves on to the next one).
       for (let i = 0; i < 10; i++) await store.put(`/netd/after${i}`, 'x');
       t.equal((await store.list('/netd/after')).kvs.length, 10, 'all ten writes landed with one member down');

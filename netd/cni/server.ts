@@ -1,8 +1,8 @@
 import { createServer, type Server } from 'node:net';
 import { chmodSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Logger } from '../sys/log.js';
-import type { CniReply } from './cni-handler.js';
+import type { Logger } from '../../sys/log.js';
+import { CniErrorCodes, requestedCniVersion, type CniReply } from '../../core/cni.js';
 
 /**
  * The daemon's CNI endpoint: a root-only Unix socket named after the daemon's network namespace
@@ -10,9 +10,10 @@ import type { CniReply } from './cni-handler.js';
  * that namespace's inode, and so always reaches the daemon of its own host — also when several
  * virtual hosts share one filesystem.
  *
- * Wire format (chosen so a POSIX sh plugin can speak it without parsing JSON): the request is the
- * CNI_* environment as KEY=VALUE lines, an empty line, then the network config until EOF; the
- * reply is the exit status on the first line, then what the plugin prints.
+ * Wire format (plain lines, so the plugin — a small C program, netd/plugin/netd-cni.c — needs no
+ * JSON parser): the request is the CNI_* environment as KEY=VALUE lines, an empty line, then the
+ * network config until EOF; the reply is the exit status on the first line, then what the plugin
+ * prints. Errors answered here, before or instead of the handler, carry the request's cniVersion.
  */
 
 export const SOCKET_DIR = '/run/netd';
@@ -57,16 +58,20 @@ export async function startCniServer(opts: {
       if (size <= MAX_REQUEST) chunks.push(c);
     });
     sock.on('end', () => {
+      // Past the limit, `chunks` holds the request's beginning: enough to read its cniVersion.
+      const { env, stdin } = parseRequest(Buffer.concat(chunks).toString('utf8'));
+      const fail = (code: number, msg: string): void => {
+        sock.end(`1\n${JSON.stringify({ cniVersion: requestedCniVersion(stdin), code, msg })}\n`);
+      };
       if (size > MAX_REQUEST) {
-        sock.end(`1\n${JSON.stringify({ cniVersion: '1.0.0', code: 6, msg: `request over ${MAX_REQUEST} bytes` })}\n`);
+        fail(CniErrorCodes.DECODE_FAILURE, `request over ${MAX_REQUEST} bytes`);
         return;
       }
-      const { env, stdin } = parseRequest(Buffer.concat(chunks).toString('utf8'));
       void opts.handle(env, stdin).then(
         (reply) => sock.end(`${reply.exitCode}\n${reply.stdout}`),
         (err: unknown) => {
           opts.logger.error({ err: String(err) }, 'CNI handler crashed');
-          sock.end(`1\n${JSON.stringify({ cniVersion: '1.0.0', code: 999, msg: 'netd internal error' })}\n`);
+          fail(CniErrorCodes.INTERNAL, 'netd internal error');
         },
       );
     });

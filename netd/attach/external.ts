@@ -1,0 +1,98 @@
+import { IpBatch, type IpClient } from '../../sys/ip.js';
+import { SysctlClient } from '../../sys/sysctl.js';
+import type { CommandRunner, NetnsTarget } from '../../sys/runner.js';
+import { modelKeys } from '../../tenancy/keys.js';
+import { endpointId, type ExternalEndpointRecord, type HostRecord, type QosSpec } from '../../tenancy/records.js';
+import type { ExternalMode } from '../external.js';
+import { linkNames } from '../names.js';
+import { proxyClaim } from '../port-claims.js';
+import { endpointMac } from './internal.js';
+import type { InterfacePlan } from './template.js';
+
+/**
+ * eth0, the external interface: an address from the external pool as a /32, a default route via a
+ * link-local gateway that the host answers by proxy ARP (Calico's trick: no per-container gateway
+ * address, no bridge), and a /32 host route to the container. In `routed` mode the host also
+ * answers ARP for the container's address on its uplink (see ../external.ts for how the pool
+ * leaves the host). Nothing of a VPC is reachable this way: VPC bridges carry no address.
+ */
+
+export const LINK_LOCAL_GATEWAY = '169.254.1.1';
+
+export interface ExternalRequest {
+  containerId: string;
+  ifname: string;
+  netnsPath: string;
+  mac?: string;
+  ip?: string;
+  qos?: QosSpec;
+}
+
+export function externalPlan(
+  req: ExternalRequest,
+  ctx: {
+    self: HostRecord;
+    pool: string;
+    mode: ExternalMode;
+    runner: CommandRunner;
+    hostNetns?: NetnsTarget;
+    hostIp: IpClient;
+  },
+): InterfacePlan<ExternalEndpointRecord> {
+  const { self } = ctx;
+  const id = endpointId({ host: self.name, containerId: req.containerId, ifname: req.ifname });
+  const hostIf = linkNames.externalPort(id);
+  const mac = (req.mac ?? endpointMac(id)).toLowerCase();
+  const routed = ctx.mode === 'routed';
+  return {
+    kind: 'external',
+    id,
+    containerId: req.containerId,
+    ifname: req.ifname,
+    netnsPath: req.netnsPath,
+    pool: ctx.pool,
+    recordKey: modelKeys.external(self.name, id),
+    hostIf,
+    mtu: self.underlayMtu,
+    // eth0 is IPv4 (a /32 behind the IPv4 link-local gateway).
+    ipv4Only: true,
+    creationMac: mac,
+    macFor: () => mac,
+    ...(req.qos && { qos: req.qos }),
+    ...(req.ip !== undefined && { ip: req.ip }),
+    record: (a) => ({
+      id,
+      host: self.name,
+      pool: ctx.pool,
+      ip: a.ip,
+      mac,
+      hostIf,
+      containerId: req.containerId,
+      ifname: req.ifname,
+      netns: req.netnsPath,
+      ...(req.qos && { qos: req.qos }),
+    }),
+    // The host answers ARP for the link-local gateway on this port (an explicit proxy entry).
+    onHost: (b) => b.add('neigh', 'replace', 'proxy', LINK_LOCAL_GATEWAY, 'dev', hostIf),
+    onHostWithAddress: (b, a) => {
+      b.routeReplace(`${a.ip}/32`, { dev: hostIf, scope: 'link' });
+      if (routed) b.proxyNeighReplace(a.ip, self.uplink);
+    },
+    onAddress: (a, hold, undo) => {
+      if (!routed) return;
+      // The uplink's entry for this address is this ADD's until it answers (not an orphan).
+      hold(proxyClaim(a.ip));
+      undo.push('remove uplink proxy entry', () =>
+        ctx.hostIp.applyForgivingMissing(new IpBatch().proxyNeighDel(a.ip, self.uplink)),
+      );
+    },
+    inside: (b, a) =>
+      b
+        .addrAdd(`${a.ip}/32`, req.ifname)
+        .routeReplace(`${LINK_LOCAL_GATEWAY}/32`, { dev: req.ifname, scope: 'link' })
+        .routeReplace('default', { via: LINK_LOCAL_GATEWAY, dev: req.ifname, onlink: true }),
+    // The host answers the container's ARP for the gateway at once (proxy replies are otherwise
+    // delayed up to proxy_delay, 0.8 s: a slow first packet). Calico does the same on its ports.
+    finish: () => new SysctlClient(ctx.runner, ctx.hostNetns).set(`net.ipv4.neigh.${hostIf}.proxy_delay`, 0),
+  };
+}

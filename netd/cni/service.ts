@@ -1,0 +1,301 @@
+import { AppError, ErrorCodes } from '../../core/errors.js';
+import { parseIp } from '../../core/cidr.js';
+import {
+  CniErrorCodes,
+  CniFailure,
+  serveCniCall,
+  validAttachments,
+  type CniReply,
+  type CniRequest,
+  type CniResult,
+} from '../../core/cni.js';
+import { IpBatch, IpClient } from '../../sys/ip.js';
+import type { CommandRunner, NetnsTarget } from '../../sys/runner.js';
+import type { Logger } from '../../sys/log.js';
+import type { Store } from '../../store/types.js';
+import { checkSegment } from '../../ipam/keys.js';
+import { modelKeys } from '../../tenancy/keys.js';
+import {
+  endpointId,
+  type AttachmentRecord,
+  type HostRecord,
+  type QosSpec,
+  type VpcRecord,
+} from '../../tenancy/records.js';
+import type { Attached, Attacher } from '../attach/template.js';
+import { internalPlan } from '../attach/internal.js';
+import { externalPlan, LINK_LOCAL_GATEWAY } from '../attach/external.js';
+import type { ExternalMode } from '../external.js';
+import type { HostView } from '../host-view.js';
+import type { NetdMetrics } from '../metrics.js';
+import { linkNames } from '../names.js';
+import { fromBandwidthCapability } from '../qos.js';
+import type { Reconciler } from '../reconciler.js';
+
+/**
+ * The CNI verbs, served by the daemon on behalf of the thin `netd` plugin (cni/plugin). A network
+ * config names the VPC it attaches to, or the external network:
+ *
+ *   { "cniVersion": "1.1.0", "name": "vpc-acme.web", "type": "netd", "vpc": "acme.web" }
+ *   { "cniVersion": "1.1.0", "name": "external", "type": "netd", "external": true }
+ *
+ * Reads come from the host's view (etcd watches), writes go through the attacher; while etcd is
+ * away DEL and CHECK are still served from the last known state and ADD answers "try again".
+ */
+
+export interface CniServiceDeps {
+  self: HostRecord;
+  store: Store;
+  runner: CommandRunner;
+  hostNetns?: NetnsTarget;
+  view: HostView;
+  reconciler: Reconciler;
+  attacher: Attacher;
+  /** The external (eth0) network of this host; networks with "external": true need it. */
+  external?: { pool: string; mode: ExternalMode };
+  metrics?: NetdMetrics;
+  logger: Logger;
+}
+
+export class CniService {
+  private readonly hostIp: IpClient;
+
+  constructor(private readonly deps: CniServiceDeps) {
+    this.hostIp = new IpClient(deps.runner, deps.hostNetns);
+  }
+
+  async handle(env: Record<string, string | undefined>, stdin: string): Promise<CniReply> {
+    const started = performance.now();
+    const reply = await serveCniCall(env, stdin, (req) =>
+      req.config.external === true ? this.external(req) : this.internal(req),
+    );
+    const verb = reply.request?.command ?? 'invalid';
+    this.deps.metrics?.observeCni(
+      verb,
+      reply.exitCode === 0 ? 'ok' : 'error',
+      (performance.now() - started) / 1000,
+      reply.error?.code,
+    );
+    return { exitCode: reply.exitCode, stdout: reply.stdout };
+  }
+
+  // ---- eth1: a VPC ---------------------------------------------------------------------------
+
+  private async internal(req: CniRequest): Promise<unknown> {
+    const vpcId = vpcOf(req);
+    switch (req.command) {
+      case 'ADD': {
+        this.requireSynced();
+        const vpc = await this.vpc(vpcId);
+        const plan = internalPlan(
+          { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, vpc, ...requested(req) },
+          this.deps.self,
+          this.deps.reconciler.bridgeUp(vpc.vni),
+        );
+        const done = await this.deps.attacher.attach(plan);
+        await this.settled(plan.recordKey, plan.hostIf, done);
+        return addResult(req, done, { address: done.allocation.cidr }, []);
+      }
+      case 'DEL': {
+        const id = this.idOf(req);
+        const key = modelKeys.endpoint(vpcId, id);
+        await this.deps.attacher.detach({ id, recordKey: key, hostIf: linkNames.internalPort(id), pool: vpcId });
+        return undefined;
+      }
+      case 'CHECK':
+        return this.check(req, modelKeys.endpoint(vpcId, this.idOf(req)));
+      case 'STATUS':
+        return this.status();
+      case 'GC': {
+        const keep = this.keep(req);
+        for (const e of this.deps.view.localEndpoints()) {
+          if (e.vpc !== vpcId || keep.has(e.id)) continue;
+          await this.deps.attacher.detach({
+            id: e.id,
+            recordKey: modelKeys.endpoint(vpcId, e.id),
+            hostIf: e.hostIf,
+            pool: vpcId,
+          });
+        }
+        return undefined;
+      }
+      default:
+        throw new AppError(ErrorCodes.INTERNAL, `unhandled CNI command ${String(req.command)}`);
+    }
+  }
+
+  // ---- eth0: the external network ------------------------------------------------------------
+
+  private async external(req: CniRequest): Promise<unknown> {
+    const external = this.deps.external;
+    if (!external) {
+      throw new CniFailure(
+        CniErrorCodes.INVALID_NETWORK_CONFIG,
+        'this host has no external network (netd runs without --external-pool)',
+      );
+    }
+    const { self } = this.deps;
+    switch (req.command) {
+      case 'ADD': {
+        this.requireSynced();
+        const plan = externalPlan(
+          { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, ...requested(req) },
+          {
+            self,
+            pool: external.pool,
+            mode: external.mode,
+            runner: this.deps.runner,
+            hostIp: this.hostIp,
+            ...(this.deps.hostNetns && { hostNetns: this.deps.hostNetns }),
+          },
+        );
+        const done = await this.deps.attacher.attach(plan);
+        // eth0 is on no bridge and the ADD routed it and applied its limits: nothing to wait for.
+        await this.settled(plan.recordKey, plan.hostIf, { ...done, joinedBridge: true });
+        const ip = done.allocation.ip;
+        return addResult(req, done, { address: `${ip}/32`, gateway: LINK_LOCAL_GATEWAY }, [
+          { dst: '0.0.0.0/0', gw: LINK_LOCAL_GATEWAY },
+        ]);
+      }
+      case 'DEL':
+        return this.detachExternal(this.idOf(req), external);
+      case 'CHECK':
+        return this.check(req, modelKeys.external(self.name, this.idOf(req)));
+      case 'STATUS':
+        return this.status();
+      case 'GC': {
+        const keep = this.keep(req);
+        for (const e of this.deps.view.localExternals()) if (!keep.has(e.id)) await this.detachExternal(e.id, external);
+        return undefined;
+      }
+      default:
+        throw new AppError(ErrorCodes.INTERNAL, `unhandled CNI command ${String(req.command)}`);
+    }
+  }
+
+  private async detachExternal(id: string, external: { pool: string; mode: ExternalMode }): Promise<undefined> {
+    const key = modelKeys.external(this.deps.self.name, id);
+    // Routed: the uplink stops answering for the address in the batch that deletes the pair, before
+    // the address can go to someone else.
+    let address: string | undefined;
+    if (external.mode === 'routed') address = (await this.record(key))?.ip;
+    const uplink = this.deps.self.uplink;
+    await this.deps.attacher.detach({
+      id,
+      recordKey: key,
+      hostIf: linkNames.externalPort(id),
+      pool: external.pool,
+      ...(address !== undefined && { extraHostLines: (b: IpBatch) => b.proxyNeighDel(address, uplink) }),
+    });
+    return undefined;
+  }
+
+  // ---- shared --------------------------------------------------------------------------------
+
+  /** The endpoint id of this request: this host, the runtime's container id and interface. */
+  private idOf(req: CniRequest): string {
+    return endpointId({
+      host: this.deps.self.name,
+      containerId: checkSegment('containerId', req.containerId),
+      ifname: req.ifname,
+    });
+  }
+
+  /** GC: the ids of the attachments the runtime still has, on this host. */
+  private keep(req: CniRequest): Set<string> {
+    return new Set(validAttachments(req.config).map((a) => endpointId({ host: this.deps.self.name, ...a })));
+  }
+
+  /** After an ADD: the record is part of the view at once; its port is complete or converged now. */
+  private async settled(key: string, hostIf: string, done: Attached<AttachmentRecord>): Promise<void> {
+    this.deps.view.note(key, done.record);
+    const complete = this.deps.reconciler.noteWired(hostIf, {
+      joinedBridge: done.joinedBridge,
+      ...(done.qosApplied && { qos: done.qosApplied }),
+    });
+    if (!complete) await this.deps.reconciler.converge();
+  }
+
+  /** CHECK: the recorded attachment is complete (served from the last known view while etcd is away). */
+  private async check(req: CniRequest, key: string): Promise<undefined> {
+    const record = await this.record(key);
+    if (!record)
+      throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no attachment for ${req.containerId}/${req.ifname}`);
+    const why = await this.deps.attacher.whyNotWired({ ...record, netns: req.netns, ifname: req.ifname });
+    if (why)
+      throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `${req.ifname} in ${req.netns}: ${why} (${record.ip})`);
+    return undefined;
+  }
+
+  private status(): undefined {
+    if (!this.deps.view.synced) {
+      throw new CniFailure(CniErrorCodes.PLUGIN_NOT_AVAILABLE, 'netd is not in sync with etcd; ADD would fail');
+    }
+    return undefined;
+  }
+
+  /** ADD needs etcd: while netd is out of sync with it, the runtime is told to try again. */
+  private requireSynced(): void {
+    if (!this.deps.view.synced) {
+      throw new CniFailure(CniErrorCodes.TRY_AGAIN_LATER, 'netd is not in sync with etcd (unreachable?); try again');
+    }
+  }
+
+  /** A record from the view (last known, in sync or not); from etcd only when the view cannot tell. */
+  private async record(key: string): Promise<AttachmentRecord | undefined> {
+    const known = this.deps.view.lastKnown(key);
+    if (known || this.deps.view.synced) return known;
+    const kv = await this.deps.store.get(key).catch(() => undefined);
+    return kv ? (JSON.parse(kv.value) as AttachmentRecord) : undefined;
+  }
+
+  private async vpc(id: string): Promise<VpcRecord> {
+    const known = this.deps.view.vpc(id);
+    if (known) return known;
+    throw new AppError(ErrorCodes.NOT_FOUND, `no VPC "${id}"`, { vpc: id });
+  }
+}
+
+function vpcOf(req: CniRequest): string {
+  const vpc = req.config.vpc;
+  if (typeof vpc !== 'string' || vpc === '') {
+    throw new CniFailure(
+      CniErrorCodes.INVALID_NETWORK_CONFIG,
+      'network config needs "vpc": the id of the VPC to attach to',
+    );
+  }
+  return checkSegment('vpc', vpc);
+}
+
+/** Static address, MAC and rate limits asked for by the runtime, checked before anything is touched. */
+function requested(req: CniRequest): { ip?: string; mac?: string; qos?: QosSpec } {
+  const ips = req.config.runtimeConfig?.ips;
+  const ip = Array.isArray(ips) && typeof ips[0] === 'string' ? ips[0].split('/')[0] : req.args.IP;
+  const mac = typeof req.config.runtimeConfig?.mac === 'string' ? req.config.runtimeConfig.mac : req.args.MAC;
+  if (mac !== undefined && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(mac)) {
+    throw new CniFailure(CniErrorCodes.INVALID_NETWORK_CONFIG, `"${mac}" is not a MAC address`);
+  }
+  if (ip !== undefined) parseIp(ip);
+  const qos = fromBandwidthCapability(req.config.runtimeConfig?.bandwidth);
+  return { ...(ip !== undefined && { ip }), ...(mac !== undefined && { mac }), ...(qos && { qos }) };
+}
+
+/**
+ * The ADD result: every interface the attachment made — the host end of the veth (no sandbox) and
+ * the container's — so plugins chained after netd (bandwidth, portmap, tuning, firewall) find both.
+ */
+function addResult(
+  req: CniRequest,
+  done: Attached<AttachmentRecord>,
+  ip: { address: string; gateway?: string },
+  routes: Array<{ dst: string; gw?: string }>,
+): CniResult {
+  const legacy = req.config.cniVersion.startsWith('0.');
+  return {
+    cniVersion: req.config.cniVersion,
+    interfaces: [{ name: done.record.hostIf }, { name: req.ifname, mac: done.record.mac, sandbox: req.netns }],
+    ips: [{ ...(legacy && { version: ip.address.includes(':') ? '6' : '4' }), ...ip, interface: 1 }],
+    routes,
+    dns: {},
+  };
+}

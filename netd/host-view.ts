@@ -1,0 +1,96 @@
+import type { Logger } from '../sys/log.js';
+import type { Store } from '../store/types.js';
+import { WatchedRecords } from '../store/watched-records.js';
+import { PodMap } from '../tenancy/pod-map.js';
+import { modelKeys } from '../tenancy/keys.js';
+import type {
+  AttachmentRecord,
+  EndpointRecord,
+  ExternalEndpointRecord,
+  HostRecord,
+  VpcRecord,
+} from '../tenancy/records.js';
+import type { HostSnapshot } from './model.js';
+
+/**
+ * The cluster as one host's netd sees it, fed by etcd watches: the pod map (VPCs, endpoints), the
+ * registered hosts, and this host's external (eth0) endpoints. The last known state stays
+ * readable while etcd is away; `synced` says whether it is current. Records this daemon writes
+ * enter the view at once (note), so their watch echoes change nothing.
+ */
+export class HostView {
+  readonly pods: PodMap;
+  readonly hosts: WatchedRecords<HostRecord>;
+  readonly externals: WatchedRecords<ExternalEndpointRecord>;
+
+  constructor(
+    readonly self: HostRecord,
+    deps: { store: Store; logger?: Logger },
+  ) {
+    this.pods = new PodMap(deps);
+    this.hosts = new WatchedRecords({ ...deps, prefix: modelKeys.hosts() });
+    this.externals = new WatchedRecords({ ...deps, prefix: modelKeys.hostExternals(self.name) });
+  }
+
+  async start(): Promise<void> {
+    await Promise.all([this.pods.start(), this.hosts.start(), this.externals.start()]);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([this.pods.stop(), this.hosts.stop(), this.externals.stop()]);
+  }
+
+  get synced(): boolean {
+    return this.pods.synced && this.hosts.synced && this.externals.synced;
+  }
+
+  onChange(cb: () => void): void {
+    this.pods.onChange(cb);
+    this.hosts.onChange(cb);
+    this.externals.onChange(cb);
+  }
+
+  vpc(id: string): VpcRecord | undefined {
+    return this.pods.vpc(id);
+  }
+
+  localEndpoints(): EndpointRecord[] {
+    return [...this.pods.endpoints.values()].filter((e) => e.host === this.self.name);
+  }
+
+  localExternals(): ExternalEndpointRecord[] {
+    return [...this.externals.values()];
+  }
+
+  /**
+   * A record (endpoint or external) as etcd holds it now, answered from memory when the view is
+   * in sync (null: there is none); undefined when only etcd can tell. Saves a read on every ADD.
+   */
+  current(key: string): AttachmentRecord | null | undefined {
+    if (!this.synced) return undefined;
+    return this.lastKnown(key) ?? null;
+  }
+
+  /** The record as last seen, in sync or not (what DEL and CHECK serve from while etcd is away). */
+  lastKnown(key: string): AttachmentRecord | undefined {
+    return this.pods.endpoints.get(key) ?? this.externals.get(key);
+  }
+
+  /** A record this daemon wrote (or deleted: undefined), known before its watch event arrives. */
+  note(key: string, record: AttachmentRecord | undefined): void {
+    const map = key.startsWith(modelKeys.externals()) ? this.externals : this.pods.endpoints;
+    if (record) map.note(key, record as never);
+    else map.forget(key);
+  }
+
+  snapshot(): HostSnapshot {
+    const hosts = new Map([...this.hosts.values()].map((h) => [h.name, h]));
+    hosts.set(this.self.name, this.self);
+    const vpcs = new Map([...this.pods.vpcs.values()].map((v) => [v.name, v]));
+    return { self: this.self, hosts, vpcs, endpoints: [...this.pods.endpoints.values()] };
+  }
+
+  counts(): { vpc: number; external: number } {
+    return { vpc: this.localEndpoints().length, external: this.externals.size };
+  }
+}

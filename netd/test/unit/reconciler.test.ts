@@ -1,0 +1,147 @@
+import t from 'tap';
+import { IpBatch, IpClient } from '../../../sys/ip.js';
+import { modelKeys } from '../../../tenancy/keys.js';
+import type { EndpointRecord } from '../../../tenancy/records.js';
+import { eventually } from '../../../test-netns/testing.js';
+import { internalPlan } from '../../attach/internal.js';
+import { Attacher } from '../../attach/template.js';
+import { HostView } from '../../host-view.js';
+import { vxlanMode } from '../../modes/vxlan.js';
+import { linkNames } from '../../names.js';
+import { Reconciler } from '../../reconciler.js';
+import { fakeHost, H1, OTHER, SELF, VPC } from '../fake-host.js';
+
+/** The reconciler on a fake kernel, fed by a real HostView over an in-memory etcd. */
+
+const REMOTE: EndpointRecord = {
+  vpc: VPC.name,
+  id: 'h2:r1:eth1',
+  host: 'h2',
+  ip: '10.20.0.9',
+  mac: '02:2a:0a:14:00:09',
+  hostIf: linkNames.internalPort('h2:r1:eth1'),
+};
+
+async function setup(t: { teardown(fn: () => unknown): void }) {
+  const h = await fakeHost();
+  await h.store.put(modelKeys.host('h2'), JSON.stringify(OTHER));
+  await h.store.put(modelKeys.endpoint(VPC.name, REMOTE.id), JSON.stringify(REMOTE));
+  const view = new HostView(SELF, { store: h.store });
+  await view.start();
+  const reconciler = new Reconciler({ view, runner: h.kernel, netns: H1, mode: vxlanMode, logger: h.logger });
+  t.teardown(async () => {
+    await reconciler.stop();
+    await view.stop();
+    await h.close();
+  });
+  // A local container attached the way the daemon does it (the view learns of the record).
+  const c = h.container();
+  const plan = internalPlan({ containerId: 'c1', ifname: 'eth1', netnsPath: c.netnsPath, vpc: VPC }, SELF, undefined);
+  const attacher = new Attacher({
+    store: h.store,
+    ipam: h.ipam,
+    runner: h.kernel,
+    self: SELF,
+    hostNetns: H1,
+    claims: reconciler.claims,
+    deferred: h.deferred,
+    records: view,
+    logger: h.logger,
+  });
+  const done = await attacher.attach(plan);
+  return { h, view, reconciler, plan, done, attacher };
+}
+
+const mutations = (lines: string[]) => lines.filter((l) => / (add|del|replace|append|set) /.test(l));
+
+t.test('a run builds the VPC on the host from the view; the next run sends nothing', async (t) => {
+  const { h, reconciler, plan } = await setup(t);
+  await reconciler.converge();
+  const host = h.kernel.dump(H1);
+  const br = linkNames.bridge(42);
+  const vx = linkNames.vxlan(42);
+  t.ok(
+    host.links.some((l) => l.startsWith(`${br} bridge up`)),
+    'the VPC bridge',
+  );
+  t.ok(
+    host.links.some((l) => l.startsWith(`${vx} vxlan up mtu 1450`) && l.includes(`master ${br}`)),
+    'its VXLAN device on it',
+  );
+  t.ok(
+    host.links.some((l) => l.startsWith(plan.hostIf) && l.includes(`master ${br}`)),
+    'the local port joined it',
+  );
+  t.same(
+    host.fdb.filter((f) => f.includes(vx)).sort(),
+    [`00:00:00:00:00:00 dev ${vx} dst 192.0.2.12`, `${REMOTE.mac} dev ${vx} dst 192.0.2.12`].sort(),
+    'flood entry and the remote MAC, towards h2',
+  );
+  t.same(
+    host.neighbours.filter((n) => n.includes(vx)),
+    [`10.20.0.9 dev ${vx} lladdr ${REMOTE.mac} PERMANENT`],
+    'ARP suppression entry',
+  );
+  const before = h.kernel.commandLines().length;
+  await reconciler.converge();
+  t.same(mutations(h.kernel.commandLines().slice(before)), [], 'converged: a second run changes nothing');
+  t.equal(reconciler.runs, 2);
+});
+
+t.test('orphans of ours go, claimed names and other links stay', async (t) => {
+  const { h, reconciler } = await setup(t);
+  const ip = new IpClient(h.kernel, H1);
+  await ip.apply(
+    new IpBatch().linkAddVeth('ni0000000001', 'x1').linkAddVeth('ni0000000002', 'x2').linkAddBridge('keepme'),
+  );
+  const release = reconciler.claims.claim('ni0000000002');
+  await reconciler.converge();
+  t.equal(await ip.link('ni0000000001'), undefined, 'an unrecorded, unclaimed port is removed');
+  t.ok(await ip.link('ni0000000002'), 'a port an ADD has claimed stays');
+  t.ok(await ip.link('keepme'), "a link that is not netd's stays");
+  release();
+  await reconciler.converge();
+  t.equal(await ip.link('ni0000000002'), undefined, 'once released, it is an orphan like any other');
+});
+
+t.test('rate limits: applied on change only, re-applied after a restart without piling up filters', async (t) => {
+  const { h, view, reconciler, plan } = await setup(t);
+  const key = modelKeys.endpoint(VPC.name, plan.id);
+  const record = JSON.parse((await h.store.get(key))!.value) as EndpointRecord;
+  await h.store.put(key, JSON.stringify({ ...record, qos: { ingressBps: 8_000_000, egressBps: 16_000_000 } }));
+  t.ok(await eventually(async () => view.localEndpoints()[0]?.qos !== undefined, 2000), 'the view follows the change');
+  await reconciler.converge();
+  const qdiscs = () => h.kernel.dump(H1).qdiscs;
+  const port = plan.hostIf;
+  const ifb = linkNames.ifbFor(port);
+  t.ok(
+    qdiscs().some((q) => q.startsWith(`${port} root stab overhead -14 tbf rate 8000000bit`)),
+    'into the container: 8 Mbit/s on the port',
+  );
+  t.ok(
+    qdiscs().some((q) => q.startsWith(`${ifb} root stab overhead -14 tbf rate 16000000bit`)),
+    'out of it: 16 Mbit/s on its ifb',
+  );
+  const before = h.kernel.commandLines().length;
+  await reconciler.converge();
+  t.notOk(
+    h.kernel
+      .commandLines()
+      .slice(before)
+      .some((l) => l.startsWith('tc ')),
+    'unchanged limits send no tc command',
+  );
+
+  // A restarted daemon does not know what it applied: it applies again, which must be idempotent.
+  const restarted = new Reconciler({ view, runner: h.kernel, netns: H1, mode: vxlanMode, logger: h.logger });
+  t.teardown(() => restarted.stop());
+  await restarted.converge();
+  t.equal(qdiscs().filter((q) => q.startsWith(`${port} ingress filter`)).length, 1, 'still one redirect filter');
+  await h.store.put(key, JSON.stringify(record));
+  t.ok(await eventually(async () => view.localEndpoints()[0]?.qos === undefined, 2000));
+  await restarted.converge();
+  t.notOk(
+    qdiscs().some((q) => q.startsWith(port)),
+    'limits removed: the port is unshaped',
+  );
+});
