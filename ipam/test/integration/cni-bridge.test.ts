@@ -11,6 +11,7 @@ import { IpClient } from '../../../sys/ip.js';
 import { isCommandError, type CommandRunner } from '../../../sys/runner.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../allocator.js';
+import { endpointId } from '../../../tenancy/records.js';
 
 const PLUGIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'netd-ipam.js');
 const REFERENCE = '/usr/lib/cni';
@@ -87,7 +88,7 @@ t.test(
       );
       t.ok(await probe.ping(c1.netns, '10.30.0.1'), 'and reaches its gateway on the bridge');
       t.same(
-        (await ipam.getHandle('c1:eth0')).map((h) => h.ip),
+        (await ipam.getHandle(endpointId({ host: 'h1', containerId: 'c1', ifname: 'eth0' }))).map((h) => h.ip),
         [address.split('/')[0]],
         'etcd records the owner',
       );
@@ -104,7 +105,11 @@ t.test(
 
       t.ok((await cni(inv, 'bridge', 'DEL', conf('1.0.0'), env1)).ok, 'DEL');
       t.ok((await cni(inv, 'bridge', 'DEL', conf('1.0.0'), env1)).ok, 'DEL twice');
-      t.same(await ipam.getHandle('c1:eth0'), [], 'address released');
+      t.same(
+        await ipam.getHandle(endpointId({ host: 'h1', containerId: 'c1', ifname: 'eth0' })),
+        [],
+        'address released',
+      );
       await containers.remove(c1);
       t.ok((await cni(inv, 'bridge', 'DEL', conf('1.0.0'), env1)).ok, 'DEL after the netns is gone');
 
@@ -121,10 +126,18 @@ t.test(
         {},
       );
       t.ok(gcKeep.ok);
-      t.equal((await ipam.getHandle('c2:eth0')).length, 1, 'a listed attachment is kept');
+      t.equal(
+        (await ipam.getHandle(endpointId({ host: 'h1', containerId: 'c2', ifname: 'eth0' }))).length,
+        1,
+        'a listed attachment is kept',
+      );
       const gc = await cni(inv, 'netd-ipam', 'GC', { ...conf('1.1.0'), 'cni.dev/valid-attachments': [] }, {});
       t.ok(gc.ok, `GC: ${JSON.stringify(gc.out)}`);
-      t.same(await ipam.getHandle('c2:eth0'), [], 'GC released the attachment the runtime no longer lists');
+      t.same(
+        await ipam.getHandle(endpointId({ host: 'h1', containerId: 'c2', ifname: 'eth0' })),
+        [],
+        'GC released the attachment the runtime no longer lists',
+      );
       await containers.remove(c2);
 
       const status = await cni(inv, 'netd-ipam', 'STATUS', conf('1.1.0'), {});
