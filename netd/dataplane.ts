@@ -122,7 +122,7 @@ export function plan(desired: DesiredL2, actual: DesiredL2, protect: ReadonlySet
   }
   for (const [key, n] of actual.neighbours) {
     if (!desired.neighbours.has(key) && desired.vxlans.has(n.dev) && !recreated.has(n.dev))
-      neighbours.neighDel(n.ip, n.dev);
+      neighbours.neighDel(n.ip, n.dev, n.mac);
   }
   for (const [key, f] of actual.fdb) {
     if (!desired.fdb.has(key) && desired.vxlans.has(f.dev) && !recreated.has(f.dev))

@@ -7,7 +7,7 @@ t.test('qos batches: set, change, remove', async (t) => {
   t.same(qosBatch('ni1', 'nq1', { ingressBps: 10_000_000, egressBps: 5_000_000 }, undefined).lines, [
     'qdisc replace dev ni1 root stab overhead -14 tbf rate 10000000bit burst 32768 latency 50ms',
     'qdisc replace dev ni1 handle ffff: ingress',
-    'filter replace dev ni1 parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred egress redirect dev nq1',
+    'filter replace dev ni1 parent ffff: protocol all prio 1 handle 800::800 u32 match u32 0 0 action mirred egress redirect dev nq1',
     'qdisc replace dev nq1 root stab overhead -14 tbf rate 5000000bit burst 32768 latency 50ms',
   ]);
   t.same(
