@@ -97,19 +97,35 @@ export class CniService {
         return addResult(req, done, { address: done.allocation.cidr }, []);
       }
       case 'DEL': {
-        const id = this.idOf(req);
-        const key = modelKeys.endpoint(vpcId, id);
-        await this.deps.attacher.detach({ id, recordKey: key, hostIf: linkNames.internalPort(id), pool: vpcId });
+        const ids = [
+          this.idOf(req),
+          ...this.olderIds(
+            req,
+            this.deps.view.localEndpoints().filter((e) => e.vpc === vpcId),
+          ),
+        ];
+        for (const id of ids) {
+          await this.deps.attacher.detach({
+            id,
+            recordKey: modelKeys.endpoint(vpcId, id),
+            hostIf: linkNames.internalPort(id),
+            pool: vpcId,
+          });
+        }
         return undefined;
       }
       case 'CHECK':
-        return this.check(req, modelKeys.endpoint(vpcId, this.idOf(req)));
+        return this.check(
+          req,
+          modelKeys.endpoint(vpcId, this.idOf(req)),
+          this.deps.view.localEndpoints().filter((e) => e.vpc === vpcId),
+        );
       case 'STATUS':
         return this.status();
       case 'GC': {
         const keep = this.keep(req);
         for (const e of this.deps.view.localEndpoints()) {
-          if (e.vpc !== vpcId || keep.has(e.id)) continue;
+          if (e.vpc !== vpcId || keep(e)) continue;
           await this.deps.attacher.detach({
             id: e.id,
             recordKey: modelKeys.endpoint(vpcId, e.id),
@@ -158,14 +174,17 @@ export class CniService {
         ]);
       }
       case 'DEL':
-        return this.detachExternal(this.idOf(req), external);
+        for (const id of [this.idOf(req), ...this.olderIds(req, this.deps.view.localExternals())]) {
+          await this.detachExternal(id, external);
+        }
+        return undefined;
       case 'CHECK':
-        return this.check(req, modelKeys.external(self.name, this.idOf(req)));
+        return this.check(req, modelKeys.external(self.name, this.idOf(req)), this.deps.view.localExternals());
       case 'STATUS':
         return this.status();
       case 'GC': {
         const keep = this.keep(req);
-        for (const e of this.deps.view.localExternals()) if (!keep.has(e.id)) await this.detachExternal(e.id, external);
+        for (const e of this.deps.view.localExternals()) if (!keep(e)) await this.detachExternal(e.id, external);
         return undefined;
       }
       default:
@@ -201,9 +220,26 @@ export class CniService {
     });
   }
 
-  /** GC: the ids of the attachments the runtime still has, on this host. */
-  private keep(req: CniRequest): Set<string> {
-    return new Set(validAttachments(req.config).map((a) => endpointId({ host: this.deps.self.name, ...a })));
+  /**
+   * GC: whether a local record is one of the attachments the runtime still has. Matched by
+   * container id and interface (which every record netd writes carries), so records written under
+   * an older id form are kept alike.
+   */
+  private keep(req: CniRequest): (r: AttachmentRecord) => boolean {
+    const valid = new Set(validAttachments(req.config).map((a) => `${a.containerId}\0${a.ifname}`));
+    const ids = new Set(validAttachments(req.config).map((a) => endpointId({ host: this.deps.self.name, ...a })));
+    return (r) => ids.has(r.id) || valid.has(`${r.containerId}\0${r.ifname}`);
+  }
+
+  /**
+   * Ids of this attachment's records under an older id form (`<containerId>:<ifname>`, before ids
+   * carried the host): a DEL after an upgrade finds them too, so no host needs draining first.
+   */
+  private olderIds(req: CniRequest, local: readonly AttachmentRecord[]): string[] {
+    const current = this.idOf(req);
+    return local
+      .filter((r) => r.id !== current && r.containerId === req.containerId && r.ifname === req.ifname)
+      .map((r) => r.id);
   }
 
   /** After an ADD: the record is part of the view at once; its port is complete or converged now. */
@@ -217,8 +253,9 @@ export class CniService {
   }
 
   /** CHECK: the recorded attachment is complete (served from the last known view while etcd is away). */
-  private async check(req: CniRequest, key: string): Promise<undefined> {
-    const record = await this.record(key);
+  private async check(req: CniRequest, key: string, local: readonly AttachmentRecord[]): Promise<undefined> {
+    const record =
+      (await this.record(key)) ?? local.find((r) => r.containerId === req.containerId && r.ifname === req.ifname);
     if (!record)
       throw new CniFailure(CniErrorCodes.CONTAINER_UNKNOWN, `no attachment for ${req.containerId}/${req.ifname}`);
     const why = await this.deps.attacher.whyNotWired({ ...record, netns: req.netns, ifname: req.ifname });

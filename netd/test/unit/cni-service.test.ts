@@ -160,3 +160,57 @@ t.test(
     t.ok((await d.call('ADD', 'a3', conf)).ok, 'ADD works again');
   },
 );
+
+t.test('records an older netd wrote (ids without the host) are still found by DEL, CHECK and GC', async (t) => {
+  const h = await fakeHost();
+  t.teardown(() => h.close());
+  const d = await daemonOn(t, h, SELF, h.kernel);
+  h.container('old1');
+  h.container('old2');
+  // What the previous netd left: a record under "<containerId>:<ifname>" and its port, wired.
+  const legacy = async (c: string) => {
+    const id = `${c}:eth1`;
+    const ip = c === 'old1' ? '10.20.0.50' : '10.20.0.51';
+    await h.ipam.allocate({ pool: VPC.name, handle: id, ip, owner: { containerId: c, ifname: 'eth1' } });
+    const hostIf = linkNames.internalPort(id);
+    await new IpClient(h.kernel, { name: 'h1' }).apply(
+      new IpBatch().linkAddVeth(hostIf, 'eth1', { peerNetns: `/run/netns/${c}` }).linkSet(hostIf, { up: true }),
+    );
+    await new IpClient(h.kernel, { name: c }).apply(
+      new IpBatch().linkSet('eth1', { up: true }).addrAdd(`${ip}/24`, 'eth1'),
+    );
+    const record = {
+      vpc: VPC.name,
+      id,
+      host: 'h1',
+      ip,
+      mac: '02:00:00:00:00:50',
+      hostIf,
+      containerId: c,
+      ifname: 'eth1',
+      netns: `/run/netns/${c}`,
+    };
+    await h.store.put(modelKeys.endpoint(VPC.name, id), JSON.stringify(record));
+    return record;
+  };
+  const one = await legacy('old1');
+  await legacy('old2');
+  t.ok(await eventually(async () => d.view.localEndpoints().length === 2, 2000));
+  t.ok((await d.call('CHECK', 'old1', conf)).ok, 'CHECK finds the old record');
+  const gc = await d.call('GC', '', {
+    ...conf,
+    'cni.dev/valid-attachments': [
+      { containerID: 'old1', ifname: 'eth1' },
+      { containerID: 'old2', ifname: 'eth1' },
+    ],
+  });
+  t.ok(gc.ok);
+  t.equal((await h.store.list(modelKeys.vpcEndpoints(VPC.name))).kvs.length, 2, 'GC keeps the listed old attachments');
+  t.ok((await d.call('DEL', 'old1', conf)).ok, 'DEL');
+  t.equal(await h.store.get(modelKeys.endpoint(VPC.name, one.id)), undefined, 'its old record is gone');
+  t.same(await h.ipam.getHandle(one.id), [], 'its address released');
+  t.notOk(
+    h.kernel.dump({ name: 'h1' }).links.some((l) => l.startsWith(one.hostIf)),
+    'its port removed',
+  );
+});
