@@ -46,6 +46,7 @@ export function externalPlan(
   const routed = ctx.mode === 'routed';
   return {
     kind: 'external',
+    logContext: { pool: ctx.pool },
     id,
     containerId: req.containerId,
     ifname: req.ifname,

@@ -53,6 +53,7 @@ export function internalPlan(
   const qos = req.qos ?? vpc.qos;
   return {
     kind: 'vpc',
+    logContext: { tenant: vpc.tenant, vpc: vpc.name },
     id,
     containerId: req.containerId,
     ifname: req.ifname,

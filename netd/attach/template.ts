@@ -24,6 +24,8 @@ import { removePort, wireVeth } from './veth.js';
 export interface InterfacePlan<R extends AttachmentRecord> {
   /** For logs: 'vpc' or 'external'. */
   kind: string;
+  /** More log fields (tenant, vpc, pool). */
+  logContext?: Record<string, string>;
   /** Endpoint id: also the ipam handle of its address. */
   id: string;
   containerId: string;
@@ -105,7 +107,12 @@ export class Attacher {
 
   async attach<R extends AttachmentRecord>(plan: InterfacePlan<R>): Promise<Attached<R>> {
     const { deps } = this;
-    const log = deps.logger.child({ kind: plan.kind, container: plan.containerId, ifname: plan.ifname });
+    const log = deps.logger.child({
+      kind: plan.kind,
+      ...plan.logContext,
+      container: plan.containerId,
+      ifname: plan.ifname,
+    });
     // A DEL of this endpoint that etcd could not take yet goes first (else it could free our address).
     await deps.deferred.settle(plan.id);
     const existing = await this.lookup(plan.recordKey);
