@@ -24,15 +24,19 @@ export class HostRegistration {
 
   async register(): Promise<void> {
     const lease = await this.deps.store.lease(this.deps.ttlSeconds);
+    try {
+      await this.deps.store.put(modelKeys.host(this.self.name), JSON.stringify(this.self), { lease: lease.id });
+    } catch (err) {
+      // A lease kept alive for nothing would hold nothing but etcd's memory: give it back.
+      await lease.revoke().catch(() => lease.release());
+      throw err;
+    }
     this.current = lease;
     lease.onLost((err) => {
       if (this.stopped) return;
       this.deps.logger.warn({ err: err.message }, 'host lease lost; registering again');
-      void this.register().catch((e: unknown) =>
-        this.deps.logger.error({ err: describeError(e) }, 're-registration failed'),
-      );
+      void this.registerUntilDone();
     });
-    await this.deps.store.put(modelKeys.host(this.self.name), JSON.stringify(this.self), { lease: lease.id });
   }
 
   /**
