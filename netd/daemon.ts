@@ -82,7 +82,8 @@ export class NetdDaemon {
     const { store, runner, ipam } = deps;
     this.registration = new HostRegistration(self, { store, ttlSeconds: opts.leaseTtlSeconds ?? 10, logger: this.log });
     this.view = new HostView(self, { store, ...(deps.logger && { logger: deps.logger }) });
-    this.deferred = new DeferredStoreWork(this.log);
+    // While the view is out of sync with etcd, etcd steps are queued at once (no deadline to wait out).
+    this.deferred = new DeferredStoreWork(this.log, 500, () => this.view.synced);
     this.reconciler = new Reconciler({
       view: this.view,
       runner,

@@ -44,12 +44,19 @@ export async function startCniServer(opts: {
   handle: (env: Record<string, string>, stdin: string) => Promise<CniReply>;
   logger: Logger;
 }): Promise<Server> {
-  mkdirSync(join(opts.path, '..'), { recursive: true, mode: 0o700 });
+  const dir = join(opts.path, '..');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // Root only, also when the directory existed before (mkdir keeps an existing one's mode): the
+  // socket accepts anyone who can reach it, and the socket's own chmod comes after listen().
+  chmodSync(dir, 0o700);
   rmSync(opts.path, { force: true }); // a socket file left by a previous run of this daemon
   // Half-open: the plugin closes its side after the request and still waits for the reply.
   const server = createServer({ allowHalfOpen: true }, (sock) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    // A plugin that never finishes sending is dropped; once the request is in, the handler's own
+    // deadlines bound it (the plugin gives up after 130 s: an idle timeout here would cut a slow
+    // ADD's answer while the ADD went on).
     sock.setTimeout(60_000, () => sock.destroy());
     sock.on('error', () => undefined);
     sock.on('data', (c: Buffer) => {
@@ -58,6 +65,7 @@ export async function startCniServer(opts: {
       if (size <= MAX_REQUEST) chunks.push(c);
     });
     sock.on('end', () => {
+      sock.setTimeout(0);
       // Past the limit, `chunks` holds the request's beginning: enough to read its cniVersion.
       const { env, stdin } = parseRequest(Buffer.concat(chunks).toString('utf8'));
       const fail = (code: number, msg: string): void => {

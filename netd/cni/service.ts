@@ -1,4 +1,5 @@
 import { AppError, ErrorCodes } from '../../core/errors.js';
+import { KeyedLock } from '../../core/keyed-lock.js';
 import { parseIp } from '../../core/cidr.js';
 import {
   CniErrorCodes,
@@ -18,6 +19,7 @@ import { modelKeys } from '../../tenancy/keys.js';
 import {
   endpointId,
   type AttachmentRecord,
+  type ExternalEndpointRecord,
   type HostRecord,
   type QosSpec,
   type VpcRecord,
@@ -59,6 +61,8 @@ export interface CniServiceDeps {
 
 export class CniService {
   private readonly hostIp: IpClient;
+  /** Calls for one attachment never interleave (a runtime retrying an ADD still running, a DEL racing it). */
+  private readonly attachments = new KeyedLock();
 
   constructor(private readonly deps: CniServiceDeps) {
     this.hostIp = new IpClient(deps.runner, deps.hostNetns);
@@ -66,9 +70,10 @@ export class CniService {
 
   async handle(env: Record<string, string | undefined>, stdin: string): Promise<CniReply> {
     const started = performance.now();
-    const reply = await serveCniCall(env, stdin, (req) =>
-      req.config.external === true ? this.external(req) : this.internal(req),
-    );
+    const reply = await serveCniCall(env, stdin, (req) => {
+      const serve = () => (req.config.external === true ? this.external(req) : this.internal(req));
+      return req.command === 'ADD' || req.command === 'DEL' ? this.attachments.with(lockKey(req), serve) : serve();
+    });
     const verb = reply.request?.command ?? 'invalid';
     this.deps.metrics?.observeCni(
       verb,
@@ -93,7 +98,7 @@ export class CniService {
           this.deps.reconciler.bridgeUp(vpc.vni),
         );
         const done = await this.deps.attacher.attach(plan);
-        await this.settled(plan.recordKey, plan.hostIf, done);
+        await this.settled(plan.recordKey, plan.hostIf, done, linkNames.bridge(vpc.vni));
         return addResult(req, done, { address: done.allocation.cidr }, []);
       }
       case 'DEL': {
@@ -124,14 +129,18 @@ export class CniService {
         return this.status();
       case 'GC': {
         const keep = this.keep(req);
-        for (const e of this.deps.view.localEndpoints()) {
-          if (e.vpc !== vpcId || keep(e)) continue;
-          await this.deps.attacher.detach({
-            id: e.id,
-            recordKey: modelKeys.endpoint(vpcId, e.id),
-            hostIf: e.hostIf,
-            pool: vpcId,
-          });
+        for (const e of this.collectable(
+          this.deps.view.localEndpoints().filter((x) => x.vpc === vpcId),
+          keep,
+        )) {
+          await this.attachments.with(lockKey(e), () =>
+            this.deps.attacher.detach({
+              id: e.id,
+              recordKey: modelKeys.endpoint(vpcId, e.id),
+              hostIf: e.hostIf,
+              pool: vpcId,
+            }),
+          );
         }
         return undefined;
       }
@@ -143,13 +152,17 @@ export class CniService {
   // ---- eth0: the external network ------------------------------------------------------------
 
   private async external(req: CniRequest): Promise<unknown> {
-    const external = this.deps.external;
-    if (!external) {
+    const configured = this.deps.external;
+    // DEL, CHECK and GC work from the records (their pool included) even if the external network
+    // was switched off since: a runtime's DEL must still succeed and free what it held.
+    const needsPool = req.command === 'ADD' || req.command === 'STATUS';
+    if (!configured && needsPool) {
       throw new CniFailure(
         CniErrorCodes.INVALID_NETWORK_CONFIG,
         'this host has no external network (netd runs without --external-pool)',
       );
     }
+    const external = configured ?? { pool: '', mode: 'nat' as const };
     const { self } = this.deps;
     switch (req.command) {
       case 'ADD': {
@@ -175,7 +188,7 @@ export class CniService {
       }
       case 'DEL':
         for (const id of [this.idOf(req), ...this.olderIds(req, this.deps.view.localExternals())]) {
-          await this.detachExternal(id, external);
+          await this.detachExternal(id);
         }
         return undefined;
       case 'CHECK':
@@ -184,7 +197,9 @@ export class CniService {
         return this.status();
       case 'GC': {
         const keep = this.keep(req);
-        for (const e of this.deps.view.localExternals()) if (!keep(e)) await this.detachExternal(e.id, external);
+        for (const e of this.collectable(this.deps.view.localExternals(), keep)) {
+          await this.attachments.with(lockKey(e), () => this.detachExternal(e.id));
+        }
         return undefined;
       }
       default:
@@ -192,21 +207,31 @@ export class CniService {
     }
   }
 
-  private async detachExternal(id: string, external: { pool: string; mode: ExternalMode }): Promise<undefined> {
+  private async detachExternal(id: string): Promise<undefined> {
     const key = modelKeys.external(this.deps.self.name, id);
-    // Routed: the uplink stops answering for the address in the batch that deletes the pair, before
-    // the address can go to someone else.
-    let address: string | undefined;
-    if (external.mode === 'routed') address = (await this.record(key))?.ip;
+    const record = (await this.record(key)) as ExternalEndpointRecord | undefined;
+    // The uplink stops answering for the address (routed mode) in the batch that deletes the pair,
+    // before the address can go to someone else; in NAT mode there is no entry and this is a no-op.
+    const address = record?.ip;
     const uplink = this.deps.self.uplink;
     await this.deps.attacher.detach({
       id,
       recordKey: key,
       hostIf: linkNames.externalPort(id),
-      pool: external.pool,
+      // The record's pool; without a record, whatever pool the handle holds an address in.
+      ...((record?.pool ?? this.deps.external?.pool) && { pool: record?.pool ?? this.deps.external!.pool }),
       ...(address !== undefined && { extraHostLines: (b: IpBatch) => b.proxyNeighDel(address, uplink) }),
     });
     return undefined;
+  }
+
+  /**
+   * GC: the local records not to keep. Records without a container id were not written by a CNI
+   * ADD (another tool's): not the runtime's to collect. Ports an ADD is wiring right now are not
+   * collected either (its record is in the view before it is in etcd).
+   */
+  private collectable<R extends AttachmentRecord>(local: readonly R[], keep: (r: AttachmentRecord) => boolean): R[] {
+    return local.filter((r) => r.containerId !== undefined && !keep(r) && !this.deps.reconciler.claims.has(r.hostIf));
   }
 
   // ---- shared --------------------------------------------------------------------------------
@@ -243,13 +268,23 @@ export class CniService {
   }
 
   /** After an ADD: the record is part of the view at once; its port is complete or converged now. */
-  private async settled(key: string, hostIf: string, done: Attached<AttachmentRecord>): Promise<void> {
+  private async settled(key: string, hostIf: string, done: Attached<AttachmentRecord>, bridge?: string): Promise<void> {
     this.deps.view.note(key, done.record);
     const complete = this.deps.reconciler.noteWired(hostIf, {
       joinedBridge: done.joinedBridge,
       ...(done.qosApplied && { qos: done.qosApplied }),
     });
-    if (!complete) await this.deps.reconciler.converge();
+    if (complete || bridge === undefined) return;
+    // The port still needs its bridge: one reconcile run, then this port is judged alone (an
+    // unrelated failure elsewhere on the host is not this ADD's).
+    await this.deps.reconciler.converge();
+    const port = await this.hostIp.link(hostIf);
+    if (port?.master !== bridge) {
+      throw new CniFailure(
+        CniErrorCodes.TRY_AGAIN_LATER,
+        `${hostIf} is not on ${bridge} yet${this.deps.reconciler.lastError ? ` (${this.deps.reconciler.lastError})` : ''}`,
+      );
+    }
   }
 
   /** CHECK: the recorded attachment is complete (served from the last known view while etcd is away). */
@@ -291,6 +326,11 @@ export class CniService {
     if (known) return known;
     throw new AppError(ErrorCodes.NOT_FOUND, `no VPC "${id}"`, { vpc: id });
   }
+}
+
+/** The lock of one attachment: the runtime's container id and interface (on this host). */
+function lockKey(a: { containerId?: string; ifname?: string }): string {
+  return `${a.containerId ?? ''}\0${a.ifname ?? ''}`;
 }
 
 function vpcOf(req: CniRequest): string {
