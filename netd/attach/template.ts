@@ -1,7 +1,7 @@
 import { describeError } from '../../core/errors.js';
 import { IpClient, type IpBatch, type IpBatchLane } from '../../sys/ip.js';
 import { TcClient } from '../../sys/tc.js';
-import type { CommandRunner, NetnsTarget } from '../../sys/runner.js';
+import { isCommandError, type CommandRunner, type NetnsTarget } from '../../sys/runner.js';
 import type { Logger } from '../../sys/log.js';
 import type { Store } from '../../store/types.js';
 import type { Allocation, Ipam } from '../../ipam/allocator.js';
@@ -132,6 +132,11 @@ export class Attacher {
     const undo = new UndoStack();
     const releases = [deps.claims.claim(plan.hostIf)];
     if (plan.qos?.egressBps !== undefined) releases.push(deps.claims.claim(linkNames.ifbFor(plan.hostIf)));
+    // The record this call writes: a retry keeps the limits a tenant set on the attachment since.
+    const build = (a: Allocation): R => {
+      const r = plan.record(a);
+      return existing?.qos && !r.qos ? { ...r, qos: existing.qos } : r;
+    };
     let record: R | undefined;
     try {
       const inside = new IpClient(deps.runner, { path: plan.netnsPath });
@@ -161,7 +166,7 @@ export class Attacher {
               ...(plan.ip !== undefined && { ip: plan.ip }),
               // The record goes into the allocation's transaction: one etcd write per ADD.
               alsoWrite: (a) => {
-                const r = plan.record(a);
+                const r = build(a);
                 deps.records?.note(plan.recordKey, r);
                 return { key: plan.recordKey, value: JSON.stringify(r) };
               },
@@ -170,12 +175,14 @@ export class Attacher {
               undo.push('release address', () =>
                 this.deferStore(plan.id, 'release address', () => deps.ipam.releaseHandle(plan.id, plan.pool)),
               );
-            if (!existing) undo.push('delete record', () => this.deleteRecord(plan.id, plan.recordKey));
+            // A record this call wrote goes on failure: a new one, or an old one that held no address
+            // (rewritten with this allocation's, which a failure releases).
+            if (!existing || !hadAddress) undo.push('delete record', () => this.deleteRecord(plan.id, plan.recordKey));
             plan.onAddress?.(allocation, (claim) => releases.push(deps.claims.claim(claim)), undo);
             return allocation;
           },
           persist: async (allocation) => {
-            record = plan.record(allocation);
+            record = build(allocation);
             if (allocation.wroteAlso) return;
             deps.records?.note(plan.recordKey, record);
             await deps.store.put(plan.recordKey, JSON.stringify(record));
@@ -203,6 +210,9 @@ export class Attacher {
     } catch (err) {
       log.warn({ err: describeError(err) }, 'attach failed; rolling back');
       await undo.unwind(log);
+      // The view learnt of the record before it was written: it goes back to what etcd holds now
+      // (the prior record a retry kept, else none), also when the write itself failed.
+      deps.records?.note(plan.recordKey, existing && hadAddress ? existing : undefined);
       throw err;
     } finally {
       for (const release of releases) release();
@@ -219,7 +229,8 @@ export class Attacher {
     id: string;
     recordKey: string;
     hostIf: string;
-    pool: string;
+    /** The address's pool; without it, every address the endpoint's handle holds is released. */
+    pool?: string;
     extraHostLines?: (b: IpBatch) => void;
   }): Promise<void> {
     await Promise.all([
@@ -237,7 +248,12 @@ export class Attacher {
   async whyNotWired(r: Pick<AttachmentRecord, 'hostIf' | 'ip' | 'netns' | 'ifname'>): Promise<string | undefined> {
     if (!r.netns || !r.ifname) return 'no netns recorded';
     if (!(await this.hostIp.link(r.hostIf))) return 'no host port';
-    const addrs = await new IpClient(this.deps.runner, { path: r.netns }).addresses(r.ifname).catch(() => undefined);
+    // Only "it is not there" counts as gone: a timeout or a failed exec says nothing about the
+    // container, and recovery would remove a healthy one on its word.
+    const addrs = await new IpClient(this.deps.runner, { path: r.netns }).addresses(r.ifname).catch((err: unknown) => {
+      if (isCommandError(err, 'not-found')) return undefined;
+      throw err;
+    });
     if (addrs === undefined) return 'container netns or interface gone';
     return addrs.some((a) => a.addr_info.some((x) => x.local === r.ip)) ? undefined : 'container interface incomplete';
   }
