@@ -71,12 +71,18 @@ export class Reconciler {
   /** Bridges the last successful run left in place. */
   private bridgesUp = new Set<string>();
   private external: ReconcilerDeps['external'];
+  /** Whether appliedQos has been read from the kernel (once, after a start: it knows nothing then). */
+  private seeded = false;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private again = false;
   private stopped = false;
   /** Runs that completed (for tests and metrics). */
   runs = 0;
+  /** Runs started so far, and the number of the last one finished (see converge()). */
+  private started = 0;
+  private finished = 0;
+  private readonly finishListeners: Array<() => void> = [];
   lastError: string | undefined;
 
   constructor(private readonly deps: ReconcilerDeps) {
@@ -102,20 +108,29 @@ export class Reconciler {
       return this.running;
     }
     this.running = (async () => {
-      do {
-        this.again = false;
-        await this.once();
-      } while (this.again && !this.stopped);
-    })().finally(() => {
-      this.running = undefined;
-    });
+      try {
+        do {
+          this.again = false;
+          await this.once();
+        } while (this.again && !this.stopped);
+      } finally {
+        // Cleared in the same step that saw no further request: a request made after it starts a
+        // new loop instead of setting `again` for a loop that has ended.
+        this.running = undefined;
+      }
+    })();
     return this.running;
   }
 
-  /** Runs now and fails if the data path did not converge. */
+  /**
+   * Resolves once a run that started after this call has finished (successful or not: callers
+   * judge the part they care about). Unlike awaiting run(), it cannot be kept waiting by a stream
+   * of changes that keeps the loop going.
+   */
   async converge(): Promise<void> {
-    await this.run();
-    if (this.lastError) throw new Error(`data path not converged: ${this.lastError}`);
+    const wanted = this.started + 1;
+    void this.run();
+    while (this.finished < wanted) await new Promise<void>((resolve) => this.finishListeners.push(resolve));
   }
 
   /** The bridge of this VPC when the last run left it up (a new port may join it as it is created). */
@@ -141,6 +156,16 @@ export class Reconciler {
   }
 
   private async once(): Promise<void> {
+    const generation = ++this.started;
+    try {
+      await this.converging();
+    } finally {
+      this.finished = generation;
+      for (const done of this.finishListeners.splice(0)) done();
+    }
+  }
+
+  private async converging(): Promise<void> {
     const { view, runner, netns, logger: log } = this.deps;
     const started = performance.now();
     try {
@@ -159,6 +184,7 @@ export class Reconciler {
         );
       }
       this.bridgesUp = new Set(desired.l2.bridges.keys());
+      if (!this.seeded) await this.seedAppliedQos();
       await this.applyQos(desired.qos);
       this.runs++;
       this.lastError = undefined;
@@ -181,6 +207,33 @@ export class Reconciler {
     for (const e of this.deps.view.localEndpoints()) out.add(e.hostIf);
     for (const e of this.deps.view.localExternals()) out.add(e.hostIf);
     return out;
+  }
+
+  /**
+   * What limits the kernel holds on netd's ports, read once after a start (one `tc` for all
+   * devices): limits removed while netd was down are then taken off, and unchanged ones are not
+   * re-sent.
+   */
+  private async seedAppliedQos(): Promise<void> {
+    const qdiscs = await new TcClient(this.deps.runner, this.deps.netns).allQdiscs();
+    const rate = (dev: string) => {
+      const tbf = qdiscs.find((q) => q.dev === dev && q.kind === 'tbf' && q.root);
+      const bytes = tbf?.options?.rate;
+      return typeof bytes === 'number' ? bytes * 8 : undefined;
+    };
+    for (const q of qdiscs) {
+      if (!/^n[ie]/.test(q.dev) || this.appliedQos.has(q.dev)) continue;
+      const ingressBps = rate(q.dev);
+      const redirected = qdiscs.some((x) => x.dev === q.dev && x.kind === 'ingress');
+      // An ingress redirect with no readable rate still counts as "egress limited": it gets removed or replaced.
+      const egressBps = redirected ? (rate(linkNames.ifbFor(q.dev)) ?? 0) : undefined;
+      if (ingressBps === undefined && egressBps === undefined) continue;
+      this.appliedQos.set(q.dev, {
+        ...(ingressBps !== undefined && { ingressBps }),
+        ...(egressBps !== undefined && { egressBps }),
+      });
+    }
+    this.seeded = true;
   }
 
   /** Applies changed rate limits with `tc` (replace: running flows are not disturbed). */

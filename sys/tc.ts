@@ -185,6 +185,11 @@ export class TcClient {
     return this.json<Qdisc[]>(['qdisc', 'show', 'dev', ifname(dev)]);
   }
 
+  /** Every device's qdiscs in one read (each names its device). */
+  allQdiscs(): Promise<Array<Qdisc & { dev: string }>> {
+    return this.json<Array<Qdisc & { dev: string }>>(['qdisc', 'show']);
+  }
+
   /** iproute2 6.1 prints htb classes as text even with -j, so they are parsed from text. */
   async classes(dev: string): Promise<TcClass[]> {
     const { stdout } = await this.runner.run({ argv: ['tc', 'class', 'show', 'dev', ifname(dev)], netns: this.netns });

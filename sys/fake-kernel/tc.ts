@@ -62,6 +62,14 @@ export function runTc(ctx0: ToolContext, args: string[], stdin: string): ToolRes
 function tcLine(ctx: ToolContext, w: Words, json: boolean): string | void {
   const object = w.next('object');
   const verb = w.next('command');
+  if (object === 'qdisc' && verb === 'show' && w.peek() === undefined) {
+    // Every device's qdiscs, each naming its device (in the order the devices were made).
+    if (!json) throw w.unmodelled('text output (use -j)');
+    const all = [...ctx.ns.links.values()].flatMap((l) =>
+      renderQdiscs(l, ctx.kernel.cpus).map(({ kind, handle, ...rest }) => ({ kind, handle, dev: l.name, ...rest })),
+    );
+    return JSON.stringify(all) + '\n';
+  }
   w.expect('dev');
   const link = ctx.ns.requireLink(w.next('device'));
   switch (`${object} ${verb}`) {

@@ -135,8 +135,16 @@ t.test('rate limits: applied on change only, re-applied after a restart without 
   // A restarted daemon does not know what it applied: it applies again, which must be idempotent.
   const restarted = new Reconciler({ view, runner: h.kernel, netns: H1, mode: vxlanMode, logger: h.logger });
   t.teardown(() => restarted.stop());
+  const beforeRestart = h.kernel.commandLines().length;
   await restarted.converge();
   t.equal(qdiscs().filter((q) => q.startsWith(`${port} ingress filter`)).length, 1, 'still one redirect filter');
+  t.notOk(
+    h.kernel
+      .commandLines()
+      .slice(beforeRestart)
+      .some((l) => l.startsWith('tc qdisc replace') || l.startsWith('tc filter')),
+    'it read what the kernel holds and re-sent nothing unchanged',
+  );
   await h.store.put(key, JSON.stringify(record));
   t.ok(await eventually(async () => view.localEndpoints()[0]?.qos === undefined, 2000));
   await restarted.converge();
