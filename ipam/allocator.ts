@@ -114,6 +114,8 @@ export class Ipam {
   private readonly log: Logger;
   private readonly now: () => Date;
   private readonly pools = new Map<string, { pool: Pool; modRevision: bigint }>();
+  /** The pool record's revision each Pool object was read at (what its transactions are guarded by). */
+  private readonly poolRevisions = new WeakMap<Pool, bigint>();
   /** Blocks this host has claimed, per pool, as last read or written. */
   private readonly ownBlocks = new Map<string, Map<string, CachedBlock>>();
   private readonly loadedAffinity = new Set<string>();
@@ -133,6 +135,12 @@ export class Ipam {
     const existing = await this.listPools();
     checkRoutedOverlap(pool, existing);
     const same = existing.find((p) => p.spec.name === pool.spec.name);
+    const stored = same && (await this.store.get(ipamKeys.pool(pool.spec.name)));
+    if (stored && (JSON.parse(stored.value) as { retiring?: boolean }).retiring) {
+      throw new AppError(ErrorCodes.CONFLICT, `pool ${pool.spec.name} is being deleted; try again`, {
+        pool: pool.spec.name,
+      });
+    }
     if (same) {
       if (JSON.stringify(same.spec) === JSON.stringify(pool.spec)) return same;
       throw new AppError(ErrorCodes.ALREADY_EXISTS, `pool ${pool.spec.name} exists with a different spec`, {
@@ -155,9 +163,15 @@ export class Ipam {
     const cached = this.pools.get(name);
     if (cached) return cached.pool;
     const kv = await this.store.get(ipamKeys.pool(checkSegment('pool', name)));
-    if (!kv) throw new AppError(ErrorCodes.NOT_FOUND, `no pool "${name}"`, { pool: name });
-    const pool = buildPool(JSON.parse(kv.value) as PoolSpec);
+    const spec = kv ? (JSON.parse(kv.value) as PoolSpec & { retiring?: boolean }) : undefined;
+    if (!kv || !spec || spec.retiring) {
+      throw new AppError(ErrorCodes.NOT_FOUND, `no pool "${name}"${spec?.retiring ? ' (being deleted)' : ''}`, {
+        pool: name,
+      });
+    }
+    const pool = buildPool(spec);
     this.pools.set(name, { pool, modRevision: kv.modRevision });
+    this.poolRevisions.set(pool, kv.modRevision);
     return pool;
   }
 
@@ -167,15 +181,22 @@ export class Ipam {
    * cached range would hand out addresses outside it.
    */
   private poolGuard(pool: Pool): CasWrite {
-    const cached = this.pools.get(pool.spec.name);
-    return { key: ipamKeys.pool(pool.spec.name), expectModRevision: cached?.modRevision ?? 0n, value: undefined };
+    return {
+      key: ipamKeys.pool(pool.spec.name),
+      expectModRevision: this.poolRevisions.get(pool) ?? 0n,
+      value: undefined,
+    };
   }
 
-  /** After a lost transaction: was it because the pool changed? Then its caches are forgotten. */
-  private async poolMoved(name: string): Promise<boolean> {
+  /**
+   * After a lost transaction: was it because `pool` (this copy of it) is no longer the stored
+   * one? Then the caller must get the pool again; stale caches are forgotten.
+   */
+  private async poolMoved(pool: Pool): Promise<boolean> {
+    const name = pool.spec.name;
     const kv = await this.store.get(ipamKeys.pool(name));
-    if (kv && kv.modRevision === this.pools.get(name)?.modRevision) return false;
-    this.forgetPool(name);
+    if (kv && kv.modRevision === this.poolRevisions.get(pool)) return false;
+    if (!kv || this.pools.get(name)?.modRevision !== kv.modRevision) this.forgetPool(name);
     return true;
   }
 
@@ -187,11 +208,26 @@ export class Ipam {
 
   /** Refused while any block of the pool exists (addresses are in use). */
   async deletePool(name: string): Promise<void> {
-    const { kvs } = await this.store.list(ipamKeys.blocks(checkSegment('pool', name)));
-    if (kvs.length > 0)
-      throw new AppError(ErrorCodes.CONFLICT, `pool ${name} still has ${kvs.length} blocks in use`, { pool: name });
-    await this.store.delete(ipamKeys.pool(name));
+    const key = ipamKeys.pool(checkSegment('pool', name));
+    const kv = await this.store.get(key);
     this.forgetPool(name);
+    if (!kv) return;
+    // First retire the record: its new revision fails the guard of every allocation still in
+    // flight (poolGuard), and getPool refuses it. Only then are blocks counted, so none can be
+    // claimed between the count and the delete.
+    const spec = JSON.parse(kv.value) as PoolSpec;
+    const retired = await commitCas(this.store, [
+      { key, expectModRevision: kv.modRevision, value: JSON.stringify({ ...spec, retiring: true }) },
+    ]);
+    if (!retired.ok)
+      throw new AppError(ErrorCodes.CONFLICT, `pool ${name} changed meanwhile; try again`, { pool: name });
+    const { keys } = await this.store.listKeys(ipamKeys.blocks(name));
+    if (keys.length > 0) {
+      // In use: the pool goes back to service as it was.
+      await commitCas(this.store, [{ key, expectModRevision: retired.revision, value: kv.value }]);
+      throw new AppError(ErrorCodes.CONFLICT, `pool ${name} still has ${keys.length} blocks in use`, { pool: name });
+    }
+    await commitCas(this.store, [{ key, expectModRevision: retired.revision, value: null }]);
   }
 
   // ---- allocation ----------------------------------------------------------------------------
@@ -311,7 +347,7 @@ export class Ipam {
       // Lost a race: the pool was replaced (start over with the new one), another host borrowed
       // from one of our blocks, or a handle exists already (the same ADD twice). Refresh what we
       // wrote against and answer existing handles.
-      if (await this.poolMoved(poolName)) {
+      if (await this.poolMoved(pool)) {
         pool = await this.getPool(poolName);
         continue;
       }
@@ -399,7 +435,7 @@ export class Ipam {
       }
       const again = await this.store.get(ipamKeys.handleInPool(req.handle, pool.spec.name));
       if (again) return this.toAllocation(pool, JSON.parse(again.value) as HandleRecord);
-      if (await this.poolMoved(pool.spec.name)) pool = await this.getPool(pool.spec.name);
+      if (await this.poolMoved(pool)) pool = await this.getPool(pool.spec.name);
     }
     throw new AppError(ErrorCodes.CONFLICT, `static allocation in pool ${pool.spec.name} kept losing races; try again`);
   }
@@ -670,7 +706,7 @@ export class Ipam {
         { key, expectModRevision: 0n, value: JSON.stringify(record) },
         { key: ipamKeys.affinity(this.host, pool.spec.name, chosen), expectModRevision: 0n, value: '' },
       ]);
-      if (!ok && (await this.poolMoved(pool.spec.name))) throw new PoolMoved();
+      if (!ok && (await this.poolMoved(pool))) throw new PoolMoved();
       if (ok) {
         this.log.debug({ pool: pool.spec.name, block: record.cidr }, 'claimed block');
         const cached = { record, modRevision: revision };
