@@ -7,7 +7,6 @@ import { invalidInput } from '../core/errors.js';
  */
 
 export type ModeName = 'vxlan' | 'vlan' | 'routed';
-export const MODE_NAMES: readonly ModeName[] = ['vxlan', 'vlan', 'routed'];
 
 export interface TenantRecord {
   name: string;

@@ -1,4 +1,4 @@
-import { AppError, ErrorCodes, invalidInput } from '../core/errors.js';
+import { AppError, ErrorCodes, invalidInput, isAppError } from '../core/errors.js';
 import { formatCidr, parseCidr } from '../core/cidr.js';
 import type { Store } from '../store/types.js';
 import { getJson, listJson, updateJson } from '../store/json.js';
@@ -62,25 +62,36 @@ export class VpcDirectory {
     const qos = checkQos(spec.qos);
     const id = vpcId(tenant.name, spec.name);
     if (await store.get(modelKeys.vpc(id))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `VPC ${spec.name} exists`);
+    const owner = await store.get(modelKeys.tenant(tenant.name));
+    if (!owner) throw new AppError(ErrorCodes.NOT_FOUND, `no tenant "${tenant.name}"`);
     await this.deps.pools.createPool({ name: id, cidr, kind: 'vpc' });
     const random = this.deps.random ?? Math.random;
-    return createHoldingNumber<VpcRecord>(store, {
-      what: `VPC ${spec.name}`,
-      numberName: 'VNI',
-      key: modelKeys.vpc(id),
-      numberKey: modelKeys.vni,
-      pick: () => 1 + Math.floor(random() * 0xfffffe),
-      record: (vni) => ({
-        name: id,
-        tenant: tenant.name,
-        mode,
-        cidr,
-        vni,
-        ...(spec.mtu && { mtu: spec.mtu }),
-        ...(qos && { qos }),
-      }),
-      holder: id,
-    });
+    try {
+      return await createHoldingNumber<VpcRecord>(store, {
+        what: `VPC ${spec.name}`,
+        numberName: 'VNI',
+        key: modelKeys.vpc(id),
+        numberKey: modelKeys.vni,
+        pick: () => 1 + Math.floor(random() * 0xfffffe),
+        record: (vni) => ({
+          name: id,
+          tenant: tenant.name,
+          mode,
+          cidr,
+          vni,
+          ...(spec.mtu && { mtu: spec.mtu }),
+          ...(qos && { qos }),
+        }),
+        holder: id,
+        // A tenant deleted meanwhile (its delete compares this revision) keeps no VPC.
+        owner: { key: owner.key, modRevision: owner.modRevision, value: owner.value, what: `tenant ${tenant.name}` },
+      });
+    } catch (err) {
+      // The pool came first: it goes again, unless the VPC exists after all (a concurrent create
+      // of the same VPC won, and the pool is its).
+      if (!isAppError(err, ErrorCodes.ALREADY_EXISTS)) await this.deps.pools.deletePool(id).catch(() => undefined);
+      throw err;
+    }
   }
 
   async list(tenant: TenantRecord): Promise<VpcRecord[]> {
