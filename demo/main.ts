@@ -6,7 +6,7 @@ import { createLogger } from '../sys/log.js';
 import { withCluster, type ClusterSession } from '../test-netns/harness.js';
 import { ipamEtcdConfig } from '../test-netns/etcd-cluster.js';
 import { findLeaks, formatLeaks } from '../test-netns/leaks.js';
-import { uniqueSuffix } from '../test-netns/testing.js';
+import { eventually, uniqueSuffix } from '../test-netns/testing.js';
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -205,13 +205,25 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
         name: 'app',
         cidr: '10.10.0.0/24',
       });
-      const conflist = await tenants[vpc]!.call<{ plugins: object[] }>('GET', '/v1/vpcs/app/cni-config');
+      // The id the API returned addresses the VPC as well as its name does.
+      const conflist = await tenants[vpc]!.call<{ plugins: object[] }>('GET', `/v1/vpcs/${created.id}/cni-config`);
       podman.addNetwork({ name: `vpc-${vpc}`, plugins: conflist.plugins });
       say(`  ${tenant} (tag ${tag}): VPC app = ${created.id}, 10.10.0.0/24, VNI ${created.vni}`);
     }
-    podman.addNetwork({ name: 'external', plugins: [{ type: 'netd', external: true }] });
+    // The external network with the reference portmap plugin chained after netd: published ports.
+    podman.addNetwork({
+      name: 'external',
+      plugins: [
+        { type: 'netd', external: true },
+        { type: 'portmap', capabilities: { portMappings: true } },
+      ],
+    });
     let started = Date.now();
-    await podman.run(h2, { name: server, networks: ['external', 'vpc-a'], detach: true }, ['sleep', '600']);
+    await podman.run(h2, { name: server, networks: ['external', 'vpc-a'], detach: true, publish: ['8080:80'] }, [
+      'sh',
+      '-c',
+      'while true; do echo hello from the web container | nc -l -p 80; done',
+    ]);
     const target = (await store.list(modelKeys.endpoints())).kvs.map(
       (kv) => JSON.parse(kv.value) as EndpointRecord,
     )[0]!;
@@ -252,6 +264,24 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     );
     say(`  eth0 -> outside ${d.outside.address}: ${mark(out)}; eth1 -> outside: ${mark(viaEth1)}`);
     ok = same && !other && out && !viaEth1;
+    // Its published port (-p 8080:80 on the external network): from outside, through h2's address.
+    const h2Ip = s.cluster.host('h2').underlayIp;
+    const fetchPublished = async () =>
+      (
+        await s.runner
+          .run({
+            argv: ['busybox', 'nc', '-w', '2', h2Ip, '8080'],
+            netns: { name: d.outside.netns },
+            stdin: '',
+            timeoutMs: 5000,
+          })
+          .catch(() => ({ stdout: '' }))
+      ).stdout.trim();
+    const published = (await eventually(async () => (await fetchPublished()) !== '', 10_000))
+      ? await fetchPublished()
+      : '';
+    say(`  outside -> ${h2Ip}:8080 (published, portmap chained after netd on eth0): "${published}"`);
+    ok &&= published.startsWith('hello from the web container');
 
     // QoS: 20 Mbit/s on the running server's eth1, set through the API, measured with iperf3.
     await tenants.a!.call('PATCH', `/v1/vpcs/app/endpoints/${target.id}`, {

@@ -65,7 +65,7 @@ export class Podman {
 
   run(
     netns: string,
-    opts: { name?: string; networks: string[]; detach?: boolean; rm?: boolean },
+    opts: { name?: string; networks: string[]; detach?: boolean; rm?: boolean; publish?: string[] },
     command: string[],
   ): Promise<CommandResult> {
     return this.podman(netns, [
@@ -73,6 +73,8 @@ export class Podman {
       ...(opts.detach ? ['-d'] : []),
       ...(opts.rm ? ['--rm'] : []),
       ...(opts.name ? ['--name', opts.name] : []),
+      // HOST_PORT:CONTAINER_PORT, through the portMappings capability (a portmap plugin in the chain).
+      ...(opts.publish ?? []).flatMap((p) => ['-p', p]),
       // Interface names follow the order given (eth0, eth1, ...): podman's own order is not stable.
       ...opts.networks.flatMap((n, i) => ['--network', `${n}:interface_name=eth${i}`]),
       '--ulimit',
