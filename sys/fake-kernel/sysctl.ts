@@ -6,23 +6,19 @@ import { sysctlDevice, type FakeNetns } from './state.js';
  * accepted (a per-device key needs its device); anything else is unmodelled rather than guessed.
  */
 
+/** Per-device neighbour settings: the same in both families. */
+const NEIGH_KEYS = [
+  'proxy_delay',
+  'proxy_qlen',
+  'base_reachable_time_ms',
+  'gc_stale_time',
+  'ucast_solicit',
+  'app_solicit',
+];
+
 const PER_DEVICE: Record<string, readonly string[]> = {
-  'ipv4.neigh': [
-    'proxy_delay',
-    'proxy_qlen',
-    'base_reachable_time_ms',
-    'gc_stale_time',
-    'ucast_solicit',
-    'app_solicit',
-  ],
-  'ipv6.neigh': [
-    'proxy_delay',
-    'proxy_qlen',
-    'base_reachable_time_ms',
-    'gc_stale_time',
-    'ucast_solicit',
-    'app_solicit',
-  ],
+  'ipv4.neigh': NEIGH_KEYS,
+  'ipv6.neigh': NEIGH_KEYS,
   'ipv4.conf': ['forwarding', 'proxy_arp', 'rp_filter', 'arp_ignore', 'arp_announce', 'accept_local', 'route_localnet'],
   'ipv6.conf': ['forwarding', 'disable_ipv6', 'accept_ra', 'autoconf', 'accept_dad', 'keep_addr_on_down'],
 };

@@ -1,15 +1,14 @@
 import t from 'tap';
-import { join } from 'node:path';
 import { withCluster } from '../../../test-netns/harness.js';
 import { requireRoot } from '../../../test-netns/testing.js';
 import { IpClient } from '../../../sys/ip.js';
-import { isCommandError } from '../../../sys/runner.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { Ipam } from '../../../ipam/allocator.js';
 import { modelKeys } from '../../../tenancy/keys.js';
 import type { EndpointRecord } from '../../../tenancy/records.js';
 import { linkNames } from '../../names.js';
 import { eventually } from '../../../test-netns/testing.js';
+import { invokePlugin } from '../netd-hosts.js';
 
 /**
  * etcd goes away while containers run: netd keeps serving from its view (CHECK; DEL removes the
@@ -34,48 +33,13 @@ t.test('etcd down: DEL and CHECK served from the view, ADD answers 11, nothing l
     await ip.addNetns(netns);
     t.teardown(() => ip.deleteNetns(netns));
     const conf = { cniVersion: '1.1.0', name: 'vpc-a', type: 'netd', vpc: 'a' };
-    const call = async (command: string, i: number) => {
-      const started = performance.now();
-      try {
-        const { stdout } = await s.runner.run({
-          argv: [join(cni.binDir, 'netd')],
-          stdin: JSON.stringify(conf),
-          netns: { name: h1.netns },
-          env: {
-            CNI_COMMAND: command,
-            CNI_CONTAINERID: `c${i + 1}`,
-            CNI_NETNS: `/run/netns/${netns[i]}`,
-            CNI_IFNAME: 'eth1',
-            CNI_PATH: cni.binDir,
-          },
-          timeoutMs: 60_000,
-        });
-        return {
-          ok: true,
-          out: (stdout.trim() ? JSON.parse(stdout) : {}) as Record<string, unknown>,
-          ms: performance.now() - started,
-        };
-      } catch (err) {
-        if (!isCommandError(err)) throw err;
-        return {
-          ok: false,
-          out: JSON.parse(err.stdout || '{}') as Record<string, unknown>,
-          ms: performance.now() - started,
-        };
-      }
-    };
-    const status = () =>
-      s.runner
-        .run({
-          argv: [join(cni.binDir, 'netd')],
-          stdin: JSON.stringify(conf),
-          netns: { name: h1.netns },
-          env: { CNI_COMMAND: 'STATUS', CNI_PATH: cni.binDir },
-        })
-        .then(
-          () => true,
-          () => false,
-        );
+    const call = (command: string, i: number) =>
+      invokePlugin(s, cni.binDir, 'h1', command, conf, {
+        CNI_CONTAINERID: `c${i + 1}`,
+        CNI_NETNS: `/run/netns/${netns[i]}`,
+        CNI_IFNAME: 'eth1',
+      });
+    const status = async () => (await invokePlugin(s, cni.binDir, 'h1', 'STATUS', conf, {})).ok;
     const hostIp = new IpClient(s.runner, { name: h1.netns });
     const port = (i: number) => linkNames.internalPort(`h1:c${i + 1}:eth1`);
 
