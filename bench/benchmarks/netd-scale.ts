@@ -339,9 +339,16 @@ export function netdScaleBenchmark(
       }
       out.push(
         'Figures in the notes: median over the measured trials (min–max).',
-        `Left after each measured trial: ${leftovers.join('; ')}.`,
+        `Left after the measured trials: ${countedOnce(leftovers).join('; ')}.`,
       );
       return out;
     },
   };
+}
+
+/** Equal lines once each, in first-seen order, with how many times each came ("x (3 trials)"). */
+function countedOnce(lines: readonly string[]): string[] {
+  const counts = new Map<string, number>();
+  for (const line of lines) counts.set(line, (counts.get(line) ?? 0) + 1);
+  return [...counts].map(([line, n]) => `${line} (${n} trial${n === 1 ? '' : 's'})`);
 }
