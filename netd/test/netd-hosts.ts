@@ -98,13 +98,15 @@ export async function invokePlugin(
       ms: performance.now() - started,
     };
   } catch (err) {
-    if (isCommandError(err))
-      return {
-        ok: false,
-        out: JSON.parse(err.stdout || '{}') as Record<string, unknown>,
-        ms: performance.now() - started,
-      };
-    throw err;
+    if (!isCommandError(err)) throw err;
+    // A failure must still be a CNI error object on stdout; anything else is kept for the test to see.
+    let out: Record<string, unknown>;
+    try {
+      out = JSON.parse(err.stdout || '{}') as Record<string, unknown>;
+    } catch {
+      out = { unparsable: err.stdout, stderr: err.stderr };
+    }
+    return { ok: false, out, ms: performance.now() - started };
   }
 }
 

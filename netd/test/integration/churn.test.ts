@@ -1,12 +1,11 @@
 import t from 'tap';
-import { join } from 'node:path';
 import { withCluster } from '../../../test-netns/harness.js';
 import { eventually, requireRoot } from '../../../test-netns/testing.js';
 import { IpClient } from '../../../sys/ip.js';
 import { EtcdStore } from '../../../store/etcd.js';
 import { modelKeys } from '../../../tenancy/keys.js';
 import { NetdApiClient } from '../../../tenancy/api/client.js';
-import { putVpcs } from '../netd-hosts.js';
+import { invokePlugin, putVpcs } from '../netd-hosts.js';
 
 const CYCLES = 2000;
 const IN_FLIGHT = 8;
@@ -26,20 +25,15 @@ t.test(`${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, 
     await ip.addNetns(slots);
     t.teardown(() => ip.deleteNetns(slots));
     const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'vpc-a', type: 'netd', vpc: 'a' });
-    const call = (command: string, id: string, netns: string) =>
-      s.runner.run({
-        argv: [join(cni.binDir, 'netd')],
-        stdin: conf,
-        netns: { name: h1.netns },
-        env: {
-          CNI_COMMAND: command,
-          CNI_CONTAINERID: id,
-          CNI_NETNS: `/run/netns/${netns}`,
-          CNI_IFNAME: 'eth1',
-          CNI_PATH: cni.binDir,
-        },
-        timeoutMs: 60_000,
+    // An answer that is not ok throws, so a failed ADD is not followed by its DEL.
+    const call = async (command: string, id: string, netns: string) => {
+      const a = await invokePlugin(s, cni.binDir, 'h1', command, conf, {
+        CNI_CONTAINERID: id,
+        CNI_NETNS: `/run/netns/${netns}`,
+        CNI_IFNAME: 'eth1',
       });
+      if (!a.ok) throw new Error(`${command} ${id}: ${JSON.stringify(a.out)}`);
+    };
     let next = 0;
     let failures = 0;
     const reasons: string[] = [];

@@ -1,9 +1,7 @@
 import t from 'tap';
-import { join } from 'node:path';
 import { withCluster } from '../../../test-netns/harness.js';
 import { eventually, requireRoot } from '../../../test-netns/testing.js';
 import { findLeader } from '../../../test-netns/etcd.js';
-import { isCommandError } from '../../../sys/runner.js';
 import { IpClient } from '../../../sys/ip.js';
 import { BridgeClient } from '../../../sys/bridge.js';
 import { addressAt, formatIp, parseCidr } from '../../../core/cidr.js';
@@ -12,18 +10,12 @@ import { Ipam } from '../../../ipam/allocator.js';
 import { modelKeys } from '../../../tenancy/keys.js';
 import { endpointId, type EndpointRecord } from '../../../tenancy/records.js';
 import { linkNames } from '../../names.js';
-import { putVpcs } from '../netd-hosts.js';
+import { invokePlugin, putVpcs, type PluginAnswer as Answer } from '../netd-hosts.js';
 
 const ADDS = 120;
 const IN_FLIGHT = 8;
 const KILL_AFTER = 30;
 const VNI = 60;
-
-interface Answer {
-  ok: boolean;
-  /** The CNI result, or the CNI error object. */
-  out: Record<string, unknown>;
-}
 
 t.test(
   'the etcd leader SIGKILLed during a burst of CNI ADDs: each ADD succeeds or fails with a CNI error, no address is held twice, and netd keeps following etcd',
@@ -44,34 +36,12 @@ t.test(
       const ip = new IpClient(s.runner);
       await ip.addNetns([...names, late]);
       const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'vpc-a', type: 'netd', vpc: 'a' });
-      const call = async (host: string, command: string, id: string, netns: string): Promise<Answer> => {
-        try {
-          const { stdout } = await s.runner.run({
-            argv: [join(cni.binDir, 'netd')],
-            stdin: conf,
-            netns: { name: s.cluster.host(host).netns },
-            env: {
-              CNI_COMMAND: command,
-              CNI_CONTAINERID: id,
-              CNI_NETNS: `/run/netns/${netns}`,
-              CNI_IFNAME: 'eth1',
-              CNI_PATH: cni.binDir,
-            },
-            timeoutMs: 60_000,
-          });
-          return { ok: true, out: stdout.trim() ? (JSON.parse(stdout) as Record<string, unknown>) : {} };
-        } catch (err) {
-          if (!isCommandError(err)) throw err;
-          // A failure must still be a CNI error object on stdout; anything else is not clean.
-          let out: Record<string, unknown>;
-          try {
-            out = JSON.parse(err.stdout) as Record<string, unknown>;
-          } catch {
-            out = { unparsable: err.stdout, stderr: err.stderr };
-          }
-          return { ok: false, out };
-        }
-      };
+      const call = (host: string, command: string, id: string, netns: string): Promise<Answer> =>
+        invokePlugin(s, cni.binDir, host, command, conf, {
+          CNI_CONTAINERID: id,
+          CNI_NETNS: `/run/netns/${netns}`,
+          CNI_IFNAME: 'eth1',
+        });
 
       // The burst on h1, with the etcd leader SIGKILLed once KILL_AFTER ADDs were answered.
       const members = s.cluster.etcdMembers();
