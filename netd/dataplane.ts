@@ -25,13 +25,20 @@ export function isEmptyPlan(p: Plan): boolean {
   return p.create.empty && p.fdb.empty && p.neighbours.empty && p.remove.empty;
 }
 
-/** Reads the netd-owned part of a host's data path. */
+/**
+ * Reads the netd-owned part of a host's data path: every link, or only the links named in `only`
+ * (then neighbours are read per VXLAN device instead of for the whole host).
+ */
 export async function readActual(
   ip: IpClient,
   bridge: BridgeClient,
+  only?: readonly string[],
 ): Promise<{ desired: DesiredL2; links: Map<string, Link> }> {
   const actual = emptyDesired();
-  const links = new Map((await ip.links()).filter((l) => OWNED_LINK_RE.test(l.ifname)).map((l) => [l.ifname, l]));
+  const listed = only
+    ? (await Promise.all(only.map((name) => ip.link(name)))).filter((l): l is Link => l !== undefined)
+    : await ip.links();
+  const links = new Map(listed.filter((l) => OWNED_LINK_RE.test(l.ifname)).map((l) => [l.ifname, l]));
   for (const l of links.values()) {
     const kind = l.linkinfo?.info_kind;
     if (kind === 'bridge' && l.ifname.startsWith('nb')) actual.bridges.set(l.ifname, { name: l.ifname, mtu: l.mtu });
@@ -50,7 +57,15 @@ export async function readActual(
     else if (kind === 'ifb' && l.ifname.startsWith('nq')) actual.ifbs.add(l.ifname);
   }
   if (actual.vxlans.size > 0) {
-    for (const n of await ip.neighbours()) {
+    const neighbours = only
+      ? // `ip neigh show dev X` leaves the device out of each entry.
+        (
+          await Promise.all(
+            [...actual.vxlans.keys()].map(async (dev) => (await ip.neighbours(dev)).map((n) => ({ ...n, dev }))),
+          )
+        ).flat()
+      : await ip.neighbours();
+    for (const n of neighbours) {
       if (!actual.vxlans.has(n.dev) || !n.lladdr || !(n.state ?? []).includes('PERMANENT')) continue;
       const spec = { ip: n.dst, mac: n.lladdr.toLowerCase(), dev: n.dev };
       actual.neighbours.set(neighKey(spec), spec);
@@ -64,6 +79,27 @@ export async function readActual(
     }
   }
   return { desired: actual, links };
+}
+
+/**
+ * The part of `desired` that hangs off one bridge: the bridge, its VXLAN devices with their FDB
+ * and neighbour entries, and the given ports when they belong to it. Planned against a read of
+ * only those links, nothing else on the host is looked at or touched.
+ */
+export function scopeToBridge(desired: DesiredL2, bridgeName: string, ports: readonly string[]): DesiredL2 {
+  const out = emptyDesired();
+  const b = desired.bridges.get(bridgeName);
+  if (b) out.bridges.set(bridgeName, b);
+  for (const [name, v] of desired.vxlans) if (v.master === bridgeName) out.vxlans.set(name, v);
+  for (const port of ports) if (desired.ports.get(port) === bridgeName) out.ports.set(port, bridgeName);
+  for (const [key, f] of desired.fdb) if (out.vxlans.has(f.dev)) out.fdb.set(key, f);
+  for (const [key, n] of desired.neighbours) if (out.vxlans.has(n.dev)) out.neighbours.set(key, n);
+  return out;
+}
+
+/** The names of the links a scoped desired state consists of (what readActual must read). */
+export function linksOf(desired: DesiredL2): string[] {
+  return [...desired.bridges.keys(), ...desired.vxlans.keys(), ...desired.ports.keys(), ...desired.ifbs];
 }
 
 /** `protect`: ports an ADD is wiring right now; never removed as orphans (see reconcile()). */
@@ -142,8 +178,10 @@ export async function reconcile(
   clients: { ip: IpClient; bridge: BridgeClient },
   log?: Logger,
   inFlight: () => ReadonlySet<string> = () => new Set(),
+  /** Read only these links (a scoped desired state, see scopeToBridge) instead of all. */
+  only?: readonly string[],
 ): Promise<Plan> {
-  const { desired: actual } = await readActual(clients.ip, clients.bridge);
+  const { desired: actual } = await readActual(clients.ip, clients.bridge, only);
   // Read after the kernel: a port created since `desired` was computed belongs to an ADD in
   // flight, which registered it before creating it.
   const p = plan(desired, actual, inFlight());

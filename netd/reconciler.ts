@@ -5,7 +5,7 @@ import { TcClient } from '../sys/tc.js';
 import { isCommandError, type CommandRunner, type NetnsTarget } from '../sys/runner.js';
 import type { Logger } from '../sys/log.js';
 import type { ExternalEndpointRecord, QosSpec } from '../tenancy/records.js';
-import { reconcile as reconcileL2 } from './dataplane.js';
+import { linksOf, reconcile as reconcileL2, scopeToBridge } from './dataplane.js';
 import { reconcileExternalProxies, type ExternalMode } from './external.js';
 import type { HostView } from './host-view.js';
 import type { DesiredL2, NetworkMode } from './modes/mode.js';
@@ -83,6 +83,8 @@ export class Reconciler {
   private started = 0;
   private finished = 0;
   private readonly finishListeners: Array<() => void> = [];
+  /** Full runs and bridge wirings take turns: neither plans from a read the other is changing. */
+  private turn: Promise<unknown> = Promise.resolve();
   lastError: string | undefined;
 
   constructor(private readonly deps: ReconcilerDeps) {
@@ -133,6 +135,26 @@ export class Reconciler {
     while (this.finished < wanted) await new Promise<void>((resolve) => this.finishListeners.push(resolve));
   }
 
+  /**
+   * Puts one bridge in place as the view wants it (the bridge, its VXLAN device with FDB and
+   * neighbour entries) and `port` on it, reading and changing only those links: what the first
+   * ADD into a VPC on this host waits for, instead of a full run that lists every link of the
+   * host (the full run still follows, for everything else). Returns whether `port` is on the
+   * bridge now.
+   */
+  async wireBridge(bridgeName: string, port: string): Promise<boolean> {
+    const { view, runner, netns, logger: log } = this.deps;
+    return this.inTurn(async () => {
+      const scoped = scopeToBridge(desiredState(view.snapshot(), [], this.deps.mode).l2, bridgeName, [port]);
+      if (!scoped.bridges.has(bridgeName) || scoped.ports.get(port) !== bridgeName) return false;
+      const ip = new IpClient(runner, netns);
+      const clients = { ip, bridge: new BridgeClient(runner, netns) };
+      await reconcileL2(scoped, clients, log, () => this.protectedPorts(), linksOf(scoped));
+      this.bridgesUp.add(bridgeName);
+      return true;
+    });
+  }
+
   /** The bridge of this VPC when the last run left it up (a new port may join it as it is created). */
   bridgeUp(vni: number): string | undefined {
     const name = linkNames.bridge(vni);
@@ -158,11 +180,17 @@ export class Reconciler {
   private async once(): Promise<void> {
     const generation = ++this.started;
     try {
-      await this.converging();
+      await this.inTurn(() => this.converging());
     } finally {
       this.finished = generation;
       for (const done of this.finishListeners.splice(0)) done();
     }
+  }
+
+  private inTurn<T>(work: () => Promise<T>): Promise<T> {
+    const mine = this.turn.then(work);
+    this.turn = mine.catch(() => undefined);
+    return mine;
   }
 
   private async converging(): Promise<void> {

@@ -1,4 +1,4 @@
-import { AppError, ErrorCodes } from '../../core/errors.js';
+import { AppError, describeError, ErrorCodes } from '../../core/errors.js';
 import { KeyedLock } from '../../core/keyed-lock.js';
 import { parseIp } from '../../core/cidr.js';
 import {
@@ -275,8 +275,15 @@ export class CniService {
       ...(done.qosApplied && { qos: done.qosApplied }),
     });
     if (complete || bridge === undefined) return;
-    // The port still needs its bridge: one reconcile run, then this port is judged alone (an
-    // unrelated failure elsewhere on the host is not this ADD's).
+    // The port still needs its bridge (the first ADD into this VPC on the host): that bridge alone
+    // is put in place, reading only its own links.
+    const onBridge = await this.deps.reconciler.wireBridge(bridge, hostIf).catch((err: unknown) => {
+      this.deps.logger.warn({ err: describeError(err), bridge, port: hostIf }, 'wiring the bridge alone failed');
+      return false;
+    });
+    if (onBridge) return;
+    // Else one full run, then this port is judged alone (an unrelated failure elsewhere on the
+    // host is not this ADD's).
     await this.deps.reconciler.converge();
     const port = await this.hostIp.link(hostIf);
     if (port?.master !== bridge) {

@@ -214,3 +214,42 @@ t.test('records an older netd wrote (ids without the host) are still found by DE
     'its port removed',
   );
 });
+
+t.test(
+  "the first ADD into a VPC on a host wires that VPC's bridge alone; the next joins it as it is made",
+  async (t) => {
+    const h = await fakeHost();
+    t.teardown(() => h.close());
+    const d = await daemonOn(t, h, SELF, h.kernel);
+    for (const c of ['f1', 'f2', 'f3', 'f4']) h.container(c);
+    const br = linkNames.bridge(VPC.vni);
+    const onBridge = (id: string) =>
+      h.kernel
+        .dump({ name: 'h1' })
+        .links.some((l) => l.startsWith(linkNames.internalPort(`h1:${id}:eth1`)) && l.includes(`master ${br}`));
+    const before = h.kernel.commandLines().length;
+    t.ok((await d.call('ADD', 'f1', conf)).ok);
+    t.ok(onBridge('f1'), 'on its bridge when the ADD answers');
+    t.notOk(
+      h.kernel
+        .commandLines()
+        .slice(before)
+        .some((l) => / link show$/.test(l)),
+      'without listing every link of the host',
+    );
+    t.ok((await d.call('ADD', 'f2', conf)).ok);
+    t.ok(onBridge('f2'), 'the second port joined the bridge as it was created');
+
+    // Wiring the bridge alone fails: the ADD falls back to a full run and is judged by its own port.
+    await d.call('DEL', 'f1', conf);
+    await d.call('DEL', 'f2', conf);
+    await d.reconciler.converge();
+    t.notOk(d.reconciler.bridgeUp(VPC.vni), 'the bridge went with its last port');
+    h.kernel.failNext(/ link show dev nb/, {
+      stderr: 'RTNETLINK answers: Resource temporarily unavailable',
+      exitCode: 2,
+    });
+    t.ok((await d.call('ADD', 'f3', conf)).ok, 'the ADD still succeeds');
+    t.ok(onBridge('f3'), 'on its bridge through the full run');
+  },
+);

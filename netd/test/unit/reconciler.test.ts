@@ -153,3 +153,64 @@ t.test('rate limits: applied on change only, re-applied after a restart without 
     'limits removed: the port is unshaped',
   );
 });
+
+t.test("wireBridge: one VPC's bridge, VXLAN device, entries and the new port, reading only those links", async (t) => {
+  const { h, reconciler, plan } = await setup(t);
+  const br = linkNames.bridge(42);
+  const vx = linkNames.vxlan(42);
+  const before = h.kernel.commandLines().length;
+  t.equal(await reconciler.wireBridge(br, plan.hostIf), true, 'the port is on its bridge');
+  const ran = h.kernel.commandLines().slice(before);
+  t.notOk(
+    ran.some((l) => / link show$/.test(l)),
+    'no listing of every link',
+  );
+  t.notOk(
+    ran.some((l) => / neigh show$/.test(l)),
+    'no listing of every neighbour',
+  );
+  const host = h.kernel.dump(H1);
+  t.ok(
+    host.links.some((l) => l.startsWith(`${vx} vxlan up mtu 1450`) && l.includes(`master ${br}`)),
+    'the VXLAN device on the bridge',
+  );
+  t.ok(
+    host.links.some((l) => l.startsWith(plan.hostIf) && l.includes(`master ${br}`)),
+    'the port on it',
+  );
+  t.same(
+    host.fdb.filter((f) => f.includes(vx)).sort(),
+    [`00:00:00:00:00:00 dev ${vx} dst 192.0.2.12`, `${REMOTE.mac} dev ${vx} dst 192.0.2.12`].sort(),
+    'flood entry and the remote MAC',
+  );
+  t.same(
+    host.neighbours.filter((n) => n.includes(vx)),
+    [`10.20.0.9 dev ${vx} lladdr ${REMOTE.mac} PERMANENT`],
+    'ARP suppression entry',
+  );
+  t.equal(reconciler.bridgeUp(42), br, 'later ports join the bridge as they are created');
+
+  const again = h.kernel.commandLines().length;
+  t.equal(await reconciler.wireBridge(br, plan.hostIf), true);
+  await reconciler.converge();
+  t.same(mutations(h.kernel.commandLines().slice(again)), [], 'a second wiring and a full run change nothing');
+});
+
+t.test('wireBridge: a bridge the view does not want is left alone; full runs and wirings take turns', async (t) => {
+  const { h, reconciler, plan } = await setup(t);
+  const before = h.kernel.commandLines().length;
+  t.equal(await reconciler.wireBridge(linkNames.bridge(43), plan.hostIf), false, 'no VPC 43 here');
+  t.same(mutations(h.kernel.commandLines().slice(before)), [], 'nothing sent');
+  // Started together: were they to plan from the same read, both would create the bridge and one fail.
+  const [, wired] = await Promise.all([
+    reconciler.converge(),
+    reconciler.wireBridge(linkNames.bridge(42), plan.hostIf),
+  ]);
+  t.equal(wired, true);
+  t.equal(reconciler.lastError, undefined, 'the full run did not fail');
+  t.equal(
+    h.kernel.dump(H1).links.filter((l) => l.startsWith(`${linkNames.bridge(42)} bridge`)).length,
+    1,
+    'one bridge',
+  );
+});
