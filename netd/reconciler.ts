@@ -5,7 +5,7 @@ import { TcClient } from '../sys/tc.js';
 import { isCommandError, type CommandRunner, type NetnsTarget } from '../sys/runner.js';
 import type { Logger } from '../sys/log.js';
 import type { ExternalEndpointRecord, QosSpec } from '../tenancy/records.js';
-import { linksOf, reconcile as reconcileL2, scopeToBridge } from './dataplane.js';
+import { createAbsent, linksOf, reconcile as reconcileL2, scopeToBridge } from './dataplane.js';
 import { reconcileExternalProxies, type ExternalMode } from './external.js';
 import type { HostView } from './host-view.js';
 import type { DesiredL2, NetworkMode } from './modes/mode.js';
@@ -137,7 +137,7 @@ export class Reconciler {
 
   /**
    * Puts one bridge in place as the view wants it (the bridge, its VXLAN device with FDB and
-   * neighbour entries) and `port` on it, reading and changing only those links: what the first
+   * neighbour entries) and `port` on it, reading (unless it is absent) and changing only those links: what the first
    * ADD into a VPC on this host waits for, instead of a full run that lists every link of the
    * host (the full run still follows, for everything else). Returns whether `port` is on the
    * bridge now.
@@ -149,7 +149,9 @@ export class Reconciler {
       if (!scoped.bridges.has(bridgeName) || scoped.ports.get(port) !== bridgeName) return false;
       const ip = new IpClient(runner, netns);
       const clients = { ip, bridge: new BridgeClient(runner, netns) };
-      await reconcileL2(scoped, clients, log, () => this.protectedPorts(), linksOf(scoped));
+      // Not up after the last run: most likely absent, so create it without reading first.
+      const created = !this.bridgesUp.has(bridgeName) && (await createAbsent(scoped, clients, log));
+      if (!created) await reconcileL2(scoped, clients, log, () => this.protectedPorts(), linksOf(scoped));
       this.bridgesUp.add(bridgeName);
       return true;
     });

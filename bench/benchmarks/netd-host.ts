@@ -122,7 +122,11 @@ export class NetdBenchHost {
       ],
       netns: { name: h.netns },
       logFile: log,
-      env: { LOG_LEVEL: 'warn', NETD_ADMIN_TOKEN: randomBytes(24).toString('base64url') },
+      // BENCH_NETD_LOG_LEVEL=debug shows the batches netd sends, to see where a call's time goes.
+      env: {
+        LOG_LEVEL: process.env.BENCH_NETD_LOG_LEVEL ?? 'warn',
+        NETD_ADMIN_TOKEN: randomBytes(24).toString('base64url'),
+      },
     });
     for (let i = 0; i < 300 && !readFileSync(log, 'utf8').includes('ready'); i++) await sleep(50);
     if (!readFileSync(log, 'utf8').includes('ready'))

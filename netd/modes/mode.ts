@@ -8,6 +8,8 @@ import type { HostSnapshot } from '../model.js';
 export interface BridgeSpec {
   name: string;
   mtu: number;
+  /** Read from the kernel only: false for a device that is administratively down. */
+  up?: boolean;
 }
 
 export interface VxlanDeviceSpec {
@@ -19,6 +21,8 @@ export interface VxlanDeviceSpec {
   master: string;
   /** ARP suppression: the device answers ARP from its neighbour entries. */
   proxy: boolean;
+  /** Read from the kernel only: false for a device that is administratively down. */
+  up?: boolean;
 }
 
 /** A remote endpoint's IP → MAC on a VXLAN device (what ARP suppression answers with). */

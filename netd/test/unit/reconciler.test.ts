@@ -169,6 +169,10 @@ t.test("wireBridge: one VPC's bridge, VXLAN device, entries and the new port, re
     ran.some((l) => / neigh show$/.test(l)),
     'no listing of every neighbour',
   );
+  t.notOk(
+    ran.some((l) => / show /.test(l)),
+    'an absent bridge is created without reading first',
+  );
   const host = h.kernel.dump(H1);
   t.ok(
     host.links.some((l) => l.startsWith(`${vx} vxlan up mtu 1450`) && l.includes(`master ${br}`)),
@@ -194,6 +198,34 @@ t.test("wireBridge: one VPC's bridge, VXLAN device, entries and the new port, re
   t.equal(await reconciler.wireBridge(br, plan.hostIf), true);
   await reconciler.converge();
   t.same(mutations(h.kernel.commandLines().slice(again)), [], 'a second wiring and a full run change nothing');
+});
+
+t.test('wireBridge: a bridge already there (left by a crash) is read and completed instead', async (t) => {
+  const { h, reconciler, plan } = await setup(t);
+  const br = linkNames.bridge(42);
+  const vx = linkNames.vxlan(42);
+  await new IpClient(h.kernel, H1).apply(new IpBatch().linkAddBridge(br, { mtu: 1450, mcastSnooping: false }));
+  const before = h.kernel.commandLines().length;
+  t.equal(await reconciler.wireBridge(br, plan.hostIf), true, 'the port is on its bridge');
+  const ran = h.kernel.commandLines().slice(before);
+  t.ok(
+    ran.some((l) => l.includes(`link show dev ${br}`)),
+    'the refused creation made it read the links',
+  );
+  const host = h.kernel.dump(H1);
+  t.equal(host.links.filter((l) => l.startsWith(`${br} bridge up`)).length, 1, 'one bridge, up');
+  t.ok(
+    host.links.some((l) => l.startsWith(`${vx} vxlan up mtu 1450`) && l.includes(`master ${br}`)),
+    'the VXLAN device on it',
+  );
+  t.ok(
+    host.links.some((l) => l.startsWith(plan.hostIf) && l.includes(`master ${br}`)),
+    'the port on it',
+  );
+  t.equal(host.fdb.filter((f) => f.includes(vx)).length, 2, 'its FDB entries');
+  const again = h.kernel.commandLines().length;
+  await reconciler.converge();
+  t.same(mutations(h.kernel.commandLines().slice(again)), [], 'a full run finds nothing to change');
 });
 
 t.test('wireBridge: a bridge the view does not want is left alone; full runs and wirings take turns', async (t) => {
