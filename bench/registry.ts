@@ -7,6 +7,7 @@ import { netdCniLatencyBenchmark } from './benchmarks/netd-cni-latency.js';
 import { netdFullAddBenchmark } from './benchmarks/netd-full-add.js';
 import { netdScaleBenchmark } from './benchmarks/netd-scale.js';
 import { netdDelBenchmark } from './benchmarks/netd-del.js';
+import { netdPathBenchmark } from './benchmarks/netd-path.js';
 
 /** A registered benchmark and, when it keeps state in etcd, how many members that etcd has. */
 export interface Entry {
@@ -22,12 +23,18 @@ export function registry(runner: CommandRunner): Entry[] {
     ipamVsSharedRecordBenchmark,
     ipamVsHostLocalBenchmark,
     netdCniLatencyBenchmark,
+    (r, v) => netdCniLatencyBenchmark(r, { ...v, mode: 'routed' }),
+    (r, v) => netdCniLatencyBenchmark(r, { ...v, mode: 'vlan' }),
     netdDelBenchmark,
     netdFullAddBenchmark,
     netdScaleBenchmark,
   ];
   return [
     { benchmark: linkBatchBenchmark(runner) },
+    // The data path does not touch etcd: once, not per store.
+    { benchmark: netdPathBenchmark(runner, 'routed') },
+    { benchmark: netdPathBenchmark(runner, 'vxlan') },
+    { benchmark: netdPathBenchmark(runner, 'vlan') },
     ...STORE_VARIANTS.flatMap((v) =>
       onEtcd.map((make) => ({ benchmark: make(runner, v), etcdMembers: v.etcdMembers })),
     ),

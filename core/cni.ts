@@ -278,6 +278,8 @@ const APP_TO_CNI: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.POOL_OVERLAP]: CniErrorCodes.POOL_OVERLAP,
   [ErrorCodes.NOT_FOUND]: CniErrorCodes.INVALID_NETWORK_CONFIG,
   [ErrorCodes.COMMAND_FAILED]: CniErrorCodes.IO_FAILURE,
+  // An interface name (CNI_IFNAME) the container already uses.
+  [ErrorCodes.ALREADY_EXISTS]: CniErrorCodes.INVALID_ENV,
 };
 
 export function toCniError(err: unknown, cniVersion: string): CniError {

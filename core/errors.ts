@@ -40,6 +40,8 @@ export const ErrorCodes = {
   GLUSTER_BUSY: 'E_GLUSTER_BUSY',
   /** An address pool has no free address left (for this request's constraints). */
   POOL_EXHAUSTED: 'E_POOL_EXHAUSTED',
+  /** A numbered range has no free number left (VLAN ids of a physical network). */
+  RANGE_EXHAUSTED: 'E_RANGE_EXHAUSTED',
   /** A routed pool would overlap another routed pool. */
   POOL_OVERLAP: 'E_POOL_OVERLAP',
   /** A requested static address is taken by another owner. */

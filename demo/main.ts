@@ -12,13 +12,18 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { installCniPlugin } from '../sys/cni-install.js';
-import { IpClient } from '../sys/ip.js';
+import { IpBatch, IpClient } from '../sys/ip.js';
+import { NftClient } from '../sys/nft.js';
+import { GUARD_TABLE } from '../netd/source-guard.js';
 import { EtcdStore } from '../store/etcd.js';
 import { Ipam } from '../ipam/allocator.js';
 import { Podman } from '../test-netns/podman.js';
 import { modelKeys } from '../tenancy/keys.js';
 import { run as runCli } from '../netd/cli.js';
 import { NetdApiClient } from '../tenancy/api/client.js';
+import { ROUTED_PROTO } from '../netd/modes/routed.js';
+import { OvsClient } from '../sys/ovs.js';
+import { DEFAULT_OVS_BRIDGE } from '../netd/vlan-host.js';
 import type { EndpointRecord } from '../tenancy/records.js';
 import { startDaemon, stopDaemon } from '../sys/process.js';
 
@@ -317,6 +322,13 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     );
     await podman.remove(h2, `${server}-c`);
     await podman.remove(h2, server);
+
+    // A routed VPC beside the vxlan ones: no overlay, the container's /32 routed host to host.
+    ok = (await routedSection(s, podman, tenants)) && ok;
+    ok = (await routed6Section(s, podman, tenants)) && ok;
+    // And vlan VPCs: 802.1Q between hosts through Open vSwitch; the same CIDR twice, apart by tag.
+    ok = (await vlanSection(s, podman, tenants)) && ok;
+
     const left =
       (await store.list(modelKeys.endpoints())).kvs.length + (await store.list('/netd/v1/external/')).kvs.length;
     say(`  podman rm: ${left} endpoint records left`);
@@ -331,6 +343,199 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
   }
 }
 
+/**
+ * tenant-1's second VPC in routed mode (Calico-style): a podman container on each host, reachable
+ * across hosts without encapsulation at the underlay's MTU; tenant-2 cannot claim an overlapping
+ * routed CIDR; h1's routing table for the VPC shows h2's block via h2's underlay address.
+ */
+async function routedSection(
+  s: ClusterSession,
+  podman: Podman,
+  tenants: Record<string, NetdApiClient>,
+): Promise<boolean> {
+  say('  -- routed mode --');
+  const d = s.cluster.description;
+  const [h1, h2] = [s.cluster.host('h1'), s.cluster.host('h2')];
+  const name = `demo-routed-${uniqueSuffix(2)}`;
+  try {
+    const vpc = await tenants.a!.call<{ id: string; vni: number }>('POST', '/v1/vpcs', {
+      name: 'fast',
+      cidr: '10.20.0.0/24',
+      mode: 'routed',
+    });
+    const conflist = await tenants.a!.call<{ plugins: object[] }>('GET', `/v1/vpcs/${vpc.id}/cni-config`);
+    podman.addNetwork({ name: 'vpc-fast', plugins: conflist.plugins });
+    say(`  tenant-1: VPC fast = ${vpc.id}, 10.20.0.0/24, mode routed`);
+    const refused = await tenants
+      .b!.call('POST', '/v1/vpcs', { name: 'fast', cidr: '10.20.0.128/25', mode: 'routed' })
+      .then(
+        () => 'created (wrong)',
+        (err: unknown) => describeError(err),
+      );
+    say(`  tenant-2 asks for routed 10.20.0.128/25: ${refused}`);
+    await podman.run(h2.netns, { name, networks: ['vpc-fast'], detach: true }, ['sleep', '600']);
+    const sandbox = (
+      await podman.podman(h2.netns, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', name])
+    ).stdout.trim();
+    const inside = new IpClient(s.runner, { path: sandbox });
+    // Its only network: podman names the interface eth0.
+    const eth1 = (await inside.addresses('eth0'))[0];
+    const mtu = (await inside.link('eth0'))?.mtu;
+    const addr = eth1?.addr_info.find((a) => a.family === 'inet');
+    say(`  podman run on h2: ${addr?.local}/${addr?.prefixlen}, MTU ${mtu} (underlay ${d.underlay.mtu})`);
+    await podman.run(h1.netns, { name: `${name}-c`, networks: ['vpc-fast'], detach: true }, ['sleep', '600']);
+    const reached = await podman
+      .podman(h1.netns, ['exec', `${name}-c`, 'ping', '-c', '1', '-W', '2', addr?.local ?? '0.0.0.0'])
+      .then(
+        () => true,
+        () => false,
+      );
+    say(`  h1 container -> ${addr?.local} (routed, on h2): ${mark(reached)}`);
+    const routes = await new IpClient(s.runner, { name: h1.netns }).routesByProto(ROUTED_PROTO);
+    const viaH2 = routes.filter((r) => r.gateway === h2.underlayIp).map((r) => r.dst);
+    say(`  h1 routes ${viaH2.join(', ') || 'nothing'} via h2 (${h2.underlayIp}), no tunnel`);
+    return /E_POOL_OVERLAP/.test(refused) && reached && addr?.prefixlen === 32 && viaH2.length > 0;
+  } finally {
+    await podman.remove(h1.netns, `${name}-c`).catch(() => undefined);
+    await podman.remove(h2.netns, name).catch(() => undefined);
+  }
+}
+
+/**
+ * An IPv6 routed VPC of tenant-1: podman containers on h1 and h2 with /128s behind fe80::1, routed
+ * between the hosts by their IPv6 underlay addresses; a forged source is dropped by the guard.
+ */
+async function routed6Section(
+  s: ClusterSession,
+  podman: Podman,
+  tenants: Record<string, NetdApiClient>,
+): Promise<boolean> {
+  say('  -- routed mode, IPv6 --');
+  const [h1, h2] = [s.cluster.host('h1'), s.cluster.host('h2')];
+  const name = `demo-routed6-${uniqueSuffix(2)}`;
+  try {
+    const vpc = await tenants.a!.call<{ id: string }>('POST', '/v1/vpcs', {
+      name: 'fast6',
+      cidr: 'fd20::/64',
+      mode: 'routed',
+    });
+    const conflist = await tenants.a!.call<{ plugins: object[] }>('GET', `/v1/vpcs/${vpc.id}/cni-config`);
+    podman.addNetwork({ name: 'vpc-fast6', plugins: conflist.plugins });
+    say(`  tenant-1: VPC fast6 = ${vpc.id}, fd20::/64, mode routed`);
+    await podman.run(h2.netns, { name, networks: ['vpc-fast6'], detach: true }, ['sleep', '600']);
+    const sandbox = (
+      await podman.podman(h2.netns, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', name])
+    ).stdout.trim();
+    const addr = (await new IpClient(s.runner, { path: sandbox }).addresses('eth0'))[0]?.addr_info.find(
+      (a) => a.family === 'inet6',
+    );
+    say(`  podman run on h2: ${addr?.local}/${addr?.prefixlen}, gateway fe80::1 (on the host port itself)`);
+    await podman.run(h1.netns, { name: `${name}-c`, networks: ['vpc-fast6'], detach: true }, ['sleep', '600']);
+    const ping = (args: string[]) =>
+      podman.podman(h1.netns, ['exec', `${name}-c`, 'ping', '-c', '1', '-W', '2', ...args]).then(
+        () => true,
+        () => false,
+      );
+    const reached = await ping([addr?.local ?? '::']);
+    say(`  h1 container -> ${addr?.local} (routed, on h2, via h2's ${h2.underlayIp6}): ${mark(reached)}`);
+    // Root in the container takes another address of the VPC (done from outside: podman's default
+    // capabilities lack NET_ADMIN): the guard drops what it sends.
+    const sandbox1 = (
+      await podman.podman(h1.netns, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', `${name}-c`])
+    ).stdout.trim();
+    await new IpClient(s.runner, { path: sandbox1 }).apply(
+      new IpBatch().addrAdd('fd20::ff:1/128', 'eth0', { nodad: true }),
+    );
+    const guardDrops = async () => {
+      const table = await new NftClient(s.runner, { name: h1.netns }).table('ip6', GUARD_TABLE);
+      return Number(/"packets":\s*(\d+)/.exec(JSON.stringify(table?.rules ?? []))?.[1] ?? 0);
+    };
+    const before = await guardDrops();
+    const forged = await ping(['-I', 'fd20::ff:1', addr?.local ?? '::']);
+    const dropped = (await guardDrops()) - before;
+    say(
+      `  the same container with a forged source fd20::ff:1: ${forged ? 'reached (wrong)' : 'not delivered'}; ` +
+        `h1's source guard dropped ${dropped} packet(s)`,
+    );
+    return reached && !forged && dropped > 0 && addr?.prefixlen === 128;
+  } finally {
+    await podman.remove(h1.netns, `${name}-c`).catch(() => undefined);
+    await podman.remove(h2.netns, name).catch(() => undefined);
+  }
+}
+
+/**
+ * vlan mode: tenant-1 and tenant-2 each get a vlan VPC with the same CIDR (each its own VLAN id on
+ * physnet0); tenant-1's podman containers on h1 and h2 reach each other over the trunk, tenant-2's
+ * container (given the same address as tenant-1's on h2) is not reached from tenant-1's.
+ */
+async function vlanSection(
+  s: ClusterSession,
+  podman: Podman,
+  tenants: Record<string, NetdApiClient>,
+): Promise<boolean> {
+  say('  -- vlan mode (Open vSwitch, 802.1Q trunk between hosts) --');
+  const [h1, h2] = [s.cluster.host('h1'), s.cluster.host('h2')];
+  const name = `demo-vlan-${uniqueSuffix(2)}`;
+  const started: Array<[string, string]> = [];
+  try {
+    const ready = JSON.parse(await new NetdApiClient(h1.daemons.netdApi!).text('/readyz')) as {
+      modes: string[];
+      vlan?: { datapath: string; physnet: string };
+    };
+    say(
+      `  h1 /readyz: modes ${ready.modes.join(', ')}; vlan on ${ready.vlan?.physnet} (${ready.vlan?.datapath} datapath)`,
+    );
+    const a = await tenants.a!.call<{ id: string; vlan: number }>('POST', '/v1/vpcs', {
+      name: 'wire',
+      cidr: '10.30.0.0/24',
+      mode: 'vlan',
+    });
+    const b = await tenants.b!.call<{ id: string; vlan: number }>('POST', '/v1/vpcs', {
+      name: 'wire',
+      cidr: '10.30.0.0/24',
+      mode: 'vlan',
+    });
+    say(`  tenant-1: ${a.id} VLAN ${a.vlan}; tenant-2: ${b.id} VLAN ${b.vlan}; both 10.30.0.0/24`);
+    for (const vpc of [a, b]) {
+      const conflist = await tenants[vpc === a ? 'a' : 'b']!.call<{ plugins: object[] }>(
+        'GET',
+        `/v1/vpcs/${vpc.id}/cni-config`,
+      );
+      podman.addNetwork({ name: `vlan-${vpc.id}`, plugins: conflist.plugins });
+    }
+    const run = async (host: typeof h1, container: string, vpc: string) => {
+      await podman.run(host.netns, { name: container, networks: [`vlan-${vpc}`], detach: true }, ['sleep', '600']);
+      started.push([host.netns, container]);
+      const sandbox = (
+        await podman.podman(host.netns, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', container])
+      ).stdout.trim();
+      return (await new IpClient(s.runner, { path: sandbox }).addresses('eth0'))[0]?.addr_info.find(
+        (x) => x.family === 'inet',
+      )?.local;
+    };
+    const onH2 = await run(h2, name, a.id);
+    await run(h1, `${name}-c`, a.id);
+    const otherOnH2 = await run(h2, `${name}-o`, b.id);
+    const ping = (target: string | undefined) =>
+      podman.podman(h1.netns, ['exec', `${name}-c`, 'ping', '-c', '1', '-W', '2', target ?? '0.0.0.0']).then(
+        () => true,
+        () => false,
+      );
+    const reached = await ping(onH2);
+    say(`  tenant-1 h1 -> ${onH2} (tenant-1, on h2, over the trunk): ${mark(reached)}`);
+    say(`  tenant-2's container on h2 has ${otherOnH2} in the same CIDR, on VLAN ${b.vlan}`);
+    const ovs = new OvsClient(s.runner, { dbSocket: h2.vlan!.ovsDb });
+    const tags = [...(await ovs.bridgePorts(DEFAULT_OVS_BRIDGE))].filter(([p]) => p !== 'trunk').map(([, t]) => t);
+    say(
+      `  h2's Open vSwitch bridge: access ports tagged ${tags.sort((x, y) => (x ?? 0) - (y ?? 0)).join(', ')}, trunk untagged`,
+    );
+    return reached && a.vlan !== b.vlan && tags.includes(a.vlan) && tags.includes(b.vlan);
+  } finally {
+    for (const [netns, container] of started.reverse()) await podman.remove(netns, container).catch(() => undefined);
+  }
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({ options: { hosts: { type: 'string', default: '3' }, prefix: { type: 'string' } } });
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn', destination: process.stderr });
@@ -339,7 +544,7 @@ async function main(): Promise<number> {
   const hosts = Number(values.hosts);
   const started = Date.now();
   let ok = true;
-  await withCluster({ prefix, hosts, runner, logger, with: ['netd'] }, async (s) => {
+  await withCluster({ prefix, hosts, runner, logger, with: ['netd'], vlan: true }, async (s) => {
     const d = s.cluster.description;
     say(`== Cluster ${d.prefix}: ${d.hosts.length} hosts up in ${Date.now() - started} ms ==`);
     for (const h of d.hosts) say(`  ${h.name}\tnetns ${h.netns}\tunderlay ${h.underlayIp}`);

@@ -31,6 +31,7 @@ export const ipamKeys = {
   blocks: (pool: string) => `${IPAM_ROOT}blocks/${pool}/`,
   block: (pool: string, cidrKey: string) => `${IPAM_ROOT}blocks/${pool}/${cidrKey}`,
   allBlocks: () => `${IPAM_ROOT}blocks/`,
+  allAffinities: () => `${IPAM_ROOT}affinity/`,
   hostAffinities: (host: string) => `${IPAM_ROOT}affinity/${host}/`,
   affinity: (host: string, pool: string, cidrKey: string) => `${IPAM_ROOT}affinity/${host}/${pool}/${cidrKey}`,
   allHandles: () => `${IPAM_ROOT}handles/`,

@@ -109,14 +109,19 @@ export function buildPool(spec: PoolSpec): Pool {
   };
 }
 
-/** Routed pools share the hosts' routing tables, so they must not overlap each other. */
+/** Routed pools and external pools both enter the hosts' routing: they must not overlap each other. */
+function entersHostRouting(p: Pool): boolean {
+  return p.spec.routed === true || p.spec.kind === 'external';
+}
+
+/** Routed pools share the hosts' routing tables (with external pools), so they must not overlap. */
 export function checkRoutedOverlap(candidate: Pool, existing: readonly Pool[]): void {
-  if (!candidate.spec.routed) return;
+  if (!entersHostRouting(candidate)) return;
   for (const other of existing) {
-    if (other.spec.name !== candidate.spec.name && other.spec.routed && overlaps(candidate.cidr, other.cidr)) {
+    if (other.spec.name !== candidate.spec.name && entersHostRouting(other) && overlaps(candidate.cidr, other.cidr)) {
       throw new AppError(
         ErrorCodes.POOL_OVERLAP,
-        `routed pool ${candidate.spec.name} (${candidate.spec.cidr}) overlaps routed pool ${other.spec.name} (${other.spec.cidr})`,
+        `${candidate.spec.kind === 'external' ? 'external' : 'routed'} pool ${candidate.spec.name} (${candidate.spec.cidr}) overlaps ${other.spec.kind === 'external' ? 'external' : 'routed'} pool ${other.spec.name} (${other.spec.cidr})`,
         { pool: candidate.spec.name, other: other.spec.name },
       );
     }

@@ -8,6 +8,7 @@ import { tenantRoutes } from '../tenancy/api/routes/tenants.js';
 import { vpcRoutes } from '../tenancy/api/routes/vpcs.js';
 import { endpointRoutes } from '../tenancy/api/routes/endpoints.js';
 import type { PoolAdmin } from '../tenancy/vpcs.js';
+import { policyRoutes } from '../tenancy/api/routes/policy.js';
 import type { ModeName } from '../tenancy/records.js';
 import type { NetdMetrics } from './metrics.js';
 import { ERRORS, VPC_PARAMS, tenantRoute } from '../tenancy/api/schemas.js';
@@ -63,6 +64,8 @@ export function buildNetdApi(opts: {
   /** Creates and deletes VPC pools (the host's Ipam). */
   pools: PoolAdmin;
   metrics?: NetdMetrics;
+  /** What this host builds (shown by /readyz). */
+  capabilities?: () => object;
 }): FastifyInstance {
   const context = apiContext({
     store: opts.store,
@@ -73,9 +76,19 @@ export function buildNetdApi(opts: {
   return buildApiServer({
     context,
     title: 'netd API',
-    routes: [healthRoutes(opts.metrics), tenantRoutes, vpcRoutes, endpointRoutes, cniConfigRoutes],
+    routes: [
+      healthRoutes(opts.metrics, opts.capabilities),
+      policyRoutes,
+      tenantRoutes,
+      vpcRoutes,
+      endpointRoutes,
+      cniConfigRoutes,
+    ],
   });
 }
 
-/** The network modes netd builds today (vlan and routed arrive with their issue). */
-export const AVAILABLE_MODES: readonly ModeName[] = ['vxlan'];
+/**
+ * The network modes netd builds. A vlan VPC also needs a host with a trunk on its physical
+ * network (checked at creation from the hosts' records).
+ */
+export const AVAILABLE_MODES: readonly ModeName[] = ['vxlan', 'routed', 'vlan'];

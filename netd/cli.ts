@@ -8,7 +8,7 @@ import { NetdApiClient } from '../tenancy/api/client.js';
  *     health
  *     tenant create NAME | list | show NAME | delete NAME          (admin token)
  *     whoami                                                      (tenant token)
- *     vpc create NAME --cidr CIDR [--mtu N] [--ingress RATE] [--egress RATE] | list | show NAME | delete NAME
+ *     vpc create NAME --cidr CIDR [--mode vxlan|routed|vlan] [--physnet NAME] [--mtu N] [--ingress RATE] [--egress RATE] | list | show NAME | delete NAME
  *     vpc qos NAME [--ingress RATE] [--egress RATE]             (the VPC's defaults; none: remove them)
  *     endpoint list VPC | endpoint qos VPC ENDPOINT [--external] [--ingress RATE] [--egress RATE]
  *     cni-config VPC | cni-config --external                      (always JSON)
@@ -23,13 +23,20 @@ export type Command =
   | { kind: 'whoami' }
   | { kind: 'tenant-create' | 'tenant-show' | 'tenant-delete'; name: string }
   | { kind: 'tenant-list' }
-  | { kind: 'vpc-create'; name: string; cidr: string; mtu?: number; qos?: Qos }
+  | { kind: 'vpc-create'; name: string; cidr: string; mode?: string; physnet?: string; mtu?: number; qos?: Qos }
+  | { kind: 'policy-show' }
+  | { kind: 'policy-set'; routedRanges?: string[]; vlanRanges?: Array<{ physnet: string; min: number; max: number }> }
   | { kind: 'vpc-list' }
   | { kind: 'vpc-show' | 'vpc-delete'; name: string }
   | { kind: 'vpc-qos'; name: string; qos: Qos }
   | { kind: 'endpoint-list'; vpc: string }
   | { kind: 'endpoint-qos'; vpc: string; endpoint: string; qos: Qos; external: boolean }
   | { kind: 'cni-config'; vpc?: string };
+
+interface PolicyView {
+  routedRanges?: string[];
+  vlanRanges?: Array<{ physnet: string; min: number; max: number }>;
+}
 
 export interface Qos {
   ingressBps?: number;
@@ -44,19 +51,31 @@ export interface Invocation {
 }
 
 const DEFAULT_API = 'unix:///run/netd/api.sock';
-const VALUE_FLAGS = new Set(['--api', '--token', '--cidr', '--mtu', '--ingress', '--egress']);
+const VALUE_FLAGS = new Set([
+  '--api',
+  '--token',
+  '--cidr',
+  '--mode',
+  '--physnet',
+  '--mtu',
+  '--ingress',
+  '--egress',
+  '--routed-ranges',
+  '--vlan-ranges',
+]);
 const BOOL_FLAGS = new Set(['--json', '--external', '--help']);
 
 export const USAGE = `usage: netdctl [--api URL] [--token T] [--json] COMMAND
   health
   tenant create NAME | tenant list | tenant show NAME | tenant delete NAME
   whoami
-  vpc create NAME --cidr CIDR [--mtu N] [--ingress RATE] [--egress RATE]
+  vpc create NAME --cidr CIDR [--mode vxlan|routed|vlan] [--physnet NAME] [--mtu N] [--ingress RATE] [--egress RATE]
   vpc list | vpc show NAME | vpc delete NAME
   vpc qos NAME [--ingress RATE] [--egress RATE]
   endpoint list VPC
   endpoint qos VPC ENDPOINT [--ingress RATE] [--egress RATE]
   cni-config VPC | cni-config --external
+  policy show | policy set [--routed-ranges CIDR,...] [--vlan-ranges PHYSNET:MIN:MAX,...]   (admin)
 RATE: bits/s, e.g. 10mbit, 1gbit, 500kbit, 2500000`;
 
 /** "10mbit" → 10_000_000 bits/s. */
@@ -130,13 +149,47 @@ export function parseCommand(argv: readonly string[], env: Readonly<Record<strin
       break;
     case 'vpc create': {
       arity('vpc create', 3);
-      allowed('vpc create', '--cidr', '--mtu', '--ingress', '--egress');
+      allowed('vpc create', '--cidr', '--mode', '--physnet', '--mtu', '--ingress', '--egress');
       const cidr = flags.get('--cidr');
       if (!cidr) throw invalidInput('vpc create needs --cidr');
       const mtu = flags.has('--mtu') ? Number(flags.get('--mtu')) : undefined;
       if (mtu !== undefined && !Number.isInteger(mtu)) throw invalidInput('--mtu must be an integer');
+      const mode = flags.get('--mode');
+      if (mode !== undefined && !['vxlan', 'routed', 'vlan'].includes(mode))
+        throw invalidInput('--mode must be vxlan, routed or vlan');
+      const physnet = flags.get('--physnet');
       const q = qos();
-      command = { kind: 'vpc-create', name: words[2]!, cidr, ...(mtu !== undefined && { mtu }), ...(q && { qos: q }) };
+      command = {
+        kind: 'vpc-create',
+        name: words[2]!,
+        cidr,
+        ...(mode !== undefined && { mode }),
+        ...(physnet !== undefined && { physnet }),
+        ...(mtu !== undefined && { mtu }),
+        ...(q && { qos: q }),
+      };
+      break;
+    }
+    case 'policy show':
+      arity('policy show', 2);
+      allowed('policy show');
+      command = { kind: 'policy-show' };
+      break;
+    case 'policy set': {
+      arity('policy set', 2);
+      allowed('policy set', '--routed-ranges', '--vlan-ranges');
+      const list = (flag: string) => flags.get(flag)?.split(',').filter(Boolean);
+      const routedRanges = list('--routed-ranges');
+      const vlanRanges = list('--vlan-ranges')?.map((r) => {
+        const m = /^([a-z][a-z0-9-]{0,30}):(\d{1,4}):(\d{1,4})$/.exec(r);
+        if (!m) throw invalidInput(`VLAN range "${r}" must be physnet:min:max`);
+        return { physnet: m[1]!, min: Number(m[2]), max: Number(m[3]) };
+      });
+      command = {
+        kind: 'policy-set',
+        ...(routedRanges && { routedRanges }),
+        ...(vlanRanges && { vlanRanges }),
+      };
       break;
     }
     case 'vpc qos':
@@ -220,6 +273,7 @@ const VPC_COLUMNS = [
   { key: 'cidr', title: 'CIDR' },
   { key: 'mode', title: 'MODE' },
   { key: 'vni', title: 'VNI' },
+  { key: 'vlan', title: 'VLAN' },
   { key: 'mtu', title: 'MTU' },
   { key: 'ingress', title: 'INGRESS' },
   { key: 'egress', title: 'EGRESS' },
@@ -273,6 +327,8 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
       const v = await client.call<Record<string, unknown>>('POST', '/v1/vpcs', {
         name: c.name,
         cidr: c.cidr,
+        ...(c.mode !== undefined && { mode: c.mode }),
+        ...(c.physnet !== undefined && { physnet: c.physnet }),
         ...(c.mtu !== undefined && { mtu: c.mtu }),
         ...(c.qos && { qos: c.qos }),
       });
@@ -304,6 +360,22 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
         { qos: c.qos },
       );
       return show(e, () => formatTable([withRates(e)], ENDPOINT_COLUMNS));
+    }
+    case 'policy-show':
+    case 'policy-set': {
+      const p =
+        c.kind === 'policy-show'
+          ? await client.call<PolicyView>('GET', '/v1/policy')
+          : await client.call<PolicyView>('PUT', '/v1/policy', {
+              ...(c.routedRanges && { routedRanges: c.routedRanges }),
+              ...(c.vlanRanges && { vlanRanges: c.vlanRanges }),
+            });
+      return show(
+        p,
+        () =>
+          `routed ranges: ${p.routedRanges?.join(', ') || 'any (not restricted)'}\n` +
+          `VLAN ranges:   ${p.vlanRanges?.map((r) => `${r.physnet} ${r.min}-${r.max}`).join(', ') || 'physnet0 100-4094 (default)'}\n`,
+      );
     }
     case 'cni-config': {
       const conf = await client.call<unknown>(

@@ -1,10 +1,14 @@
+import { readFileSync } from 'node:fs';
 import { describeError } from '../core/errors.js';
+import { contains, parseCidr, parseIp } from '../core/cidr.js';
+import { listJson } from '../store/json.js';
+import { modelKeys } from '../tenancy/keys.js';
 import { IpBatchLane } from '../sys/ip.js';
 import type { CommandRunner, NetnsTarget } from '../sys/runner.js';
 import { silentLogger, type Logger } from '../sys/log.js';
 import type { Store } from '../store/types.js';
 import type { Ipam } from '../ipam/allocator.js';
-import type { HostRecord } from '../tenancy/records.js';
+import type { HostRecord, ModeName, VpcRecord } from '../tenancy/records.js';
 import { Attacher } from './attach/template.js';
 import { CniService } from './cni/service.js';
 import { ownSocketPath, startCniServer } from './cni/server.js';
@@ -12,8 +16,14 @@ import { DeferredStoreWork } from './deferred.js';
 import { ensureExternalEgress, type ExternalMode } from './external.js';
 import { HostView } from './host-view.js';
 import type { NetdMetrics } from './metrics.js';
+import { createRoutedMode } from './modes/routed.js';
+import { BgpSpeaker, type BgpOptions } from './bgp.js';
 import { vxlanMode } from './modes/vxlan.js';
+import { createVlanMode } from './modes/vlan.js';
+import { VlanHost, type VlanHostOptions } from './vlan-host.js';
 import { Reconciler } from './reconciler.js';
+import { SourceGuard } from './source-guard.js';
+import { NftClient } from '../sys/nft.js';
 import { recoverLocalAttachments } from './recovery.js';
 import { HostRegistration } from './registration.js';
 import { DeadHostSweeper } from './sweeper.js';
@@ -50,6 +60,22 @@ export interface NetdDaemonOptions {
   deadHostGraceMs?: number;
   /** How often the sweeper looks (default 30 s). */
   sweepIntervalMs?: number;
+  /** Announce this host's routed blocks over BGP through a BIRD speaker (L3 fabrics; see bgp.ts). */
+  bgp?: BgpOptions;
+  /** On an L3 fabric: the next hop for other hosts' routed blocks (the router learning them over BGP). */
+  fabricGateway?: string;
+  /** The same for IPv6 VPCs: the router's IPv6 address on this host's link. */
+  fabricGateway6?: string;
+  /** vlan mode: this host's trunk into a VLAN-aware fabric, through Open vSwitch (see vlan-host.ts). */
+  vlan?: VlanHostOptions;
+}
+
+/** What a host tells the cluster (its record) and /readyz about the modes it builds. */
+export interface HostCapabilities {
+  modes: ModeName[];
+  vlan?: HostRecord['vlan'];
+  /** Why a mode is not offered here (vlan without a trunk or Open vSwitch; routed with loose rp_filter). */
+  refused?: Partial<Record<ModeName, string>>;
 }
 
 export interface NetdDaemonDeps {
@@ -68,6 +94,9 @@ export class NetdDaemon {
   private readonly log: Logger;
   private readonly registration: HostRegistration;
   private readonly attacher: Attacher;
+  private readonly vlanHost: VlanHost | undefined;
+  private routedRefusal: string | undefined;
+  private readonly guard: SourceGuard;
   private cniServer: Server | undefined;
   private resyncTimer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -81,14 +110,41 @@ export class NetdDaemon {
     this.log = (deps.logger ?? silentLogger()).child({ component: 'netd', host: self.name });
     const { store, runner, ipam } = deps;
     this.registration = new HostRegistration(self, { store, ttlSeconds: opts.leaseTtlSeconds ?? 10, logger: this.log });
-    this.view = new HostView(self, { store, ...(deps.logger && { logger: deps.logger }) });
+    // With BGP, this host's own new blocks must reach its speaker at once (they are announced).
+    this.view = new HostView(self, {
+      store,
+      ...(deps.logger && { logger: deps.logger }),
+      ...(opts.bgp && { ownBlocksMatter: true }),
+    });
     // While the view is out of sync with etcd, etcd steps are queued at once (no deadline to wait out).
     this.deferred = new DeferredStoreWork(this.log, 500, () => this.view.synced);
+    this.vlanHost = opts.vlan
+      ? new VlanHost(opts.vlan, { runner, ...(opts.netns && { netns: opts.netns }), logger: this.log })
+      : undefined;
+    this.guard = new SourceGuard(new NftClient(runner, opts.netns), this.log);
     this.reconciler = new Reconciler({
       view: this.view,
       runner,
+      guard: this.guard,
       ...(opts.netns && { netns: opts.netns }),
-      mode: vxlanMode,
+      modes: [
+        vxlanMode,
+        createRoutedMode({
+          ...(opts.fabricGateway && { fabricGateway: opts.fabricGateway }),
+          ...(opts.fabricGateway6 && { fabricGateway6: opts.fabricGateway6 }),
+        }),
+        ...(this.vlanHost
+          ? [
+              createVlanMode(
+                () => this.vlanHost?.physnet,
+                // Until the datapath is known (OVS away at start), shaper pairs that exist are kept.
+                () => this.vlanHost?.shaping !== false,
+              ),
+            ]
+          : []),
+      ],
+      ...(this.vlanHost && { vlan: this.vlanHost }),
+      ...(opts.bgp && { bgp: new BgpSpeaker({ runner, options: opts.bgp, logger: this.log.child({ part: 'bgp' }) }) }),
       logger: this.log,
       ...(deps.metrics && { metrics: deps.metrics }),
       ...(opts.debounceMs !== undefined && { debounceMs: opts.debounceMs }),
@@ -113,10 +169,32 @@ export class NetdDaemon {
     return pool === undefined ? undefined : { pool, mode: this.opts.externalMode ?? 'nat' };
   }
 
+  /** The modes this host builds, as its record and /readyz say. */
+  capabilities(): HostCapabilities {
+    const vlan = this.vlanHost?.capability;
+    const refused: NonNullable<HostCapabilities['refused']> = {};
+    if (!vlan) refused.vlan = this.vlanHost?.refusal ?? 'no VLAN trunk configured (netd --vlan-trunk)';
+    if (this.routedRefusal) refused.routed = this.routedRefusal;
+    const modes: ModeName[] = [
+      'vxlan',
+      ...(this.routedRefusal ? [] : ['routed' as const]),
+      ...(vlan ? ['vlan' as const] : []),
+    ];
+    return { modes, ...(vlan && { vlan }), refused };
+  }
+
   async start(): Promise<void> {
     const { store, runner, ipam } = this.deps;
     this.deps.metrics?.countEndpointsWith(() => this.view.counts());
+    this.routedRefusal = this.opts.netns === undefined ? looseReversePathFilter() : undefined;
+    this.routedRefusal ??= await this.underlayInRoutedVpc();
+    if (this.routedRefusal) this.log.error(this.routedRefusal);
+    // What the host can build is found before it registers: the record says it.
+    await this.vlanHost?.setup();
+    const { modes, vlan } = this.capabilities();
+    this.registration.describe({ ...this.opts.host, modes, ...(vlan && { vlan }) });
     await this.registration.register();
+    this.registeredVlan = JSON.stringify(vlan);
     const external = this.external;
     if (external) {
       const pool = await ipam.getPool(external.pool);
@@ -133,6 +211,7 @@ export class NetdDaemon {
     });
     await this.reconciler.run();
     if (this.opts.cniSocketDir !== undefined) {
+      const routedRefusal = this.routedRefusal;
       const service = new CniService({
         self: this.opts.host,
         store,
@@ -143,6 +222,9 @@ export class NetdDaemon {
         attacher: this.attacher,
         ...(external && { external }),
         ...(this.deps.metrics && { metrics: this.deps.metrics }),
+        ...(routedRefusal && { routedRefusal }),
+        ...(this.vlanHost && { vlan: this.vlanHost }),
+        guard: this.guard,
         logger: this.log,
       });
       this.cniServer = await startCniServer({
@@ -151,10 +233,62 @@ export class NetdDaemon {
         logger: this.log,
       });
     }
-    this.resyncTimer = setInterval(() => this.reconciler.schedule(), this.opts.resyncIntervalMs ?? 5_000);
+    this.resyncTimer = setInterval(() => {
+      this.reconciler.schedule();
+      void this.retryVlanSetup();
+    }, this.opts.resyncIntervalMs ?? 5_000);
     this.resyncTimer.unref();
     this.startSweeping();
     this.log.info('netd started');
+  }
+
+  /**
+   * Open vSwitch may start after netd (or come back after an outage): a host configured with a
+   * trunk that could not set it up tries again on each resync, and once it can, says so in its
+   * record (the API then accepts vlan VPCs on its physical network) and reconciles.
+   */
+  private vlanRetrying = false;
+  /** What the registered record says about vlan (it changes when OVS comes or goes). */
+  private registeredVlan: string | undefined;
+  private async retryVlanSetup(): Promise<void> {
+    if (!this.vlanHost || this.vlanRetrying || this.stopped) return;
+    this.vlanRetrying = true;
+    try {
+      if (!this.vlanHost.capability && (await this.vlanHost.setup())) this.reconciler.schedule();
+      // The record follows what the host can build now (set up, or lost to an OVS outage), retried
+      // on each resync until etcd takes it.
+      const { modes, vlan } = this.capabilities();
+      if (JSON.stringify(vlan) === this.registeredVlan) return;
+      await this.registration.update({ ...this.opts.host, modes, ...(vlan && { vlan }) });
+      this.registeredVlan = JSON.stringify(vlan);
+    } catch (err) {
+      this.log.warn({ err: describeError(err) }, 'host record not updated with vlan mode; will retry');
+    } finally {
+      this.vlanRetrying = false;
+    }
+  }
+
+  /**
+   * A routed VPC's CIDR is routed as it is on every host: a host whose underlay address lies in one
+   * would have its own traffic captured by the VPC's routes. VPC creation refuses CIDRs over
+   * registered hosts; this is the other direction, a host joining under an existing routed VPC
+   * (created while it was away). Such a host serves no routed VPC (it still starts: its other
+   * containers need their DELs and repairs); the reason is logged and shown by /readyz.
+   */
+  private async underlayInRoutedVpc(): Promise<string | undefined> {
+    const { underlayIp, underlayIp6, name } = this.opts.host;
+    const own = [underlayIp, ...(underlayIp6 !== undefined ? [underlayIp6] : [])];
+    for (const { value: vpc } of (await listJson<VpcRecord>(this.deps.store, modelKeys.vpcs())).kvs) {
+      if (vpc.mode !== 'routed') continue;
+      const inside = own.find((a) => contains(parseCidr(vpc.cidr), parseIp(a)));
+      if (inside !== undefined) {
+        return (
+          `host ${name}'s underlay address ${inside} lies inside routed VPC ${vpc.name} (${vpc.cidr}): this ` +
+          'host refuses routed attachments; give it an address outside routed VPCs'
+        );
+      }
+    }
+    return undefined;
   }
 
   /** One daemon of the cluster (the lock holder) removes what dead hosts left (sweeper.ts). */
@@ -194,6 +328,7 @@ export class NetdDaemon {
     await new Promise<void>((resolve) => (this.cniServer ? this.cniServer.close(() => resolve()) : resolve()));
     await this.view.stop();
     await this.reconciler.stop();
+    this.vlanHost?.close();
     this.registration.release();
   }
 
@@ -201,5 +336,23 @@ export class NetdDaemon {
   async deregister(): Promise<void> {
     await this.stop();
     await this.registration.revoke();
+  }
+}
+
+/**
+ * The kernel applies the larger of `conf.all.rp_filter` and a port's own value: with `all` at 2
+ * (loose, as some distributions ship) no port can be strict, and a container could pick another
+ * routed VPC's table with a forged source. Read in the daemon's own namespace.
+ */
+function looseReversePathFilter(): string | undefined {
+  try {
+    const all = readFileSync('/proc/sys/net/ipv4/conf/all/rp_filter', 'utf8').trim();
+    if (all !== '2') return undefined;
+    return (
+      'net.ipv4.conf.all.rp_filter is 2 (loose): ports cannot filter forged source addresses, so this host refuses ' +
+      'routed VPC attachments; set it to 0 or 1 (netd sets 1 on each container port)'
+    );
+  } catch {
+    return undefined;
   }
 }

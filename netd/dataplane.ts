@@ -56,7 +56,10 @@ export async function readActual(
         proxy: data.proxy === true,
         up,
       });
-    } else if (/^n[ie]/.test(l.ifname)) actual.ports.set(l.ifname, l.master ?? '');
+    } else if (/^n[ie]/.test(l.ifname) || (kind === 'veth' && l.ifname.startsWith('nq')))
+      // On Open vSwitch's kernel datapath a port's master is ovs-system: OVS's, not a bridge of ours.
+      // A veth "nq…" is a vlan port's egress shaper (its peer "no…" on OVS's userspace datapath).
+      actual.ports.set(l.ifname, l.master === 'ovs-system' ? '' : (l.master ?? ''));
     else if (kind === 'ifb' && l.ifname.startsWith('nq')) actual.ifbs.add(l.ifname);
   }
   if (actual.vxlans.size > 0) {

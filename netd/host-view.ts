@@ -10,7 +10,8 @@ import type {
   HostRecord,
   VpcRecord,
 } from '../tenancy/records.js';
-import type { HostSnapshot } from './model.js';
+import { ipamKeys } from '../ipam/keys.js';
+import type { BlockAffinity, HostSnapshot } from './model.js';
 
 /**
  * The cluster as one host's netd sees it, fed by etcd watches: the pod map (VPCs, endpoints), the
@@ -22,32 +23,63 @@ export class HostView {
   readonly pods: PodMap;
   readonly hosts: WatchedRecords<HostRecord>;
   readonly externals: WatchedRecords<ExternalEndpointRecord>;
+  /** Which host claimed which address block (routed mode routes blocks to their hosts). */
+  readonly blocks: WatchedRecords<BlockAffinity>;
 
+  private readonly ownBlocksMatter: boolean;
+
+  /** `ownBlocksMatter`: this host's own block claims wake listeners too (it announces them: BGP). */
   constructor(
     readonly self: HostRecord,
-    deps: { store: Store; logger?: Logger },
+    deps: { store: Store; logger?: Logger; ownBlocksMatter?: boolean },
   ) {
+    this.ownBlocksMatter = deps.ownBlocksMatter ?? false;
     this.pods = new PodMap(deps);
     this.hosts = new WatchedRecords({ ...deps, prefix: modelKeys.hosts() });
     this.externals = new WatchedRecords({ ...deps, prefix: modelKeys.hostExternals(self.name) });
+    this.blocks = new WatchedRecords({
+      ...deps,
+      prefix: ipamKeys.allAffinities(),
+      parse: (_v, key) => affinityOf(key),
+    });
   }
 
   async start(): Promise<void> {
-    await Promise.all([this.pods.start(), this.hosts.start(), this.externals.start()]);
+    await Promise.all([this.pods.start(), this.hosts.start(), this.externals.start(), this.blocks.start()]);
   }
 
   async stop(): Promise<void> {
-    await Promise.all([this.pods.stop(), this.hosts.stop(), this.externals.stop()]);
+    await Promise.all([this.pods.stop(), this.hosts.stop(), this.externals.stop(), this.blocks.stop()]);
   }
 
   get synced(): boolean {
-    return this.pods.synced && this.hosts.synced && this.externals.synced;
+    return this.pods.synced && this.hosts.synced && this.externals.synced && this.blocks.synced;
   }
 
   onChange(cb: () => void): void {
     this.pods.onChange(cb);
     this.hosts.onChange(cb);
     this.externals.onChange(cb);
+    // Blocks matter only as routes to other hosts' blocks of routed VPCs: neither a vxlan-only
+    // cluster nor this host's own claims (its ADDs) wake the reconciler.
+    let remoteRouted = this.remoteRoutedBlocks();
+    this.blocks.onChange(() => {
+      const now = this.remoteRoutedBlocks();
+      if (now === remoteRouted) return;
+      remoteRouted = now;
+      cb();
+    });
+  }
+
+  /** Other hosts' blocks of routed VPCs, as one comparable string. */
+  private remoteRoutedBlocks(): string {
+    const routed = new Set([...this.pods.vpcs.values()].filter((v) => v.mode === 'routed').map((v) => v.name));
+    if (routed.size === 0) return '';
+    return [...this.blocks.values()]
+      .filter((b) => (this.ownBlocksMatter || b.host !== this.self.name) && routed.has(b.pool))
+      .map((b) => `${b.host}|${b.pool}|${b.cidr}`)
+      .sort()
+      .join(',');
   }
 
   vpc(id: string): VpcRecord | undefined {
@@ -87,10 +119,22 @@ export class HostView {
     const hosts = new Map([...this.hosts.values()].map((h) => [h.name, h]));
     hosts.set(this.self.name, this.self);
     const vpcs = new Map([...this.pods.vpcs.values()].map((v) => [v.name, v]));
-    return { self: this.self, hosts, vpcs, endpoints: [...this.pods.endpoints.values()] };
+    return {
+      self: this.self,
+      hosts,
+      vpcs,
+      endpoints: [...this.pods.endpoints.values()],
+      blocks: [...this.blocks.values()],
+    };
   }
 
   counts(): { vpc: number; external: number } {
     return { vpc: this.localEndpoints().length, external: this.externals.size };
   }
+}
+
+/** `<affinity prefix><host>/<pool>/<cidr-key>` → the block and its host. */
+export function affinityOf(key: string): BlockAffinity {
+  const [host = '', pool = '', cidrKey = ''] = key.slice(ipamKeys.allAffinities().length).split('/');
+  return { host, pool, cidr: cidrKey.replace('-', '/') };
 }

@@ -7,4 +7,13 @@ export interface HostSnapshot {
   /** By VPC id. */
   vpcs: ReadonlyMap<string, VpcRecord>;
   endpoints: readonly EndpointRecord[];
+  /** Address blocks and the host that claimed each (ipam block affinity): routed mode's routes. */
+  blocks?: readonly BlockAffinity[];
+}
+
+export interface BlockAffinity {
+  host: string;
+  /** The ipam pool: a VPC's id. */
+  pool: string;
+  cidr: string;
 }

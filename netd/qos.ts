@@ -34,16 +34,36 @@ export function fromBandwidthCapability(bw: unknown): QosSpec | undefined {
   });
 }
 
-/** The tc commands that make `port` (and its ifb) carry exactly `q` (removing what `q` lacks). */
-export function qosBatch(port: string, ifb: string, q: QosSpec | undefined, previous: QosSpec | undefined): TcBatch {
-  const b = new TcBatch();
+/**
+ * A vlan port's shaper veth (OVS's userspace datapath; vlan-host.ts): everything arriving on the
+ * port leaves through the shaper, and everything arriving on the shaper leaves through the port.
+ * Idempotent (fixed filter handles).
+ */
+export function shaperRedirects(port: string, shaper: string, b = new TcBatch()): TcBatch {
+  return b.ingress(port).redirectIngressTo(port, shaper).ingress(shaper).redirectIngressTo(shaper, port);
+}
+
+/**
+ * The tc commands that make `port` (and its ifb) carry exactly `q` (removing what `q` lacks).
+ * `shaper`: the egress device is a vlan port's shaper veth, whose redirects exist for as long as
+ * the port (vlan-host.ts): only its root qdisc changes.
+ */
+export function qosBatch(
+  port: string,
+  ifb: string,
+  q: QosSpec | undefined,
+  previous: QosSpec | undefined,
+  opts: { shaper?: boolean } = {},
+  b = new TcBatch(),
+): TcBatch {
   if (q?.ingressBps !== undefined) b.rootTbf(port, tbfFor(q.ingressBps));
   else if (previous?.ingressBps !== undefined) b.deleteRoot(port);
   if (q?.egressBps !== undefined) {
-    if (previous?.egressBps === undefined) b.ingress(port).redirectIngressTo(port, ifb);
+    if (previous?.egressBps === undefined && !opts.shaper) b.ingress(port).redirectIngressTo(port, ifb);
     b.rootTbf(ifb, tbfFor(q.egressBps));
   } else if (previous?.egressBps !== undefined) {
-    b.deleteIngress(port);
+    if (opts.shaper) b.deleteRoot(ifb);
+    else b.deleteIngress(port);
   }
   return b;
 }

@@ -14,9 +14,22 @@ export class HostRegistration {
   private stopped = false;
 
   constructor(
-    private readonly self: HostRecord,
+    private self: HostRecord,
     private readonly deps: { store: Store; ttlSeconds: number; logger: Logger },
   ) {}
+
+  /** The record to register from now on (what the host found it can build, before registering). */
+  describe(record: HostRecord): void {
+    this.self = record;
+  }
+
+  /** Rewrites the registered record (same lease): what the host can build changed. */
+  async update(record: HostRecord): Promise<void> {
+    this.self = record;
+    const lease = this.current;
+    if (!lease) return; // not registered (yet, or again): the next registration writes it
+    await this.deps.store.put(modelKeys.host(record.name), JSON.stringify(record), { lease: lease.id });
+  }
 
   get lease(): Lease | undefined {
     return this.current;

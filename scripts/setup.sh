@@ -16,7 +16,13 @@ PACKAGES=(
   util-linux        # nsenter, unshare
   procps            # sysctl
   ethtool           # offload settings on veths
-  iperf3            # QoS measurements
+  iperf3            # QoS measurements; data-path benchmarks
+  sockperf          # TCP round-trip percentiles in the data-path benchmarks
+  bird2             # BGP speaker: routed VPCs on L3 fabrics (netd drives it; tests run their own)
+  openvswitch-switch  # vlan mode: Open vSwitch (userspace datapath here; tests run one per virtual host)
+  tcpdump           # captures on the virtual fabric (802.1Q tags between hosts)
+  python3-minimal   # raw frames from a test container (a tenant trying to hop VLANs)
+  curl              # a client nobody here wrote, against the HTTP API in tests
   busybox-static    # container root filesystems
   kmod              # modprobe, for kernel features loaded on demand
   containernetworking-plugins  # reference CNI plugins: peers in tests and benchmarks
@@ -33,7 +39,14 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
+  # Packages with a service (bird2, openvswitch-switch) must not start it here: netd and the tests run their own, in
+  # their namespaces. Where nothing forbids it yet, a policy does for the time of the install.
+  policy_added=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$policy_added" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)

@@ -12,8 +12,11 @@ export class WatchedRecords<T> {
   private readonly records = new Map<string, T>();
   private readonly consumer: WatchConsumer;
   private readonly listeners: Array<() => void> = [];
+  private readonly parse: ((value: string, key: string) => T) | undefined;
 
-  constructor(opts: { store: Store; prefix: string; logger?: Logger }) {
+  /** `parse`: how a value becomes a record (default JSON; a key-only index derives it from the key). */
+  constructor(opts: { store: Store; prefix: string; logger?: Logger; parse?: (value: string, key: string) => T }) {
+    this.parse = opts.parse;
     this.consumer = new WatchConsumer({
       store: opts.store,
       prefix: opts.prefix,
@@ -78,7 +81,13 @@ export class WatchedRecords<T> {
         continue;
       }
       const known = this.records.get(e.kv.key);
-      if (known === undefined || JSON.stringify(known) !== e.kv.value) {
+      if (this.parse) {
+        const next = this.parse(e.kv.value, e.kv.key);
+        if (known === undefined || JSON.stringify(known) !== JSON.stringify(next)) {
+          this.records.set(e.kv.key, next);
+          changed = true;
+        }
+      } else if (known === undefined || JSON.stringify(known) !== e.kv.value) {
         this.records.set(e.kv.key, JSON.parse(e.kv.value) as T);
         changed = true;
       }

@@ -35,6 +35,8 @@ export interface LinkAddrs {
 }
 
 export interface Route {
+  /** unicast (absent without -d), prohibit, unreachable, ... */
+  type?: string;
   dst: string;
   gateway?: string;
   dev?: string;
@@ -42,6 +44,29 @@ export interface Route {
   scope?: string;
   table?: string;
   flags?: string[];
+}
+
+/** A policy rule as netd writes it. */
+export interface PolicyRule {
+  from: string;
+  to?: string;
+  table: number;
+  priority: number;
+}
+
+function ruleWords(r: PolicyRule): Array<string | number> {
+  return ['from', r.from, ...(r.to !== undefined ? ['to', r.to] : []), 'lookup', r.table, 'priority', r.priority];
+}
+
+/** A policy routing rule as `ip -j rule show` prints it. */
+export interface Rule {
+  priority: number;
+  src?: string;
+  srclen?: number;
+  dst?: string;
+  dstlen?: number;
+  table?: string;
+  protocol?: string;
 }
 
 export interface Neighbour {
@@ -66,6 +91,14 @@ export interface VxlanSpec {
 
 /** Lines for one `ip -batch -`; every token is checked as it is added. */
 export class IpBatch extends LineBatch {
+  /**
+   * @param family run with `ip -6` (`ip rule` in a batch does not tell IPv6 from its addresses: it
+   * takes every line for IPv4 unless told).
+   */
+  constructor(readonly family?: 4 | 6) {
+    super();
+  }
+
   /**
    * A veth pair. `peerNetns` creates the peer directly in that namespace (a name or a path): moving
    * a link between namespaces afterwards costs ~20 ms of RCU waits, creating it there costs nothing.
@@ -183,8 +216,9 @@ export class IpBatch extends LineBatch {
     return this.add(...words);
   }
 
-  addrAdd(cidr: string, dev: string): this {
-    return this.add('addr', 'add', cidr, 'dev', ifname(dev));
+  /** `nodad`: an IPv6 address usable at once, without duplicate address detection (~1 s). */
+  addrAdd(cidr: string, dev: string, opts: { nodad?: boolean } = {}): this {
+    return this.add('addr', 'add', cidr, 'dev', ifname(dev), ...(opts.nodad ? ['nodad'] : []));
   }
 
   addrReplace(cidr: string, dev: string): this {
@@ -197,29 +231,55 @@ export class IpBatch extends LineBatch {
 
   routeReplace(
     dst: string,
-    opts: { via?: string; dev?: string; onlink?: boolean; table?: number; scope?: string; src?: string } = {},
+    opts: {
+      via?: string;
+      dev?: string;
+      onlink?: boolean;
+      table?: number;
+      scope?: string;
+      src?: string;
+      /** A route type other than unicast (`prohibit`: refused with an ICMP error; `local`: this host). */
+      type?: 'prohibit' | 'unreachable' | 'local';
+      /** The routing protocol number that marks the route as its owner's. */
+      proto?: number;
+    } = {},
   ): this {
     return this.add(
       'route',
       'replace',
+      ...(opts.type ? [opts.type] : []),
       dst,
       ...(opts.via ? ['via', opts.via] : []),
       ...(opts.dev ? ['dev', ifname(opts.dev)] : []),
       ...(opts.src ? ['src', opts.src] : []),
       ...(opts.scope ? ['scope', opts.scope] : []),
       ...(opts.table !== undefined ? ['table', opts.table] : []),
+      ...(opts.proto !== undefined ? ['proto', opts.proto] : []),
       ...(opts.onlink ? ['onlink'] : []),
     );
   }
 
-  routeDel(dst: string, opts: { dev?: string; table?: number } = {}): this {
+  routeDel(
+    dst: string,
+    opts: { dev?: string; table?: number; type?: 'prohibit' | 'unreachable' | 'local' } = {},
+  ): this {
     return this.add(
       'route',
       'del',
+      ...(opts.type ? [opts.type] : []),
       dst,
       ...(opts.dev ? ['dev', ifname(opts.dev)] : []),
       ...(opts.table !== undefined ? ['table', opts.table] : []),
     );
+  }
+
+  /** A source-based policy rule: packets from `from` (to `to`) are routed by `table`. */
+  ruleAdd(r: PolicyRule & { proto?: number }): this {
+    return this.add('rule', 'add', ...ruleWords(r), ...(r.proto !== undefined ? ['protocol', r.proto] : []));
+  }
+
+  ruleDel(r: PolicyRule): this {
+    return this.add('rule', 'del', ...ruleWords(r));
   }
 
   neighReplace(ip: string, lladdr: string, dev: string, opts: { permanent?: boolean } = {}): this {
@@ -300,6 +360,15 @@ export class IpClient {
     ]);
   }
 
+  /** Routes of every table carrying routing protocol `proto` (with -d: types included). */
+  routesByProto(proto: number, family: 4 | 6 = 4): Promise<Route[]> {
+    return this.json<Route[]>([`-${family}`, 'route', 'show', 'table', 'all', 'proto', String(proto)]);
+  }
+
+  rules(family: 4 | 6 = 4): Promise<Rule[]> {
+    return this.json<Rule[]>([`-${family}`, 'rule', 'show']);
+  }
+
   neighbours(dev?: string): Promise<Neighbour[]> {
     return this.json<Neighbour[]>(['neigh', 'show', ...(dev ? ['dev', ifname(dev)] : [])]);
   }
@@ -312,7 +381,7 @@ export class IpClient {
   async apply(batch: IpBatch, opts: { force?: boolean } = {}): Promise<void> {
     if (batch.empty) return;
     await this.runner.run({
-      argv: ['ip', ...(opts.force ? ['-force'] : []), '-batch', '-'],
+      argv: ['ip', ...(batch.family ? [`-${batch.family}`] : []), ...(opts.force ? ['-force'] : []), '-batch', '-'],
       stdin: batch.render(),
       netns: this.netns,
     });

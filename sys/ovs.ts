@@ -9,9 +9,52 @@ import type { CommandRunner } from './runner.js';
 
 const NAME_RE = /^[A-Za-z0-9_.-]{1,15}$/;
 
-function ovsName(what: string, value: string): string {
+export function ovsName(what: string, value: string): string {
   if (!NAME_RE.test(value)) throw invalidInput(`OVS ${what} "${value}" must be 1-15 of A-Z a-z 0-9 _ . -`);
   return value;
+}
+
+/** One ovs-vsctl command of a transaction (see OvsTransaction). */
+type VsctlCommand = string[];
+
+/**
+ * Several ovs-vsctl commands sent as one OVSDB transaction (one process, all or nothing), so a
+ * reconcile's changes cost one round trip. Names are checked as they are added.
+ */
+export class OvsTransaction {
+  readonly commands: VsctlCommand[] = [];
+
+  get empty(): boolean {
+    return this.commands.length === 0;
+  }
+
+  /** An access port of VLAN `tag` (or a trunk without one); an existing port keeps its row. */
+  addPort(bridge: string, port: string, tag?: number): this {
+    const cmd = ['--may-exist', 'add-port', ovsName('bridge', bridge), ovsName('port', port)];
+    this.commands.push(cmd);
+    if (tag !== undefined) this.setTag(port, tag);
+    return this;
+  }
+
+  setTag(port: string, tag: number): this {
+    this.commands.push(['set', 'port', ovsName('port', port), `tag=${checkTag(tag)}`]);
+    return this;
+  }
+
+  deletePort(bridge: string, port: string): this {
+    this.commands.push(['--if-exists', 'del-port', ovsName('bridge', bridge), ovsName('port', port)]);
+    return this;
+  }
+
+  /** The argv after `ovs-vsctl <global options>`: commands joined by `--`. */
+  args(): string[] {
+    return this.commands.flatMap((c, i) => (i === 0 ? c : ['--', ...c]));
+  }
+}
+
+export function checkTag(tag: number): number {
+  if (!Number.isInteger(tag) || tag < 1 || tag > 4094) throw invalidInput(`VLAN tag ${tag} outside 1..4094`);
+  return tag;
 }
 
 export class OvsClient {
@@ -28,6 +71,30 @@ export class OvsClient {
     return this.runner.run({ argv: ['ovs-vsctl', ...global, ...args] });
   }
 
+  /** Sends a transaction (nothing when it is empty); ovs-vsctl waits until ovs-vswitchd applied it. */
+  async apply(tx: OvsTransaction): Promise<void> {
+    if (!tx.empty) await this.vsctl(tx.args());
+  }
+
+  /** The datapath types this ovs-vswitchd supports ("netdev" userspace, "system" kernel). */
+  async datapathTypes(): Promise<string[]> {
+    const { stdout } = await this.vsctl(['get', 'Open_vSwitch', '.', 'datapath_types']);
+    // OVSDB set syntax: [netdev, system]
+    return stdout
+      .trim()
+      .replace(/^\[|\]$/g, '')
+      .split(',')
+      .map((x) => x.trim().replace(/^"|"$/g, ''))
+      .filter(Boolean);
+  }
+
+  /** The bridge's ports with their VLAN tags (undefined: a trunk). */
+  async bridgePorts(bridge: string): Promise<Map<string, number | undefined>> {
+    const names = new Set(await this.ports(bridge));
+    const tags = await this.portTags();
+    return new Map([...names].map((n) => [n, tags.get(n)]));
+  }
+
   async addBridge(bridge: string, opts: { datapathType?: 'system' | 'netdev' } = {}): Promise<void> {
     const args = ['--may-exist', 'add-br', ovsName('bridge', bridge)];
     if (opts.datapathType) args.push('--', 'set', 'bridge', bridge, `datapath_type=${opts.datapathType}`);
@@ -40,16 +107,11 @@ export class OvsClient {
 
   /** A port with `tag` is an access port of that VLAN; without it, a trunk. */
   async addPort(bridge: string, port: string, opts: { tag?: number } = {}): Promise<void> {
-    if (opts.tag !== undefined && (!Number.isInteger(opts.tag) || opts.tag < 1 || opts.tag > 4094)) {
-      throw invalidInput(`VLAN tag ${opts.tag} outside 1..4094`);
-    }
-    const args = ['--may-exist', 'add-port', ovsName('bridge', bridge), ovsName('port', port)];
-    if (opts.tag !== undefined) args.push('--', 'set', 'port', port, `tag=${opts.tag}`);
-    await this.vsctl(args);
+    await this.apply(new OvsTransaction().addPort(bridge, port, opts.tag));
   }
 
   async deletePort(bridge: string, port: string): Promise<void> {
-    await this.vsctl(['--if-exists', 'del-port', ovsName('bridge', bridge), ovsName('port', port)]);
+    await this.apply(new OvsTransaction().deletePort(bridge, port));
   }
 
   async bridges(): Promise<string[]> {

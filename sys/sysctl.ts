@@ -17,13 +17,24 @@ export class SysctlClient {
   ) {}
 
   async set(key: string, value: string | number): Promise<void> {
-    const v = String(value);
-    if (!KEY.test(key) || !/^[A-Za-z0-9_ -]{1,64}$/.test(v))
-      throw new AppError(ErrorCodes.INVALID_INPUT, `bad sysctl ${key}=${v}`);
+    await this.setAll([[key, value]]);
+  }
+
+  /** Several parameters at once (one `sysctl` process when it must enter another namespace). */
+  async setAll(entries: ReadonlyArray<readonly [string, string | number]>): Promise<void> {
+    const checked = entries.map(([key, value]) => {
+      const v = String(value);
+      if (!KEY.test(key) || !/^[A-Za-z0-9_ -]{1,64}$/.test(v))
+        throw new AppError(ErrorCodes.INVALID_INPUT, `bad sysctl ${key}=${v}`);
+      return [key, v] as const;
+    });
     if (this.netns === undefined && !this.runner.interceptsSysctl) {
-      await writeFile(`/proc/sys/${key.replaceAll('.', '/')}`, v);
+      for (const [key, v] of checked) await writeFile(`/proc/sys/${key.replaceAll('.', '/')}`, v);
       return;
     }
-    await this.runner.run({ argv: ['sysctl', '-q', '-w', `${key}=${v}`], netns: this.netns });
+    await this.runner.run({
+      argv: ['sysctl', '-q', '-w', ...checked.map(([key, v]) => `${key}=${v}`)],
+      netns: this.netns,
+    });
   }
 }

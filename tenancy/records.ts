@@ -31,8 +31,15 @@ export interface VpcRecord {
   tenant: string;
   mode: ModeName;
   cidr: string;
-  /** VXLAN network identifier (vxlan mode), 1..16777215. */
+  /**
+   * VXLAN network identifier (vxlan mode), 1..16777215; every VPC holds one: it also numbers the
+   * VPC on each host (routed tables, MACs).
+   */
   vni: number;
+  /** vlan mode: the VPC's 802.1Q VLAN id, unique on its physical network. */
+  vlan?: number;
+  /** vlan mode: the physical network (a trunk every serving host is plugged into) the VLAN is on. */
+  physnet?: string;
   /** Overlay MTU; default: underlay MTU - 50 (VXLAN overhead). */
   mtu?: number;
   /** Default rate limits of the VPC's interfaces. */
@@ -42,10 +49,29 @@ export interface VpcRecord {
 export interface HostRecord {
   name: string;
   underlayIp: string;
+  /** The host's IPv6 underlay address on the same interface: IPv6 routed VPCs route to it. */
+  underlayIp6?: string;
   /** The interface carrying the underlay. */
   uplink: string;
   underlayMtu: number;
+  /** The modes this host's netd builds (absent in records of older daemons: vxlan and routed). */
+  modes?: ModeName[];
+  /** vlan mode: the host's trunk, when it has one and can tag (see netd/vlan-host.ts). */
+  vlan?: VlanCapability;
 }
+
+/** How a host serves vlan VPCs. */
+export interface VlanCapability {
+  /** The physical network its trunk is plugged into. */
+  physnet: string;
+  /** Open vSwitch's datapath: the kernel's ('system') or userspace ('netdev', no kernel module). */
+  datapath: 'system' | 'netdev';
+  /** The trunk's MTU: a vlan VPC's default MTU (the tag is carried beside it). */
+  mtu: number;
+}
+
+/** Names of physical networks (vlan mode): like a VPC name. */
+export const PHYSNET_RE = /^[a-z][a-z0-9-]{0,30}$/;
 
 /** What both kinds of endpoint record share: one container interface on one host. */
 export interface AttachmentRecord {

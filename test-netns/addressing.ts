@@ -1,3 +1,4 @@
+import { formatIp, parseIp } from '../core/cidr.js';
 import { invalidInput } from '../core/errors.js';
 
 /**
@@ -8,6 +9,10 @@ import { invalidInput } from '../core/errors.js';
 export interface UnderlayPlan {
   cidr: string;
   prefixLength: number;
+  /** The same segment's IPv6 /64 (hosts and the outside world hold one address each in it too). */
+  cidr6: string;
+  hostIp6(index: number): string;
+  outsideIp6: string;
   controlIp: string;
   outsideIp: string;
   hostIp(index: number): string;
@@ -18,23 +23,34 @@ export interface UnderlayPlan {
 export const MAX_HOSTS = 200;
 export const MAX_ETCD_MEMBERS = 9;
 
+/** As the kernel prints it (fd00:10:77:0::11 is fd00:10:77::11), so addresses compare as text. */
+function canonical6(text: string): string {
+  return formatIp(parseIp(text));
+}
+
 export function underlayPlan(base = '10.77.0.0'): UnderlayPlan {
   const octets = base.split('.').map(Number);
   if (octets.length !== 4 || octets.some((o) => !Number.isInteger(o) || o < 0 || o > 255) || octets[3] !== 0) {
     throw invalidInput(`underlay base "${base}" must be an IPv4 /24 network address like 10.77.0.0`);
   }
   const stem = octets.slice(0, 3).join('.');
+  // fd00:A:B:C::/64 for A.B.C.0/24: the v4 octets written as groups, a host's last group its v4 one.
+  const stem6 = `fd00:${octets.slice(0, 3).join(':')}`;
+  const hostOctet = (index: number): string => {
+    if (!Number.isInteger(index) || index < 0 || index >= MAX_HOSTS) {
+      throw invalidInput(`host index ${index} outside 0..${MAX_HOSTS - 1}`);
+    }
+    return String(11 + index);
+  };
   return {
     cidr: `${stem}.0/24`,
     prefixLength: 24,
+    cidr6: canonical6(`${stem6}::`) + '/64',
+    hostIp6: (index) => canonical6(`${stem6}::${hostOctet(index)}`),
+    outsideIp6: canonical6(`${stem6}::254`),
     controlIp: `${stem}.1`,
     outsideIp: `${stem}.254`,
-    hostIp(index: number): string {
-      if (!Number.isInteger(index) || index < 0 || index >= MAX_HOSTS) {
-        throw invalidInput(`host index ${index} outside 0..${MAX_HOSTS - 1}`);
-      }
-      return `${stem}.${11 + index}`;
-    },
+    hostIp: (index) => `${stem}.${hostOctet(index)}`,
     etcdIp(index: number): string {
       if (!Number.isInteger(index) || index < 0 || index >= MAX_ETCD_MEMBERS) {
         throw invalidInput(`etcd member index ${index} outside 0..${MAX_ETCD_MEMBERS - 1}`);

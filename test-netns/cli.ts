@@ -9,7 +9,8 @@ import { DATA_ROOT, STATE_ROOT } from './names.js';
 import { readdirSync } from 'node:fs';
 
 const USAGE = `usage:
-  test-netns up --hosts N [--prefix P] [--etcd-members K] [--gluster-nodes M] [--with netd,storaged] [--json]
+  test-netns up --hosts N [--prefix P] [--etcd-members K] [--gluster-nodes M] [--with netd,storaged] [--vlan] [--json]
+                (--vlan: a trunk per host into a VLAN segment of the fabric, Open vSwitch on every host)
   test-netns down [--prefix P]          (without --prefix: every cluster)
   test-netns describe --prefix P        (the JSON that up printed)
   test-netns leaks [--prefix P]         (exit 1 when anything is left)
@@ -25,6 +26,7 @@ async function main(argv: string[]): Promise<number> {
       'gluster-nodes': { type: 'string' },
       'etcd-members': { type: 'string' },
       with: { type: 'string' },
+      vlan: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -47,6 +49,7 @@ async function main(argv: string[]): Promise<number> {
           glusterNodes: parseCount('--gluster-nodes', values['gluster-nodes'], 0),
           etcdMembers: parseCount('--etcd-members', values['etcd-members'], 1),
           with: parseComponents(values.with),
+          ...(values.vlan && { vlan: true }),
         },
         deps,
       );

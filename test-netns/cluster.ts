@@ -29,14 +29,19 @@ import { createEtcdPki } from './pki.js';
 import { checkPrefix, names, FABRIC_BRIDGE, HOST_UPLINK, NETNS_DIR } from './names.js';
 import { underlayPlan, MAX_HOSTS, MAX_ETCD_MEMBERS } from './addressing.js';
 import { eventually } from './testing.js';
+import { HOST_TRUNK, TRUNK_BRIDGE, startHostOvs } from './ovs.js';
+import { EthtoolClient } from '../sys/ethtool.js';
 
 /**
  * A virtual multi-host cluster made of network namespaces:
  *
  *   tn-P-fab   bridge "fabric" (control address .1, etcd member m1 listens there; mN on .N)
- *     ├── veth ── tn-P-h1  "uplink" 10.77.0.11/24
- *     ├── veth ── tn-P-h2  "uplink" 10.77.0.12/24
- *     └── veth ── tn-P-out "uplink" 10.77.0.254/24  (the outside world)
+ *     ├── veth ── tn-P-h1  "uplink" 10.77.0.11/24, fd00:10:77::11/64
+ *     ├── veth ── tn-P-h2  "uplink" 10.77.0.12/24, fd00:10:77::12/64
+ *     └── veth ── tn-P-out "uplink" 10.77.0.254/24, fd00:10:77::254/64  (the outside world)
+ *   with `vlan`: bridge "trunks" (802.1Q frames pass as they are)
+ *     ├── veth ── tn-P-h1  "trunk" (on h1's Open vSwitch: ovsdb-server + ovs-vswitchd in tn-P-h1)
+ *     └── veth ── tn-P-h2  "trunk"
  *
  * Nothing is created in the root namespace. All state needed to tear the cluster down is written to
  * /run/test-netns/P/cluster.json before anything is created, so `down` works after a crash at any point.
@@ -56,6 +61,8 @@ export interface ClusterOptions {
   mtu?: number;
   /** etcd members, each on its own fabric address (default 1). */
   etcdMembers?: number;
+  /** A VLAN trunk per host into a fabric segment of its own, and Open vSwitch on every host (vlan mode). */
+  vlan?: boolean;
 }
 
 export interface HostDescription {
@@ -63,18 +70,22 @@ export interface HostDescription {
   netns: string;
   netnsPath: string;
   underlayIp: string;
+  /** The host's IPv6 address on the same segment (IPv6 routed VPCs route between hosts by it). */
+  underlayIp6: string;
   uplink: string;
   /** URLs of the project's daemons running on this host, by component. */
   daemons: Record<string, string>;
+  /** With `vlan`: the host's trunk and its Open vSwitch database socket. */
+  vlan?: { trunk: string; ovsDb: string };
 }
 
 export interface ClusterDescription {
   prefix: string;
   stateDir: string;
-  underlay: { cidr: string; mtu: number };
+  underlay: { cidr: string; cidr6: string; mtu: number };
   fabric: { netns: string; bridge: string; controlIp: string };
   hosts: HostDescription[];
-  outside: { netns: string; netnsPath: string; address: string };
+  outside: { netns: string; netnsPath: string; address: string; address6: string };
   /** `new EtcdStore(d.etcd.client)` from here; `etcdFlags(d)` for a daemon on a host. */
   etcd: ClusterEtcd;
   adminToken: string;
@@ -87,8 +98,8 @@ interface ClusterState {
   status: 'creating' | 'up';
   description?: ClusterDescription;
   etcdMembers?: EtcdServerState[];
-  /** Component daemons started on the hosts, to be ended by PID at teardown. */
-  daemons?: Array<{ component: Component; host: string; pid: number; startTime: string }>;
+  /** Component daemons (and the hosts' Open vSwitch) started on the hosts, ended by PID at teardown. */
+  daemons?: Array<{ component: Component | 'ovs'; host: string; pid: number; startTime: string }>;
 }
 
 export interface ClusterDeps {
@@ -176,6 +187,32 @@ export class VirtualCluster {
     });
   }
 
+  /** Stops a host's Open vSwitch (a cluster made with `vlan`): its database stays on disk. */
+  async stopOvs(host: string): Promise<void> {
+    const state = readState(this.prefix);
+    const ovs = (state?.daemons ?? []).filter((d) => d.component === 'ovs' && d.host === host);
+    for (const d of ovs.reverse()) await stopDaemon(d, 5_000);
+    if (state?.daemons) {
+      state.daemons = state.daemons.filter((d) => !(d.component === 'ovs' && d.host === host));
+      writeState(this.prefix, state);
+    }
+  }
+
+  /** Starts a host's Open vSwitch again on its database (after stopOvs). */
+  async startOvs(host: string): Promise<void> {
+    const h = this.host(host);
+    await startHostOvs(this.deps.runner, {
+      dir: join(this.description.stateDir, `ovs-${h.name}`),
+      netns: h.netns,
+      onStarted: (p) => {
+        const state = readState(this.prefix);
+        if (!state) return;
+        (state.daemons ??= []).push({ component: 'ovs', host: h.name, pid: p.pid, startTime: p.startTime });
+        writeState(this.prefix, state);
+      },
+    });
+  }
+
   etcdMembers(): EtcdServer[] {
     return this.etcdStates.map((_, i) => this.etcdMember(i));
   }
@@ -250,6 +287,14 @@ async function build(
       .linkAddVeth(e.port, HOST_UPLINK, { peerNetns: e.netns, mtu })
       .linkSet(e.port, { master: FABRIC_BRIDGE, up: true });
   }
+  if (opts.vlan) {
+    fabricBatch.linkAddBridge(TRUNK_BRIDGE, { mtu }).linkSet(TRUNK_BRIDGE, { up: true });
+    for (const h of hostNames) {
+      fabricBatch
+        .linkAddVeth(`t-${h}`, HOST_TRUNK, { peerNetns: names.hostNetns(prefix, h), mtu })
+        .linkSet(`t-${h}`, { master: TRUNK_BRIDGE, up: true });
+    }
+  }
   await ip.in({ name: fabric }).apply(fabricBatch);
 
   // etcd starts (a few hundred ms) while the hosts are wired; its PIDs are on disk before that.
@@ -268,27 +313,54 @@ async function build(
     },
   });
 
-  const uplinkBatch = (address: string) =>
+  const uplinkBatch = (address: string, address6: string) =>
     new IpBatch()
       .linkSet('lo', { up: true })
       .linkSet(HOST_UPLINK, { up: true })
-      .addrAdd(`${address}/${plan.prefixLength}`, HOST_UPLINK);
+      .addrAdd(`${address}/${plan.prefixLength}`, HOST_UPLINK)
+      .addrAdd(`${address6}/64`, HOST_UPLINK, { nodad: true });
   // Like real hosts, virtual hosts have a default route: the outside world is their gateway.
-  const hostBatch = (address: string) =>
-    uplinkBatch(address).routeReplace('default', { via: plan.outsideIp, dev: HOST_UPLINK });
+  const hostBatch = (address: string, address6: string) =>
+    uplinkBatch(address, address6).routeReplace('default', { via: plan.outsideIp, dev: HOST_UPLINK });
   const hosts: HostDescription[] = [];
   for (const [i, host] of hostNames.entries()) {
     const netns = names.hostNetns(prefix, host);
     const underlayIp = plan.hostIp(i);
-    await ip.in({ name: netns }).apply(hostBatch(underlayIp));
+    const underlayIp6 = plan.hostIp6(i);
+    await ip.in({ name: netns }).apply(hostBatch(underlayIp, underlayIp6));
     // Hosts route for their containers, as real hosts would.
     await runner.run({
       argv: ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'],
       netns: { name: netns },
     });
-    hosts.push({ name: host, netns, netnsPath: names.netnsPath(netns), underlayIp, uplink: HOST_UPLINK, daemons: {} });
+    hosts.push({
+      name: host,
+      netns,
+      netnsPath: names.netnsPath(netns),
+      underlayIp,
+      underlayIp6,
+      uplink: HOST_UPLINK,
+      daemons: {},
+    });
   }
-  await ip.in({ name: outside }).apply(uplinkBatch(plan.outsideIp));
+  if (opts.vlan) {
+    state.daemons ??= [];
+    for (const h of hosts) {
+      await ip.in({ name: h.netns }).apply(new IpBatch().linkSet(HOST_TRUNK, { up: true }));
+      // The fabric end computes its own checksums too (DESIGN.md: both ends of a veth OVS reads).
+      await new EthtoolClient(runner, { name: fabric }).txChecksumOff(`t-${h.name}`);
+      const ovs = await startHostOvs(runner, {
+        dir: join(stateDir, `ovs-${h.name}`),
+        netns: h.netns,
+        onStarted: (p) => {
+          state.daemons!.push({ component: 'ovs', host: h.name, pid: p.pid, startTime: p.startTime });
+          writeState(prefix, state);
+        },
+      });
+      h.vlan = { trunk: HOST_TRUNK, ovsDb: ovs.dbSocket };
+    }
+  }
+  await ip.in({ name: outside }).apply(uplinkBatch(plan.outsideIp, plan.outsideIp6));
 
   const etcd = await etcdLaunch.ready();
   log.debug({ pids: etcd.servers.map((s) => s.pid) }, 'etcd started');
@@ -296,10 +368,15 @@ async function build(
   const description: ClusterDescription = {
     prefix,
     stateDir: names.stateDir(prefix),
-    underlay: { cidr: plan.cidr, mtu },
+    underlay: { cidr: plan.cidr, cidr6: plan.cidr6, mtu },
     fabric: { netns: fabric, bridge: FABRIC_BRIDGE, controlIp: plan.controlIp },
     hosts,
-    outside: { netns: outside, netnsPath: names.netnsPath(outside), address: plan.outsideIp },
+    outside: {
+      netns: outside,
+      netnsPath: names.netnsPath(outside),
+      address: plan.outsideIp,
+      address6: plan.outsideIp6,
+    },
     etcd: etcd.description,
     adminToken: randomBytes(24).toString('base64url'),
   };
@@ -335,7 +412,7 @@ async function startNetdOnHosts(
   } finally {
     await store.close();
   }
-  state.daemons = [];
+  state.daemons ??= [];
   for (const h of d.hosts) {
     const log = join(logDir, `netd-${h.name}.log`);
     const handle = startDaemon({
@@ -346,6 +423,8 @@ async function startNetdOnHosts(
         h.name,
         '--underlay-ip',
         h.underlayIp,
+        '--underlay-ip6',
+        h.underlayIp6,
         '--uplink',
         h.uplink,
         '--mtu',
@@ -359,6 +438,7 @@ async function startNetdOnHosts(
         EXTERNAL_POOL.name,
         '--api-socket',
         join(socketDir, `api-${h.name}.sock`),
+        ...(h.vlan ? ['--vlan-trunk', h.vlan.trunk, '--ovs-db', h.vlan.ovsDb] : []),
       ],
       netns: { name: h.netns },
       logFile: log,
@@ -372,7 +452,9 @@ async function startNetdOnHosts(
   }
   for (const h of d.hosts) {
     const log = join(logDir, `netd-${h.name}.log`);
-    if (!(await eventually(() => existsSync(log) && readFileSync(log, 'utf8').includes('ready'), 20_000)))
+    if (
+      !(await eventually(() => existsSync(log) && readFileSync(log, 'utf8').includes(`netd ${h.name} ready`), 20_000))
+    )
       throw new AppError(ErrorCodes.INTERNAL, `netd on ${h.name} did not start; see ${log}`);
   }
   return { binDir, socketDir, externalPool: EXTERNAL_POOL.name, externalCidr: EXTERNAL_POOL.cidr };
@@ -386,7 +468,8 @@ async function startNetdOnHosts(
 export async function teardownCluster(prefix: string, deps: ClusterDeps): Promise<void> {
   checkPrefix(prefix);
   const state = readState(prefix);
-  for (const daemon of state?.daemons ?? []) await stopDaemon(daemon, 10_000);
+  // Newest first: netd before the Open vSwitch it uses, ovs-vswitchd before its database.
+  for (const daemon of [...(state?.daemons ?? [])].reverse()) await stopDaemon(daemon, 10_000);
   // etcd's data goes next, so nothing is lost by a SIGKILL; a graceful stop of several members
   // costs seconds (each hands leadership on, or waits for peers that are stopping too).
   const members = state?.etcdMembers ?? [];

@@ -51,11 +51,15 @@ export class BenchCluster {
    * Brings a cluster up and checks that its etcd has the members asked for: a harness that does
    * not know `etcdMembers` yet would otherwise run a 1-member etcd under a 3-member label.
    */
-  static async up(opts: { prefix: string; hosts: number; etcdMembers: EtcdMembers }, runner: CommandRunner) {
+  static async up(
+    opts: { prefix: string; hosts: number; etcdMembers: EtcdMembers; vlan?: boolean },
+    runner: CommandRunner,
+  ) {
     const options: ClusterOptions = {
       prefix: `${opts.prefix}${uniqueSuffix(2)}`,
       hosts: opts.hosts,
       etcdMembers: opts.etcdMembers,
+      ...(opts.vlan && { vlan: true }),
     };
     const cluster = await VirtualCluster.up(options, { runner });
     const bench = new BenchCluster(cluster, runner, opts.etcdMembers, '');

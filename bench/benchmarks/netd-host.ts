@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, symlinkSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, rmSync, symlinkSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -23,7 +23,7 @@ import { parsePrometheus } from '../prometheus.js';
  */
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'netd', 'main.js');
-export const REFERENCE_PLUGINS = ['bridge', 'host-local', 'bandwidth'] as const;
+export const REFERENCE_PLUGINS = ['bridge', 'ptp', 'host-local', 'bandwidth'] as const;
 
 /** A Linux bridge takes at most 1023 ports (BR_MAX_PORTS); netd's VXLAN device is one of them. */
 export const PORTS_PER_BRIDGE = 1000;
@@ -40,6 +40,8 @@ export interface CniCall {
 export interface VpcSpec {
   name: string;
   cidr: string;
+  /** vxlan unless said. */
+  mode?: 'vxlan' | 'routed' | 'vlan';
 }
 
 export interface NetdHostOptions {
@@ -83,14 +85,22 @@ export class NetdBenchHost {
 
   async setup(opts: NetdHostOptions): Promise<void> {
     this.dir = mkdtempSync(join(tmpdir(), 'bench-netd-'));
-    this.cluster = await BenchCluster.up({ prefix: 'bc', hosts: 1, etcdMembers: opts.etcdMembers }, this.runner);
+    const vlan = opts.vpcs.some((v) => v.mode === 'vlan');
+    this.cluster = await BenchCluster.up({ prefix: 'bc', hosts: 1, etcdMembers: opts.etcdMembers, vlan }, this.runner);
     const store = this.cluster.openStore();
     try {
       const ipam = new Ipam({ store, host: 'admin' });
       for (const [i, vpc] of opts.vpcs.entries()) {
         await store.put(
           modelKeys.vpc(vpc.name),
-          JSON.stringify({ name: vpc.name, tenant: 't', mode: 'vxlan', cidr: vpc.cidr, vni: 4000 + i }),
+          JSON.stringify({
+            name: vpc.name,
+            tenant: 't',
+            mode: vpc.mode ?? 'vxlan',
+            cidr: vpc.cidr,
+            vni: 4000 + i,
+            ...(vpc.mode === 'vlan' && { vlan: 100 + i, physnet: 'physnet0' }),
+          }),
         );
         await ipam.createPool({ name: vpc.name, cidr: vpc.cidr, kind: 'vpc' });
       }
@@ -110,6 +120,8 @@ export class NetdBenchHost {
         'h1',
         '--underlay-ip',
         h.underlayIp,
+        '--underlay-ip6',
+        h.underlayIp6,
         '--uplink',
         h.uplink,
         ...this.cluster.etcdFlags(),
@@ -119,6 +131,7 @@ export class NetdBenchHost {
         '--api-socket',
         this.apiSocket,
         ...(opts.externalCidr ? ['--external-pool', 'ext'] : []),
+        ...(h.vlan ? ['--vlan-trunk', h.vlan.trunk, '--ovs-db', h.vlan.ovsDb] : []),
       ],
       netns: { name: h.netns },
       logFile: log,
@@ -128,8 +141,8 @@ export class NetdBenchHost {
         NETD_ADMIN_TOKEN: randomBytes(24).toString('base64url'),
       },
     });
-    for (let i = 0; i < 300 && !readFileSync(log, 'utf8').includes('ready'); i++) await sleep(50);
-    if (!readFileSync(log, 'utf8').includes('ready'))
+    for (let i = 0; i < 300 && !readFileSync(log, 'utf8').includes(`netd ${h.name} ready`); i++) await sleep(50);
+    if (!readFileSync(log, 'utf8').includes(`netd ${h.name} ready`))
       throw new Error(`netd did not start: ${readFileSync(log, 'utf8').slice(-2000)}`);
   }
 
@@ -257,6 +270,10 @@ export class NetdBenchHost {
       if (this.daemon) await stopDaemon(this.daemon);
       if (this.cluster) await this.cluster.teardown();
     } finally {
+      // A log asked for (BENCH_NETD_LOG_LEVEL) outlives the run; the rest of the directory does not.
+      const log = join(this.dir, 'netd.log');
+      if (this.dir && process.env.BENCH_NETD_LOG_LEVEL && existsSync(log))
+        copyFileSync(log, join(tmpdir(), 'bench-netd-last.log'));
       if (this.dir) rmSync(this.dir, { recursive: true, force: true });
     }
   }

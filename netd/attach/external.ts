@@ -4,7 +4,7 @@ import type { CommandRunner, NetnsTarget } from '../../sys/runner.js';
 import { modelKeys } from '../../tenancy/keys.js';
 import { endpointId, type ExternalEndpointRecord, type HostRecord, type QosSpec } from '../../tenancy/records.js';
 import type { ExternalMode } from '../external.js';
-import { linkNames } from '../names.js';
+import { LINK_LOCAL_GATEWAY, linkNames } from '../names.js';
 import { proxyClaim } from '../port-claims.js';
 import { endpointMac } from './internal.js';
 import type { InterfacePlan } from './template.js';
@@ -17,7 +17,7 @@ import type { InterfacePlan } from './template.js';
  * leaves the host). Nothing of a VPC is reachable this way: VPC bridges carry no address.
  */
 
-export const LINK_LOCAL_GATEWAY = '169.254.1.1';
+export { LINK_LOCAL_GATEWAY };
 
 export interface ExternalRequest {
   containerId: string;
@@ -56,7 +56,7 @@ export function externalPlan(
     hostIf,
     mtu: self.underlayMtu,
     // eth0 is IPv4 (a /32 behind the IPv4 link-local gateway).
-    ipv4Only: true,
+    noLinkLocal: true,
     creationMac: mac,
     macFor: () => mac,
     ...(req.qos && { qos: req.qos }),
@@ -94,6 +94,15 @@ export function externalPlan(
         .routeReplace('default', { via: LINK_LOCAL_GATEWAY, dev: req.ifname, onlink: true }),
     // The host answers the container's ARP for the gateway at once (proxy replies are otherwise
     // delayed up to proxy_delay, 0.8 s: a slow first packet). Calico does the same on its ports.
-    finish: () => new SysctlClient(ctx.runner, ctx.hostNetns).set(`net.ipv4.neigh.${hostIf}.proxy_delay`, 0),
+    // Strict reverse-path filtering too: the container sends only with its own address (else one
+    // could borrow a routed VPC's source and be routed by that VPC's table); and no IPv6 on the
+    // port (eth0 is IPv4: a forged IPv6 source would otherwise be routed by an IPv6 VPC's table).
+    // Before the container's side comes up.
+    secure: () =>
+      new SysctlClient(ctx.runner, ctx.hostNetns).setAll([
+        [`net.ipv4.neigh.${hostIf}.proxy_delay`, 0],
+        [`net.ipv4.conf.${hostIf}.rp_filter`, 1],
+        [`net.ipv6.conf.${hostIf}.disable_ipv6`, 1],
+      ]),
   };
 }

@@ -35,8 +35,8 @@ export interface InterfacePlan<R extends AttachmentRecord> {
   recordKey: string;
   hostIf: string;
   mtu: number;
-  /** The container's interface carries IPv4 only (no IPv6 link-local either). */
-  ipv4Only: boolean;
+  /** The container's interface gets no IPv6 link-local address (IPv4 only, or a routed IPv6 /128). */
+  noLinkLocal: boolean;
   /** The MAC the container's interface is created with. */
   creationMac: string;
   /** The MAC it must end with once its address is known (set before it comes up). */
@@ -45,6 +45,8 @@ export interface InterfacePlan<R extends AttachmentRecord> {
   master?: string;
   /** Rate limits this ADD applies itself. */
   qos?: QosSpec;
+  /** Egress is shaped on a veth the plan creates itself (`onHost`), not an ifb (see VethPlug). */
+  shaper?: boolean;
   /** A specific address (CNI ips capability / IP=). */
   ip?: string;
   record(allocation: Allocation): R;
@@ -56,8 +58,13 @@ export interface InterfacePlan<R extends AttachmentRecord> {
   onAddress?(allocation: Allocation, hold: (claim: string) => void, undo: UndoStack): void;
   /** Container-side lines: addresses, routes. */
   inside(b: IpBatch, allocation: Allocation): void;
-  /** After the wiring, before answering. */
-  finish?(): Promise<void>;
+  /**
+   * The port's anti-spoofing, once the port exists and before the container's side comes up
+   * (idempotent: a retried ADD that finds the attachment complete runs it again).
+   */
+  secure?(allocation: Allocation): Promise<void>;
+  /** After the wiring, before answering (idempotent: a retried ADD runs it again). */
+  finish?(allocation: Allocation): Promise<void>;
 }
 
 export interface Attached<R extends AttachmentRecord> {
@@ -131,7 +138,8 @@ export class Attacher {
     const hadAddress = existing ? (await this.heldAddress(plan)) !== undefined : false;
     const undo = new UndoStack();
     const releases = [deps.claims.claim(plan.hostIf)];
-    if (plan.qos?.egressBps !== undefined) releases.push(deps.claims.claim(linkNames.ifbFor(plan.hostIf)));
+    if (plan.shaper || plan.qos?.egressBps !== undefined)
+      releases.push(deps.claims.claim(linkNames.ifbFor(plan.hostIf)));
     // The record this call writes: a retry keeps the limits a tenant set on the attachment since.
     const build = (a: Allocation): R => {
       const r = plan.record(a);
@@ -151,10 +159,12 @@ export class Attacher {
           mac: creationMac,
           mtu: plan.mtu,
           fresh: !existing,
-          ipv4Only: plan.ipv4Only,
+          noLinkLocal: plan.noLinkLocal,
+          ...(plan.shaper && { shaper: true }),
           ...(plan.master !== undefined && { master: plan.master }),
           ...(deps.hostLane && { hostLane: deps.hostLane }),
-          ...(plan.qos && { qos: { spec: plan.qos, tc: new TcClient(deps.runner, deps.hostNetns) } }),
+          ...(plan.qos && { qos: plan.qos }),
+          ...((plan.qos || plan.shaper) && { tc: new TcClient(deps.runner, deps.hostNetns) }),
         },
         undo,
         {
@@ -191,6 +201,7 @@ export class Attacher {
           ...(plan.onHostWithAddress && {
             onHostWithAddress: (b: IpBatch, a: Allocation) => plan.onHostWithAddress!(b, a),
           }),
+          ...(plan.secure && { secure: (a: Allocation) => plan.secure!(a) }),
           beforeUp: (b, allocation) => {
             const final = plan.macFor(allocation.ip).toLowerCase();
             if (final !== creationMac) b.linkSet(plan.ifname, { address: final });
@@ -198,7 +209,7 @@ export class Attacher {
           inside: (b, allocation) => plan.inside(b, allocation),
         },
       );
-      await plan.finish?.();
+      await plan.finish?.(wired.allocation);
       log.info({ ip: wired.allocation.ip, hostIf: plan.hostIf }, 'attached');
       return {
         record: record!,
@@ -232,9 +243,15 @@ export class Attacher {
     /** The address's pool; without it, every address the endpoint's handle holds is released. */
     pool?: string;
     extraHostLines?: (b: IpBatch) => void;
+    /**
+     * The port's shaper veth pair (vlan, userspace datapath) is left to the reconciler, which
+     * removes it moments later as an orphan: each link deletion waits for an RCU grace period
+     * (~17 ms here), and the DEL is complete without it (the pair is off OVS and leads nowhere).
+     */
+    leaveShaper?: boolean;
   }): Promise<void> {
     await Promise.all([
-      removePort(this.hostIp, spec.hostIf, spec.extraHostLines),
+      removePort(this.hostIp, spec.hostIf, spec.extraHostLines, { leaveShaper: spec.leaveShaper === true }),
       this.deleteRecord(spec.id, spec.recordKey),
     ]);
     await this.deferStore(spec.id, 'release address', () => this.deps.ipam.releaseHandle(spec.id, spec.pool));

@@ -1,9 +1,10 @@
+import { AppError, ErrorCodes } from '../../core/errors.js';
 import { IpBatch, type IpBatchLane, type IpClient } from '../../sys/ip.js';
 import { isCommandError } from '../../sys/runner.js';
-import type { TcClient } from '../../sys/tc.js';
+import { TcBatch, type TcClient } from '../../sys/tc.js';
 import type { QosSpec } from '../../tenancy/records.js';
 import { linkNames } from '../names.js';
-import { qosBatch } from '../qos.js';
+import { qosBatch, shaperRedirects } from '../qos.js';
 import type { UndoStack } from './undo.js';
 
 /**
@@ -11,9 +12,18 @@ import type { UndoStack } from './undo.js';
  * in the container's namespace, wired in two rounds of independent work (see wireVeth).
  */
 
-/** A host port and its ifb (if it had egress limits), and `extra` removals, in one `ip` process. */
-export async function removePort(hostIp: IpClient, hostIf: string, extra?: (b: IpBatch) => void): Promise<void> {
-  const b = new IpBatch().linkDel(hostIf).linkDel(linkNames.ifbFor(hostIf));
+/**
+ * A host port and its ifb (if it had egress limits), and `extra` removals, in one `ip` process.
+ * `leaveShaper`: a vlan port's shaper veth pair stays for the reconciler to collect (see detach).
+ */
+export async function removePort(
+  hostIp: IpClient,
+  hostIf: string,
+  extra?: (b: IpBatch) => void,
+  opts: { leaveShaper?: boolean } = {},
+): Promise<void> {
+  const b = new IpBatch().linkDel(hostIf);
+  if (!opts.leaveShaper) b.linkDel(linkNames.ifbFor(hostIf));
   extra?.(b);
   await hostIp.applyForgivingMissing(b);
 }
@@ -33,13 +43,21 @@ export interface VethPlug {
   /** Coalesces host-side batches of concurrent ADDs into one `ip` process (else one each). */
   hostLane?: IpBatchLane;
   /** Rate limits applied by this ADD itself (the ifb created with the pair, tc beside round 2). */
-  qos?: { spec: QosSpec; tc: TcClient };
+  qos?: QosSpec;
+  /** How tc reaches the host (needed with `qos` or `shaper`). */
+  tc?: TcClient;
   /**
-   * The container's interface carries IPv4 only: it gets no IPv6 link-local address either (as
-   * Calico disables IPv6 on IPv4-only workload interfaces). Bringing up a link with IPv6 costs the
-   * kernel DAD, router solicitations and MLD: ~23% of wiring time measured at 1,000 containers.
+   * The port's egress is shaped on a veth of its own that the plan creates (`onHost`), not an ifb:
+   * vlan on OVS's userspace datapath (see vlan-host.ts). It is removed with the port.
    */
-  ipv4Only?: boolean;
+  shaper?: boolean;
+  /**
+   * The container's interface gets no IPv6 link-local address: it carries IPv4 only (as Calico
+   * disables IPv6 on IPv4-only workload interfaces), or a routed IPv6 /128 that needs none. Bringing
+   * up a link with IPv6 costs the kernel DAD, router solicitations and MLD: ~23% of wiring time
+   * measured at 1,000 containers.
+   */
+  noLinkLocal?: boolean;
 }
 
 /** What one container interface needs beyond the veth pair. Each step registers its own undo. */
@@ -52,6 +70,11 @@ export interface WireSteps<T> {
   onHost?(b: IpBatch): void;
   /** Host-side lines that need the address (their own batch, beside the container side). */
   onHostWithAddress?(b: IpBatch, allocation: T): void;
+  /**
+   * What must hold before the container's interface comes up (round 2): e.g. the port's
+   * anti-spoofing, so no packet the container sends is ever unchecked.
+   */
+  secure?(allocation: T): Promise<void>;
   /** Container-side lines while the link is still down (e.g. its final MAC). */
   beforeUp?(b: IpBatch, allocation: T): void;
   /** Container-side lines: addresses, routes. */
@@ -72,7 +95,8 @@ export async function wireVeth<T>(
   undo: UndoStack,
   steps: WireSteps<T>,
 ): Promise<{ allocation: T; joinedBridge: boolean }> {
-  const ifb = p.qos?.spec.egressBps !== undefined ? linkNames.ifbFor(p.hostIf) : undefined;
+  // The device egress is shaped on (an ifb made here, or the plan's shaper veth): cleared and undone with the port.
+  const ifb = p.shaper || p.qos?.egressBps !== undefined ? linkNames.ifbFor(p.hostIf) : undefined;
   const clearLeftovers = async () => {
     await p.hostIp.deleteLinkIfExists(p.hostIf);
     if (ifb) await p.hostIp.deleteLinkIfExists(ifb);
@@ -80,7 +104,8 @@ export async function wireVeth<T>(
   if (!p.fresh) await clearLeftovers();
   let joinedBridge = p.master !== undefined;
   const create = async (master: string | undefined) => {
-    // The host end never needs an IPv6 address (an L2 port, or a routed /32 with an IPv4 gateway).
+    // The host end needs no IPv6 address of its own making (an L2 port; a routed port gets fe80::1
+    // from its plan when its VPC is IPv6).
     const b = new IpBatch()
       .linkAddVeth(p.hostIf, p.ifname, {
         mtu: p.mtu,
@@ -90,12 +115,12 @@ export async function wireVeth<T>(
       })
       .linkSet(p.hostIf, { addrGenMode: 'none' })
       .linkSet(p.hostIf, { up: true });
-    if (ifb) b.linkAddIfb(ifb).linkSet(ifb, { up: true });
+    if (ifb && !p.shaper) b.linkAddIfb(ifb).linkSet(ifb, { up: true });
     steps.onHost?.(b);
     await (p.hostLane ? p.hostLane.submit(b) : p.hostIp.apply(b));
   };
   undo.push('delete host port', () => p.hostIp.deleteLinkIfExists(p.hostIf));
-  if (ifb) undo.push('delete ifb', () => p.hostIp.deleteLinkIfExists(ifb));
+  if (ifb) undo.push(p.shaper ? 'delete shaper' : 'delete ifb', () => p.hostIp.deleteLinkIfExists(ifb));
   // Creates the pair, recovering (at most once each) from leftovers of an interrupted run and
   // from a bridge that went away under the fast path.
   let master = p.master;
@@ -112,6 +137,15 @@ export async function wireVeth<T>(
         await clearLeftovers();
         return createPair();
       }
+      // Still there after clearing our leftovers: the container already has an interface by the
+      // name asked for (not ours to remove). Said plainly, not as the kernel's "File exists".
+      if (isCommandError(err, 'exists') && (await p.inside.link(p.ifname).catch(() => undefined))) {
+        throw new AppError(
+          ErrorCodes.ALREADY_EXISTS,
+          `the container already has an interface named ${p.ifname} (in ${p.netnsPath}); ask for another name`,
+          { ifname: p.ifname },
+        );
+      }
       // The bridge went away (a reconcile removing an emptied VPC): create the port on its own and
       // let the full reconcile recreate the bridge. `link add` is atomic.
       if (master === undefined) throw err;
@@ -122,19 +156,23 @@ export async function wireVeth<T>(
     }
   };
   const [allocation] = await settleAll([steps.allocate(), createPair()] as const);
+  await steps.secure?.(allocation);
   // (The peer cannot be brought up as it is created in another namespace: the kernel refuses.)
   const inNs = new IpBatch();
-  if (p.ipv4Only) inNs.linkSet(p.ifname, { addrGenMode: 'none' });
+  if (p.noLinkLocal) inNs.linkSet(p.ifname, { addrGenMode: 'none' });
   steps.beforeUp?.(inNs, allocation);
   inNs.linkSet(p.ifname, { up: true });
   steps.inside(inNs, allocation);
   const onHost = new IpBatch();
   steps.onHostWithAddress?.(onHost, allocation);
+  // The shaper's redirects (the port does not reach OVS without them) and the port's limits.
+  const tcBatch = p.shaper ? shaperRedirects(p.hostIf, linkNames.ifbFor(p.hostIf)) : new TcBatch();
+  if (p.qos) qosBatch(p.hostIf, linkNames.ifbFor(p.hostIf), p.qos, undefined, { shaper: p.shaper === true }, tcBatch);
   await settleAll([
     steps.persist(allocation),
     p.inside.apply(inNs),
     onHost.empty ? undefined : p.hostIp.apply(onHost),
-    p.qos ? p.qos.tc.apply(qosBatch(p.hostIf, linkNames.ifbFor(p.hostIf), p.qos.spec, undefined)) : undefined,
+    tcBatch.empty ? undefined : p.tc!.apply(tcBatch),
   ]);
   return { allocation, joinedBridge };
 }

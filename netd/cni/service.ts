@@ -11,6 +11,7 @@ import {
   type CniResult,
 } from '../../core/cni.js';
 import { IpBatch, IpClient } from '../../sys/ip.js';
+import { SysctlClient } from '../../sys/sysctl.js';
 import type { CommandRunner, NetnsTarget } from '../../sys/runner.js';
 import type { Logger } from '../../sys/log.js';
 import type { Store } from '../../store/types.js';
@@ -25,7 +26,9 @@ import {
   type VpcRecord,
 } from '../../tenancy/records.js';
 import type { Attached, Attacher } from '../attach/template.js';
-import { internalPlan } from '../attach/internal.js';
+import { internalPlan, routedInternalPlan, vlanInternalPlan } from '../attach/internal.js';
+import { routedFamily } from '../modes/routed.js';
+import type { SourceGuard } from '../source-guard.js';
 import { externalPlan, LINK_LOCAL_GATEWAY } from '../attach/external.js';
 import type { ExternalMode } from '../external.js';
 import type { HostView } from '../host-view.js';
@@ -33,6 +36,7 @@ import type { NetdMetrics } from '../metrics.js';
 import { linkNames } from '../names.js';
 import { fromBandwidthCapability } from '../qos.js';
 import type { Reconciler } from '../reconciler.js';
+import type { VlanHost } from '../vlan-host.js';
 
 /**
  * The CNI verbs, served by the daemon on behalf of the thin `netd` plugin (cni/plugin). A network
@@ -55,6 +59,12 @@ export interface CniServiceDeps {
   attacher: Attacher;
   /** The external (eth0) network of this host; networks with "external": true need it. */
   external?: { pool: string; mode: ExternalMode };
+  /** Why this host cannot attach containers to routed VPCs safely (they are refused), if it cannot. */
+  routedRefusal?: string;
+  /** This host's Open vSwitch bridge and trunk (vlan VPCs); none: vlan VPCs are refused here. */
+  vlan?: VlanHost;
+  /** The sources IPv6 routed ports may send from. */
+  guard: SourceGuard;
   metrics?: NetdMetrics;
   logger: Logger;
 }
@@ -92,11 +102,48 @@ export class CniService {
       case 'ADD': {
         this.requireSynced();
         const vpc = await this.vpc(vpcId);
-        const plan = internalPlan(
-          { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, vpc, ...requested(req) },
-          this.deps.self,
-          this.deps.reconciler.bridgeUp(vpc.vni),
-        );
+        const request = {
+          containerId: req.containerId,
+          ifname: req.ifname,
+          netnsPath: req.netns,
+          vpc,
+          ...requested(req),
+        };
+        if (vpc.mode === 'routed') {
+          if (this.deps.routedRefusal) throw new AppError(ErrorCodes.UNSUPPORTED, this.deps.routedRefusal);
+          const { family, gateway, hostPrefix } = routedFamily(vpc.cidr);
+          if (family === 6 && this.deps.self.underlayIp6 === undefined) {
+            throw new AppError(
+              ErrorCodes.UNSUPPORTED,
+              `host ${this.deps.self.name} has no IPv6 underlay address (netd --underlay-ip6): it cannot route IPv6 VPC ${vpc.name} to other hosts`,
+            );
+          }
+          const plan = routedInternalPlan(request, this.deps.self, {
+            hostSysctl: new SysctlClient(this.deps.runner, this.deps.hostNetns),
+            guard: this.deps.guard,
+          });
+          const done = await this.deps.attacher.attach(plan);
+          // A retry that found the attachment complete guards its source again (idempotent): the
+          // ADD that wired it may have died before its last step.
+          if (done.existing) await plan.secure!(done.allocation);
+          await this.settled(plan.recordKey, plan.hostIf, done);
+          // The VPC's rule and table are in place before the answer (the first ADD here puts them).
+          await this.deps.reconciler.wireRouted(vpc);
+          return addResult(req, done, { address: `${done.allocation.ip}/${hostPrefix}`, gateway }, [
+            { dst: vpc.cidr, gw: gateway },
+          ]);
+        }
+        if (vpc.mode === 'vlan') {
+          const vlanHost = this.servingVlan(vpc);
+          const plan = vlanInternalPlan(request, this.deps.self, vlanHost, vpc.vlan!);
+          const done = await this.deps.attacher.attach(plan);
+          // A retry that found the attachment complete plugs it again (idempotent): the ADD that
+          // wired it may have died before its last step.
+          if (done.existing) await plan.finish!(done.allocation);
+          await this.settled(plan.recordKey, plan.hostIf, done);
+          return addResult(req, done, { address: done.allocation.cidr }, []);
+        }
+        const plan = internalPlan(request, this.deps.self, this.deps.reconciler.bridgeUp(vpc.vni));
         const done = await this.deps.attacher.attach(plan);
         await this.settled(plan.recordKey, plan.hostIf, done, linkNames.bridge(vpc.vni));
         return addResult(req, done, { address: done.allocation.cidr }, []);
@@ -109,14 +156,7 @@ export class CniService {
             this.deps.view.localEndpoints().filter((e) => e.vpc === vpcId),
           ),
         ];
-        for (const id of ids) {
-          await this.deps.attacher.detach({
-            id,
-            recordKey: modelKeys.endpoint(vpcId, id),
-            hostIf: linkNames.internalPort(id),
-            pool: vpcId,
-          });
-        }
+        for (const id of ids) await this.detachInternal(vpcId, id, linkNames.internalPort(id));
         return undefined;
       }
       case 'CHECK':
@@ -133,20 +173,63 @@ export class CniService {
           this.deps.view.localEndpoints().filter((x) => x.vpc === vpcId),
           keep,
         )) {
-          await this.attachments.with(lockKey(e), () =>
-            this.deps.attacher.detach({
-              id: e.id,
-              recordKey: modelKeys.endpoint(vpcId, e.id),
-              hostIf: e.hostIf,
-              pool: vpcId,
-            }),
-          );
+          await this.attachments.with(lockKey(e), () => this.detachInternal(vpcId, e.id, e.hostIf));
         }
         return undefined;
       }
       default:
         throw new AppError(ErrorCodes.INTERNAL, `unhandled CNI command ${String(req.command)}`);
     }
+  }
+
+  /** This host's VLAN side, when it can wire containers of `vpc` (else E_UNSUPPORTED, before anything is touched). */
+  private servingVlan(vpc: VpcRecord): VlanHost {
+    const vlanHost = this.deps.vlan;
+    const capability = vlanHost?.capability;
+    if (!vlanHost || !capability) {
+      throw new AppError(
+        ErrorCodes.UNSUPPORTED,
+        `host ${this.deps.self.name} serves no vlan VPC: ${vlanHost?.refusal ?? 'netd runs without --vlan-trunk'}`,
+      );
+    }
+    if (vpc.vlan === undefined || vpc.physnet !== capability.physnet) {
+      throw new AppError(
+        ErrorCodes.UNSUPPORTED,
+        `VPC ${vpc.name} is on physical network ${vpc.physnet ?? '(none)'}; host ${this.deps.self.name}'s trunk is on ${capability.physnet}`,
+      );
+    }
+    if (vpc.mtu !== undefined && vpc.mtu > capability.mtu) {
+      throw new AppError(
+        ErrorCodes.UNSUPPORTED,
+        `VPC ${vpc.name}'s MTU ${vpc.mtu} exceeds host ${this.deps.self.name}'s trunk MTU ${capability.mtu} ` +
+          '(frames would be dropped on the trunk without an ICMP error)',
+      );
+    }
+    return vlanHost;
+  }
+
+  /** Removes one eth1 attachment; a vlan VPC's port also leaves the OVS bridge. */
+  private async detachInternal(vpcId: string, id: string, hostIf: string): Promise<void> {
+    const vpc = this.deps.view.vpc(vpcId);
+    const vlan = vpc?.mode === 'vlan' ? this.deps.vlan : undefined;
+    const leaveShaper = vlan?.shapes === true;
+    const recorded = this.deps.view.localEndpoints().find((e) => e.id === id);
+    await Promise.all([
+      this.deps.attacher.detach({
+        id,
+        recordKey: modelKeys.endpoint(vpcId, id),
+        hostIf,
+        pool: vpcId,
+        ...(leaveShaper && { leaveShaper }),
+      }),
+      vlan?.capability ? vlan.unplug(hostIf) : undefined,
+    ]);
+    // The reconciler collects what the DEL left (the shaper pair) at once, not at the next resync.
+    if (leaveShaper) this.deps.reconciler.schedule();
+    // An IPv6 routed port's guard elements go once the port is gone (its name may serve another
+    // container next).
+    if (vpc?.mode === 'routed' && recorded && routedFamily(vpc.cidr).family === 6)
+      await this.deps.guard.remove({ port: hostIf, ip: recorded.ip });
   }
 
   // ---- eth0: the external network ------------------------------------------------------------
@@ -273,6 +356,7 @@ export class CniService {
     const complete = this.deps.reconciler.noteWired(hostIf, {
       joinedBridge: done.joinedBridge,
       ...(done.qosApplied && { qos: done.qosApplied }),
+      wiredNow: !done.existing,
     });
     if (complete || bridge === undefined) return;
     // The port still needs its bridge (the first ADD into this VPC on the host): that bridge alone

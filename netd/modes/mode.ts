@@ -1,4 +1,5 @@
 import type { HostSnapshot } from '../model.js';
+import type { DesiredRouting } from './routed.js';
 
 /**
  * A network mode turns the cluster's records into the data path one host should have. Modes are
@@ -50,6 +51,8 @@ export interface DesiredL2 {
   neighbours: Map<string, NeighSpec>;
   /** ifb devices that shape what containers send (see qos.ts). */
   ifbs: Set<string>;
+  /** vlan mode: host ports on the Open vSwitch bridge → their VLAN (see vlan-host.ts). */
+  ovsPorts: Map<string, number>;
 }
 
 export function fdbKey(f: FdbSpec): string {
@@ -63,6 +66,8 @@ export function neighKey(n: { dev: string; ip: string }): string {
 export interface NetworkMode {
   readonly name: 'vxlan' | 'vlan' | 'routed';
   render(view: HostSnapshot): DesiredL2;
+  /** Routes and policy rules the mode needs (routed mode); none when absent. */
+  renderRouting?(view: HostSnapshot): DesiredRouting;
 }
 
 export function emptyDesired(): DesiredL2 {
@@ -73,5 +78,6 @@ export function emptyDesired(): DesiredL2 {
     fdb: new Map(),
     neighbours: new Map(),
     ifbs: new Set(),
+    ovsPorts: new Map(),
   };
 }

@@ -6,7 +6,11 @@ import { getJson } from '../../store/json.js';
 import { modelKeys } from '../../tenancy/keys.js';
 import { endpointId, type HostRecord, type VpcRecord } from '../../tenancy/records.js';
 import { Attacher } from '../attach/template.js';
-import { internalPlan } from '../attach/internal.js';
+import { internalPlan, routedInternalPlan, vlanInternalPlan } from '../attach/internal.js';
+import { VlanHost } from '../vlan-host.js';
+import { SourceGuard } from '../source-guard.js';
+import { NftClient } from '../../sys/nft.js';
+import { SysctlClient } from '../../sys/sysctl.js';
 import { DeferredStoreWork } from '../deferred.js';
 import { linkNames } from '../names.js';
 import { PortClaims } from '../port-claims.js';
@@ -23,6 +27,8 @@ export interface DirectDeps {
   runner: CommandRunner;
   host: HostRecord;
   hostNetns?: NetnsTarget;
+  /** The host's trunk and Open vSwitch (a cluster made with `vlan`). */
+  vlan?: { trunk: string; ovsDb: string };
 }
 
 function attacher(deps: DirectDeps): Attacher {
@@ -44,7 +50,16 @@ export async function attachInternal(
   deps: DirectDeps,
 ) {
   const vpc = (await getJson<VpcRecord>(deps.store, modelKeys.vpc(req.vpc)))!.value;
-  const done = await attacher(deps).attach(internalPlan({ ...req, vpc }, deps.host, undefined));
+  const plan =
+    vpc.mode === 'routed'
+      ? routedInternalPlan({ ...req, vpc }, deps.host, {
+          hostSysctl: new SysctlClient(deps.runner, deps.hostNetns),
+          guard: new SourceGuard(new NftClient(deps.runner, deps.hostNetns), silentLogger()),
+        })
+      : vpc.mode === 'vlan'
+        ? vlanInternalPlan({ ...req, vpc }, deps.host, await vlanHost(deps), vpc.vlan!)
+        : internalPlan({ ...req, vpc }, deps.host, undefined);
+  const done = await attacher(deps).attach(plan);
   return { endpoint: done.record, allocation: done.allocation };
 }
 
@@ -56,4 +71,15 @@ export async function detachInternal(req: { containerId: string; ifname: string;
     hostIf: linkNames.internalPort(id),
     pool: req.vpc,
   });
+}
+
+/** The host's VLAN side as its daemon would set it up (bridge and trunk in place). */
+async function vlanHost(deps: DirectDeps): Promise<VlanHost> {
+  if (!deps.vlan) throw new Error(`host ${deps.host.name} has no trunk: make the cluster with vlan: true`);
+  const host = new VlanHost(
+    { trunk: deps.vlan.trunk, physnet: 'physnet0', dbSocket: deps.vlan.ovsDb },
+    { runner: deps.runner, ...(deps.hostNetns && { netns: deps.hostNetns }), logger: silentLogger() },
+  );
+  if (!(await host.setup())) throw new Error(`vlan setup on ${deps.host.name}: ${host.refusal}`);
+  return host;
 }

@@ -6,7 +6,14 @@ import type { ClusterSession } from '../../test-netns/harness.js';
 import { etcdFlags } from '../../test-netns/etcd-cluster.js';
 import { eventually } from '../../test-netns/testing.js';
 import { startDaemon, stopDaemon, type DaemonHandle } from '../../sys/process.js';
-import { isCommandError } from '../../sys/runner.js';
+import { isCommandError, type CommandRunner } from '../../sys/runner.js';
+import { IpClient } from '../../sys/ip.js';
+import { NftClient } from '../../sys/nft.js';
+import { GUARD_TABLE } from '../source-guard.js';
+import { ROUTED_PROTO } from '../modes/routed.js';
+import { OvsClient } from '../../sys/ovs.js';
+import { DEFAULT_OVS_BRIDGE } from '../vlan-host.js';
+import { OWNED_LINK_RE } from '../names.js';
 import { EtcdStore } from '../../store/etcd.js';
 import type { Store } from '../../store/types.js';
 import { Ipam } from '../../ipam/allocator.js';
@@ -45,6 +52,8 @@ export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): N
       h.name,
       '--underlay-ip',
       h.underlayIp,
+      '--underlay-ip6',
+      h.underlayIp6,
       '--uplink',
       h.uplink,
       ...etcdFlags(s.cluster.description),
@@ -54,6 +63,8 @@ export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): N
       opts.socketDir,
       ...(opts.externalPool ? ['--external-pool', opts.externalPool] : []),
       ...(opts.externalMode ? ['--external-mode', opts.externalMode] : []),
+      // A host with a trunk (a cluster made with `vlan`) serves vlan VPCs.
+      ...(h.vlan ? ['--vlan-trunk', h.vlan.trunk, '--ovs-db', h.vlan.ovsDb] : []),
       ...(opts.extraArgs ?? []),
     ],
     netns: { name: h.netns },
@@ -65,7 +76,7 @@ export function startNetd(s: ClusterSession, host: string, opts: NetdOptions): N
 }
 
 export async function waitReady(n: NetdHost, timeoutMs = 15_000): Promise<boolean> {
-  return eventually(async () => readFileSync(n.log, 'utf8').includes('ready'), timeoutMs);
+  return eventually(async () => readFileSync(n.log, 'utf8').includes(`netd ${n.host} ready`), timeoutMs);
 }
 
 export interface PluginAnswer {
@@ -108,6 +119,31 @@ export async function invokePlugin(
     }
     return { ok: false, out, ms: performance.now() - started };
   }
+}
+
+/** Whether a host namespace is free of netd's routes and rules (routed mode's, `proto 78`). */
+export async function noNetdRouting(runner: CommandRunner, netns: string): Promise<boolean> {
+  const ip = new IpClient(runner, { name: netns });
+  for (const family of [4, 6] as const) {
+    if ((await ip.routesByProto(ROUTED_PROTO, family)).length > 0) return false;
+    if ((await ip.rules(family)).some((r) => r.protocol === String(ROUTED_PROTO))) return false;
+  }
+  // The IPv6 source guard may stay (an empty table), but guards no port that is gone.
+  const guard = await new NftClient(runner, { name: netns }).table('ip6', GUARD_TABLE);
+  return (guard?.sets ?? []).every((set) => (set.elem ?? []).length === 0);
+}
+
+/** A vlan VPC's VLAN fields (VLAN `id` on physnet0) for a record of `mode`; none for the other modes. */
+export function vlanOf(mode: string, id: number): Partial<VpcRecord> {
+  return mode === 'vlan' ? { vlan: id, physnet: 'physnet0' } : {};
+}
+
+/** netd's ports on a host's Open vSwitch bridge (a cluster made with `vlan`), with their VLANs. */
+export async function netdOvsPorts(s: ClusterSession, host: string): Promise<Map<string, number | undefined>> {
+  const ovs = new OvsClient(s.runner, { dbSocket: s.cluster.host(host).vlan!.ovsDb });
+  const ports = await ovs.bridgePorts(DEFAULT_OVS_BRIDGE);
+  // Named by the container port behind each: on the userspace datapath OVS has its shaper's peer.
+  return new Map([...ports].filter(([p]) => OWNED_LINK_RE.test(p)).map(([p, tag]) => [p.replace(/^no/, 'ni'), tag]));
 }
 
 /** Puts each VPC's record and creates its address pool. */
@@ -169,7 +205,7 @@ export interface NetdTestbed {
   attachDeps(host: string): AttachDeps;
 }
 
-interface TestbedTest {
+export interface TestbedTest {
   ok(value: unknown, message: string): unknown;
   teardown(fn: () => unknown): unknown;
 }
@@ -204,7 +240,13 @@ export async function netdTestbed(
 
   const hostRecord = (host: string): HostRecord => {
     const h = s.cluster.host(host);
-    return { name: h.name, underlayIp: h.underlayIp, uplink: h.uplink, underlayMtu: d.underlay.mtu };
+    return {
+      name: h.name,
+      underlayIp: h.underlayIp,
+      underlayIp6: h.underlayIp6,
+      uplink: h.uplink,
+      underlayMtu: d.underlay.mtu,
+    };
   };
   const testbed: NetdTestbed = {
     s,
@@ -245,6 +287,7 @@ export async function netdTestbed(
       runner: s.runner,
       host: hostRecord(host),
       hostNetns: { name: s.cluster.host(host).netns },
+      ...(s.cluster.host(host).vlan && { vlan: s.cluster.host(host).vlan }),
     }),
   };
   const start = opts.start ?? true;

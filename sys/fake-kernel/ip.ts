@@ -76,6 +76,7 @@ function ipLine(ctx: ToolContext, w: Words, opts: IpOptions): string | void {
       const cidr = w.next('address');
       w.expect('dev');
       const dev = ns.requireLink(w.next('device'));
+      w.take('nodad'); // no duplicate address detection is modelled: every address is usable at once
       w.end();
       if (verb === 'del') deleteAddress(dev, cidr);
       else addAddress(dev, cidr, verb === 'add' ? 'add' : 'replace');

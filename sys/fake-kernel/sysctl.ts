@@ -27,8 +27,26 @@ const GLOBAL = new Set(['net.ipv4.ip_forward', 'net.ipv4.ip_nonlocal_bind', 'net
 export function runSysctl(ns: FakeNetns, args: string[]): { stdout: string; stderr: string; exitCode: number } {
   const quiet = args[0] === '-q';
   const rest = quiet ? args.slice(1) : args;
-  const assignment = rest[0] === '-w' && rest.length === 2 ? /^([^=]+)=(.*)$/.exec(rest[1]!) : null;
-  if (!assignment) throw new FakeKernelUnmodelled(`sysctl ${args.join(' ')} (only "sysctl [-q] -w KEY=VALUE")`);
+  if (rest[0] !== '-w' || rest.length < 2)
+    throw new FakeKernelUnmodelled(`sysctl ${args.join(' ')} (only "sysctl [-q] -w KEY=VALUE...")`);
+  // Several assignments: applied in order, stopping at the first failure (as sysctl does).
+  let stdout = '';
+  for (const a of rest.slice(1)) {
+    const one = assignOne(ns, a, args, quiet);
+    stdout += one.stdout;
+    if (one.exitCode !== 0) return { ...one, stdout };
+  }
+  return { stdout, stderr: '', exitCode: 0 };
+}
+
+function assignOne(
+  ns: FakeNetns,
+  text: string,
+  args: string[],
+  quiet: boolean,
+): { stdout: string; stderr: string; exitCode: number } {
+  const assignment = /^([^=]+)=(.*)$/.exec(text);
+  if (!assignment) throw new FakeKernelUnmodelled(`sysctl ${args.join(' ')} (only "sysctl [-q] -w KEY=VALUE...")`);
   const [, key, value] = assignment as unknown as [string, string, string];
   const path = `/proc/sys/${key.replaceAll('.', '/')}`;
   const m = /^net\.(ipv[46]\.(?:neigh|conf))\.([^.]+)\.([a-z0-9_]+)$/.exec(key);

@@ -21,6 +21,8 @@ export const VPC = Type.Object({
   mode: Type.String(),
   cidr: Type.String(),
   vni: Type.Integer(),
+  vlan: Type.Optional(Type.Integer()),
+  physnet: Type.Optional(Type.String()),
   mtu: Type.Optional(Type.Integer()),
   qos: Type.Optional(QOS),
 });

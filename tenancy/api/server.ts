@@ -48,7 +48,11 @@ export function apiContext(opts: {
 }): ApiContext {
   const { store } = opts;
   const tenants = new TenantDirectory(store);
-  const vpcs = new VpcDirectory({ store, pools: opts.pools, ...(opts.modes && { modes: opts.modes }) });
+  const vpcs = new VpcDirectory({
+    store,
+    pools: opts.pools,
+    ...(opts.modes && { modes: opts.modes }),
+  });
   const auth: Auth = {
     admin: (req) => {
       if (!sameToken(bearer(req), opts.adminToken)) throw new AppError(ErrorCodes.UNAUTHORIZED, 'admin token required');
@@ -85,6 +89,7 @@ export const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.ALREADY_EXISTS]: 409,
   [ErrorCodes.CONFLICT]: 409,
   [ErrorCodes.POOL_OVERLAP]: 409,
+  [ErrorCodes.RANGE_EXHAUSTED]: 409,
   [ErrorCodes.STORE_UNAVAILABLE]: 503,
 };
 

@@ -198,34 +198,46 @@ t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document a
   await none.close();
 });
 
-t.test('VPC default QoS changes through PATCH; modes other than vxlan are refused for now', async (t) => {
-  const { store, call } = await setup(t);
-  const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
-  const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
-  t.equal((await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24', mode: 'vxlan' })).statusCode, 201);
-  const vlan = await call('POST', '/v1/vpcs', a, { name: 'v', cidr: '10.0.1.0/24', mode: 'vlan' });
-  t.equal(vlan.statusCode, 400);
-  t.equal(vlan.json().code, 'E_UNSUPPORTED');
-  t.equal(
-    (await call('POST', '/v1/vpcs', a, { name: 'v', cidr: '10.0.1.0/24', mode: 'ovs' })).json().code,
-    'E_INVALID_INPUT',
-  );
-  const patched = await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: 8_000_000 } });
-  t.equal(patched.statusCode, 200);
-  t.same(patched.json().qos, { ingressBps: 8_000_000 });
-  t.same(
-    JSON.parse((await store.get(modelKeys.vpc('a.web')))!.value).qos,
-    { ingressBps: 8_000_000 },
-    'stored for the hosts to apply',
-  );
-  t.equal((await call('PATCH', '/v1/vpcs/web', b, { qos: {} })).statusCode, 404, "another tenant's VPC is a 404");
-  t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: -1 } })).statusCode, 400);
-  t.equal(
-    (await call('PATCH', '/v1/vpcs/web', a, { qos: {} })).json().qos,
-    undefined,
-    'empty limits remove the defaults',
-  );
-});
+t.test(
+  'VPC default QoS changes through PATCH; routed VPCs may not overlap; vlan needs a host with a trunk',
+  async (t) => {
+    const { store, call } = await setup(t);
+    const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
+    const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
+    t.equal((await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24', mode: 'vxlan' })).statusCode, 201);
+    const routed = await call('POST', '/v1/vpcs', a, { name: 'r', cidr: '10.8.0.0/24', mode: 'routed' });
+    t.equal(routed.statusCode, 201);
+    t.equal(routed.json().mode, 'routed');
+    const overlapping = await call('POST', '/v1/vpcs', b, { name: 'r', cidr: '10.8.0.0/16', mode: 'routed' });
+    t.equal(overlapping.statusCode, 409, "another tenant's routed VPC may not cover it");
+    t.equal(overlapping.json().code, 'E_POOL_OVERLAP');
+    t.match(overlapping.json().message, /overlaps routed VPC a\.r/);
+    const vlan = await call('POST', '/v1/vpcs', a, { name: 'v', cidr: '10.0.1.0/24', mode: 'vlan' });
+    t.equal(vlan.statusCode, 400);
+    t.equal(vlan.json().code, 'E_UNSUPPORTED');
+    t.match(vlan.json().message, /no host serves vlan mode on physical network physnet0/);
+    t.equal((await store.list('/netd/v1/vpcs/a.v')).kvs.length, 0, 'nothing was created');
+    t.equal(
+      (await call('POST', '/v1/vpcs', a, { name: 'v', cidr: '10.0.1.0/24', mode: 'ovs' })).json().code,
+      'E_INVALID_INPUT',
+    );
+    const patched = await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: 8_000_000 } });
+    t.equal(patched.statusCode, 200);
+    t.same(patched.json().qos, { ingressBps: 8_000_000 });
+    t.same(
+      JSON.parse((await store.get(modelKeys.vpc('a.web')))!.value).qos,
+      { ingressBps: 8_000_000 },
+      'stored for the hosts to apply',
+    );
+    t.equal((await call('PATCH', '/v1/vpcs/web', b, { qos: {} })).statusCode, 404, "another tenant's VPC is a 404");
+    t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: -1 } })).statusCode, 400);
+    t.equal(
+      (await call('PATCH', '/v1/vpcs/web', a, { qos: {} })).json().qos,
+      undefined,
+      'empty limits remove the defaults',
+    );
+  },
+);
 
 t.test(
   "a container's eth0 is listed with its VPC endpoint, and its limits change through the VPC's tenant",
@@ -295,3 +307,148 @@ t.test(
     );
   },
 );
+
+t.test(
+  'vlan VPCs: a VLAN id unique per physical network, E_RANGE_EXHAUSTED when none is left, freed on delete',
+  async (t) => {
+    const store = new MemoryStore();
+    const app = buildNetdApi({ store, pools: new Ipam({ store, host: 'api' }), adminToken: 'admin-secret' });
+    t.teardown(async () => {
+      await app.close();
+      await store.close();
+    });
+    const call = (method: 'POST' | 'DELETE' | 'GET' | 'PUT', url: string, token: string, payload?: object) =>
+      app.inject({ method, url, headers: { authorization: `Bearer ${token}` }, ...(payload && { payload }) });
+    // The operator's VLAN ranges: cluster policy, the same for every API.
+    const policy = await call('PUT', '/v1/policy', 'admin-secret', {
+      vlanRanges: [
+        { physnet: 'physnet0', min: 100, max: 101 },
+        { physnet: 'dc2', min: 100, max: 100 },
+      ],
+    });
+    t.equal(policy.statusCode, 200);
+    const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
+    const host = (name: string, physnet: string) =>
+      store.put(
+        modelKeys.host(name),
+        JSON.stringify({
+          name,
+          underlayIp: '10.77.0.11',
+          uplink: 'eth0',
+          underlayMtu: 1500,
+          modes: ['vxlan', 'routed', 'vlan'],
+          vlan: { physnet, datapath: 'netdev', mtu: 1500 },
+        }),
+      );
+    await host('h1', 'physnet0');
+    const made = [];
+    for (const name of ['v1', 'v2']) {
+      const res = await call('POST', '/v1/vpcs', a, { name, cidr: '10.0.0.0/24', mode: 'vlan' });
+      t.equal(res.statusCode, 201, `${name} created (vlan VPCs may share a CIDR)`);
+      made.push(res.json() as { vlan: number; physnet: string });
+    }
+    t.same(made.map((v) => v.vlan).sort(), [100, 101], 'each holds its own VLAN id of the range');
+    t.ok(
+      made.every((v) => v.physnet === 'physnet0'),
+      'on the default physical network',
+    );
+    t.equal(
+      (await store.get(modelKeys.vlan('physnet0', made[0]!.vlan)))?.value,
+      'a.v1',
+      'the id is held in etcd by its VPC',
+    );
+    const full = await call('POST', '/v1/vpcs', a, { name: 'v3', cidr: '10.0.3.0/24', mode: 'vlan' });
+    t.equal(full.statusCode, 409);
+    t.equal(full.json().code, 'E_RANGE_EXHAUSTED');
+    t.match(full.json().message, /every VLAN id of physical network physnet0 \(100\.\.101\) is taken/);
+    t.equal((await store.list('/netd/v1/ipam/pools/a.v3')).kvs.length, 0, "the refused VPC's pool went again");
+
+    // Another physical network has its own ids, and needs its own host.
+    const dc2 = await call('POST', '/v1/vpcs', a, { name: 'w', cidr: '10.0.4.0/24', mode: 'vlan', physnet: 'dc2' });
+    t.equal(dc2.json().code, 'E_UNSUPPORTED', 'no host on dc2 yet');
+    await host('h2', 'dc2');
+    const onDc2 = await call('POST', '/v1/vpcs', a, { name: 'w', cidr: '10.0.4.0/24', mode: 'vlan', physnet: 'dc2' });
+    t.equal(onDc2.statusCode, 201);
+    t.same([onDc2.json().vlan, onDc2.json().physnet], [100, 'dc2'], 'VLAN 100 again, on dc2');
+    t.equal(
+      (await call('POST', '/v1/vpcs', a, { name: 'x', cidr: '10.0.5.0/24', mode: 'vlan', physnet: 'nowhere' })).json()
+        .code,
+      'E_UNSUPPORTED',
+      'a physical network without a VLAN range is refused',
+    );
+    t.equal(
+      (await call('POST', '/v1/vpcs', a, { name: 'x', cidr: '10.0.5.0/24', mode: 'vxlan', physnet: 'dc2' })).json()
+        .code,
+      'E_INVALID_INPUT',
+      'physnet is for vlan VPCs only',
+    );
+    t.equal(
+      (await call('POST', '/v1/vpcs', a, { name: 'x', cidr: '10.0.5.0/24', mode: 'vlan', physnet: 'Bad!' })).json()
+        .code,
+      'E_INVALID_INPUT',
+    );
+
+    // Egress limits hold on every datapath (on the userspace one through each port's shaper pair).
+    const patchEgress = await app.inject({
+      method: 'PATCH',
+      url: '/v1/vpcs/w',
+      headers: { authorization: `Bearer ${a}` },
+      payload: { qos: { egressBps: 10_000_000, ingressBps: 10_000_000 } },
+    });
+    t.equal(patchEgress.statusCode, 200, 'a vlan VPC takes egress limits on a userspace datapath too');
+
+    // Deleting a VPC frees its id, but not for the next VPC at once: quarantined (see tenancy's directories.test).
+    t.equal((await call('DELETE', '/v1/vpcs/v1', a)).statusCode, 204);
+    t.match(
+      (await store.get(modelKeys.vlan('physnet0', made[0]!.vlan)))?.value,
+      /^freed:\d+$/,
+      "v1's VLAN id is a tombstone",
+    );
+    const again = await call('POST', '/v1/vpcs', a, { name: 'v3', cidr: '10.0.3.0/24', mode: 'vlan' });
+    t.equal(again.json().code, 'E_RANGE_EXHAUSTED', "v1's id is not given out again at once");
+    t.match(again.json().message, /1 freed less than 60 min ago/);
+  },
+);
+
+t.test("routed VPCs must lie within the operator's routed ranges when it set some", async (t) => {
+  const store = new MemoryStore();
+  const app = buildNetdApi({ store, pools: new Ipam({ store, host: 'api' }), adminToken: 'admin-secret' });
+  t.teardown(async () => {
+    await app.close();
+    await store.close();
+  });
+  const put = (payload: object, token = 'admin-secret') =>
+    app.inject({ method: 'PUT', url: '/v1/policy', headers: { authorization: `Bearer ${token}` }, payload });
+  t.equal((await put({ routedRanges: ['10.8.0.0/16'] }, 'not-the-admin')).statusCode, 401, "policy is the admin's");
+  t.equal((await put({ routedRanges: ['10.8.0.0/33'] })).json().code, 'E_INVALID_INPUT', 'a bad CIDR is refused');
+  t.equal(
+    (await put({ vlanRanges: [{ physnet: 'p', min: 5, max: 4095 }] })).json().code,
+    'E_INVALID_INPUT',
+    'so is a VLAN range beyond 4094',
+  );
+  t.equal((await put({ routedRanges: ['10.8.0.0/16', '172.20.0.0/14'] })).statusCode, 200);
+  t.same(
+    (await app.inject({ method: 'GET', url: '/v1/policy', headers: { authorization: 'Bearer admin-secret' } })).json(),
+    { routedRanges: ['10.8.0.0/16', '172.20.0.0/14'] },
+  );
+  const call = (payload: object, token: string) =>
+    app.inject({ method: 'POST', url: '/v1/vpcs', headers: { authorization: `Bearer ${token}` }, payload });
+  const a = (
+    await app.inject({
+      method: 'POST',
+      url: '/v1/tenants',
+      headers: { authorization: 'Bearer admin-secret' },
+      payload: { name: 'a' },
+    })
+  ).json().token as string;
+  t.equal((await call({ name: 'in', cidr: '10.8.4.0/24', mode: 'routed' }, a)).statusCode, 201, 'inside a range');
+  t.equal((await call({ name: 'in2', cidr: '172.21.0.0/16', mode: 'routed' }, a)).statusCode, 201, 'inside the other');
+  const out = await call({ name: 'out', cidr: '10.9.0.0/24', mode: 'routed' }, a);
+  t.equal(out.statusCode, 403);
+  t.equal(out.json().code, 'E_FORBIDDEN');
+  t.match(out.json().message, /must lie within the operator's routed ranges \(10\.8\.0\.0\/16, 172\.20\.0\.0\/14\)/);
+  const wider = await call({ name: 'wide', cidr: '10.0.0.0/8', mode: 'routed' }, a);
+  t.equal(wider.json().code, 'E_FORBIDDEN', 'a CIDR covering a range is not inside it');
+  t.equal((await store.list('/netd/v1/ipam/pools/a.out')).kvs.length, 0, 'the refused VPC left no pool');
+  t.equal((await call({ name: 'vx', cidr: '10.9.0.0/24' }, a)).statusCode, 201, 'vxlan VPCs are not limited');
+});

@@ -161,3 +161,25 @@ t.test('whyNotWired names what is missing', async (t) => {
   t.equal(await h.attacher.whyNotWired({ ...record, hostIf: linkNames.internalPort('nope') }), 'no host port');
   t.equal(await h.attacher.whyNotWired({ ...record, netns: undefined }), 'no netns recorded');
 });
+
+t.test('an interface name the container already uses: a plain error, nothing left behind', async (t) => {
+  const h = await fakeHost();
+  t.teardown(() => h.close());
+  const c = h.container();
+  await new IpClient(h.kernel, { path: c.netnsPath }).apply(new IpBatch().linkAddVeth('eth1', 'theirs', {}));
+  const plan = internalPlan({ containerId: 'c1', ifname: 'eth1', netnsPath: c.netnsPath, vpc: VPC }, SELF, undefined);
+  await t.rejects(h.attacher.attach(plan), {
+    code: 'E_ALREADY_EXISTS',
+    message: /already has an interface named eth1/,
+  });
+  t.notOk(
+    h.kernel.dump(H1).links.some((l) => l.startsWith(plan.hostIf)),
+    'no host port left',
+  );
+  t.same(await h.ipam.getHandle(plan.id), [], 'no address held');
+  t.notOk(await h.store.get(modelKeys.endpoint(VPC.name, plan.id)), 'no record');
+  t.ok(
+    h.kernel.dump(c.name).links.some((l) => l.startsWith('eth1 veth')),
+    "the container's own eth1 is untouched",
+  );
+});

@@ -83,6 +83,29 @@ t.test('parsing: commands, flags, environment defaults; bad usage is E_INVALID_I
     t.throws(() => parseCommand(argv, {}), { code: 'E_INVALID_INPUT' }, argv.join(' ') || '(nothing)');
 });
 
+t.test('parsing: vpc modes and the operator policy', async (t) => {
+  t.same(
+    parseCommand(['vpc', 'create', 'wire', '--cidr', '10.0.0.0/24', '--mode', 'vlan', '--physnet', 'dc2'], {}).command,
+    { kind: 'vpc-create', name: 'wire', cidr: '10.0.0.0/24', mode: 'vlan', physnet: 'dc2' },
+  );
+  t.throws(() => parseCommand(['vpc', 'create', 'w', '--cidr', '10.0.0.0/24', '--mode', 'ovs'], {}), {
+    code: 'E_INVALID_INPUT',
+  });
+  t.same(
+    parseCommand(
+      ['policy', 'set', '--routed-ranges', '10.8.0.0/16,172.20.0.0/14', '--vlan-ranges', 'physnet0:100:199'],
+      {},
+    ).command,
+    {
+      kind: 'policy-set',
+      routedRanges: ['10.8.0.0/16', '172.20.0.0/14'],
+      vlanRanges: [{ physnet: 'physnet0', min: 100, max: 199 }],
+    },
+  );
+  t.throws(() => parseCommand(['policy', 'set', '--vlan-ranges', 'physnet0-100-199'], {}), { code: 'E_INVALID_INPUT' });
+  t.same(parseCommand(['policy', 'show'], {}).command, { kind: 'policy-show' });
+});
+
 t.test('tables: aligned columns, "-" for missing cells', async (t) => {
   const text = formatTable(
     [
@@ -123,7 +146,7 @@ t.test('end to end against the API on a Unix socket: tenant → VPC → list →
   t.match(await exec(['whoami'], token!), /acme/);
   t.match(
     await exec(['vpc', 'create', 'web', '--cidr', '10.9.0.0/24', '--ingress', '20mbit'], token!),
-    /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+20mbit\s+-/,
+    /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+-\s+20mbit\s+-/,
   );
   const listed = JSON.parse(await exec(['--json', 'vpc', 'list'], token!)) as Array<{
     name: string;
@@ -134,10 +157,10 @@ t.test('end to end against the API on a Unix socket: tenant → VPC → list →
     listed.map((v) => [v.name, v.cidr, v.qos]),
     [['web', '10.9.0.0/24', { ingressBps: 20_000_000 }]],
   );
-  t.match(await exec(['vpc', 'show', 'web'], token!), /^NAME\s+CIDR\s+MODE\s+VNI\s+MTU\s+INGRESS\s+EGRESS\n/);
+  t.match(await exec(['vpc', 'show', 'web'], token!), /^NAME\s+CIDR\s+MODE\s+VNI\s+VLAN\s+MTU\s+INGRESS\s+EGRESS\n/);
   t.match(
     await exec(['vpc', 'qos', 'web', '--egress', '1gbit'], token!),
-    /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+-\s+1gbit\n/,
+    /web\s+10\.9\.0\.0\/24\s+vxlan\s+\d+\s+-\s+-\s+-\s+1gbit\n/,
     'vpc qos replaces the defaults',
   );
   t.match(JSON.parse(await exec(['cni-config', 'web'], token!)), {

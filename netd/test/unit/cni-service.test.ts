@@ -11,6 +11,8 @@ import { HostView } from '../../host-view.js';
 import { vxlanMode } from '../../modes/vxlan.js';
 import { linkNames } from '../../names.js';
 import { Reconciler } from '../../reconciler.js';
+import { SourceGuard } from '../../source-guard.js';
+import { NftClient } from '../../../sys/nft.js';
 import { Ipam } from '../../../ipam/allocator.js';
 import { fakeHost, EXTERNAL_POOL, OTHER, SELF, VPC } from '../fake-host.js';
 
@@ -25,7 +27,7 @@ async function daemonOn(
   const netns = { name: 'h1' };
   const view = new HostView(self, { store: h.store });
   await view.start();
-  const reconciler = new Reconciler({ view, runner: kernel, netns, mode: vxlanMode, logger: h.logger });
+  const reconciler = new Reconciler({ view, runner: kernel, netns, modes: [vxlanMode], logger: h.logger });
   const attacher = new Attacher({
     store: h.store,
     ipam: new Ipam({ store: h.store, host: self.name }),
@@ -46,6 +48,7 @@ async function daemonOn(
     reconciler,
     attacher,
     external: { pool: EXTERNAL_POOL.name, mode: 'nat' },
+    guard: new SourceGuard(new NftClient(kernel, netns), h.logger),
     logger: h.logger,
   });
   t.teardown(async () => {

@@ -28,7 +28,7 @@ async function setup(t: { teardown(fn: () => unknown): void }) {
   await h.store.put(modelKeys.endpoint(VPC.name, REMOTE.id), JSON.stringify(REMOTE));
   const view = new HostView(SELF, { store: h.store });
   await view.start();
-  const reconciler = new Reconciler({ view, runner: h.kernel, netns: H1, mode: vxlanMode, logger: h.logger });
+  const reconciler = new Reconciler({ view, runner: h.kernel, netns: H1, modes: [vxlanMode], logger: h.logger });
   t.teardown(async () => {
     await reconciler.stop();
     await view.stop();
@@ -133,7 +133,7 @@ t.test('rate limits: applied on change only, re-applied after a restart without 
   );
 
   // A restarted daemon does not know what it applied: it applies again, which must be idempotent.
-  const restarted = new Reconciler({ view, runner: h.kernel, netns: H1, mode: vxlanMode, logger: h.logger });
+  const restarted = new Reconciler({ view, runner: h.kernel, netns: H1, modes: [vxlanMode], logger: h.logger });
   t.teardown(() => restarted.stop());
   const beforeRestart = h.kernel.commandLines().length;
   await restarted.converge();

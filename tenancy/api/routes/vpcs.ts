@@ -8,6 +8,7 @@ const VpcBody = Type.Object(
     name: NAME,
     cidr: Type.String({ maxLength: 49 }),
     mode: Type.Optional(Type.Union([Type.Literal('vxlan'), Type.Literal('vlan'), Type.Literal('routed')])),
+    physnet: Type.Optional(Type.String({ maxLength: 31 })),
     mtu: Type.Optional(Type.Integer({ minimum: 1280, maximum: 9000 })),
     qos: Type.Optional(QOS),
   },
@@ -23,6 +24,7 @@ export function publicVpc(v: VpcRecord): Record<string, unknown> {
     mode: v.mode,
     cidr: v.cidr,
     vni: v.vni,
+    ...(v.vlan !== undefined && { vlan: v.vlan, physnet: v.physnet }),
     ...(v.mtu && { mtu: v.mtu }),
     ...(v.qos && { qos: v.qos }),
   };
@@ -34,7 +36,7 @@ const vpcParam = (req: { params: unknown }) => (req.params as { vpc: string }).v
 export const vpcRoutes: RouteModule = (app, { auth, vpcs }) => {
   app.post(
     '/v1/vpcs',
-    tenantRoute('Create a VPC (a VNI and an address pool come with it)', {
+    tenantRoute('Create a VPC (a VNI, in vlan mode a VLAN id, and an address pool come with it)', {
       body: VpcBody,
       response: { 201: VPC, ...ERRORS },
     }),

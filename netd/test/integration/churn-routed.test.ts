@@ -1,0 +1,4 @@
+import t from 'tap';
+import { churn, CYCLES } from '../churn-suite.js';
+
+t.test(`routed: ${CYCLES} ADD/DEL cycles through the netd plugin leave nothing behind`, (t) => churn(t, 'routed'));
