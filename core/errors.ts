@@ -44,6 +44,8 @@ export const ErrorCodes = {
   RANGE_EXHAUSTED: 'E_RANGE_EXHAUSTED',
   /** A routed pool would overlap another routed pool. */
   POOL_OVERLAP: 'E_POOL_OVERLAP',
+  /** A tenant asked for more than the operator's cap allows (a rate above its plan). */
+  OVER_CAP: 'E_OVER_CAP',
   /** A requested static address is taken by another owner. */
   ADDRESS_IN_USE: 'E_ADDRESS_IN_USE',
   /** A bug: an invariant did not hold. */

@@ -7,6 +7,7 @@ import { NetdApiClient } from '../tenancy/api/client.js';
  *   netdctl [--api URL] [--token T] [--json] COMMAND
  *     health
  *     tenant create NAME | list | show NAME | delete NAME          (admin token)
+ *     tenant caps NAME [--eth0-ingress R] [--eth0-egress R] [--eth1-ingress R] [--eth1-egress R]   (admin; none: remove)
  *     whoami                                                      (tenant token)
  *     vpc create NAME --cidr CIDR [--mode vxlan|routed|vlan] [--physnet NAME] [--mtu N] [--ingress RATE] [--egress RATE] | list | show NAME | delete NAME
  *     vpc qos NAME [--ingress RATE] [--egress RATE]             (the VPC's defaults; none: remove them)
@@ -23,6 +24,7 @@ export type Command =
   | { kind: 'whoami' }
   | { kind: 'tenant-create' | 'tenant-show' | 'tenant-delete'; name: string }
   | { kind: 'tenant-list' }
+  | { kind: 'tenant-caps'; name: string; caps: { eth0?: Qos; eth1?: Qos } }
   | { kind: 'vpc-create'; name: string; cidr: string; mode?: string; physnet?: string; mtu?: number; qos?: Qos }
   | { kind: 'policy-show' }
   | { kind: 'policy-set'; routedRanges?: string[]; vlanRanges?: Array<{ physnet: string; min: number; max: number }> }
@@ -60,6 +62,10 @@ const VALUE_FLAGS = new Set([
   '--mtu',
   '--ingress',
   '--egress',
+  '--eth0-ingress',
+  '--eth0-egress',
+  '--eth1-ingress',
+  '--eth1-egress',
   '--routed-ranges',
   '--vlan-ranges',
 ]);
@@ -68,6 +74,7 @@ const BOOL_FLAGS = new Set(['--json', '--external', '--help']);
 export const USAGE = `usage: netdctl [--api URL] [--token T] [--json] COMMAND
   health
   tenant create NAME | tenant list | tenant show NAME | tenant delete NAME
+  tenant caps NAME [--eth0-ingress RATE] [--eth0-egress RATE] [--eth1-ingress RATE] [--eth1-egress RATE]   (admin; none: remove)
   whoami
   vpc create NAME --cidr CIDR [--mode vxlan|routed|vlan] [--physnet NAME] [--mtu N] [--ingress RATE] [--egress RATE]
   vpc list | vpc show NAME | vpc delete NAME
@@ -109,10 +116,10 @@ export function parseCommand(argv: readonly string[], env: Readonly<Record<strin
   const arity = (cmd: string, n: number) => {
     if (words.length !== n) throw invalidInput(`"${cmd}" takes ${n - (cmd.includes(' ') ? 2 : 1)} argument(s)`);
   };
-  const qos = (): Qos | undefined => {
+  const qos = (prefix = '--'): Qos | undefined => {
     const q: Qos = {};
-    if (flags.has('--ingress')) q.ingressBps = parseRate(flags.get('--ingress')!);
-    if (flags.has('--egress')) q.egressBps = parseRate(flags.get('--egress')!);
+    if (flags.has(`${prefix}ingress`)) q.ingressBps = parseRate(flags.get(`${prefix}ingress`)!);
+    if (flags.has(`${prefix}egress`)) q.egressBps = parseRate(flags.get(`${prefix}egress`)!);
     return Object.keys(q).length ? q : undefined;
   };
   const [noun, verb] = words;
@@ -141,6 +148,13 @@ export function parseCommand(argv: readonly string[], env: Readonly<Record<strin
       allowed(`tenant ${verb}`);
       command = { kind: `tenant-${verb}` as 'tenant-create', name: words[2]! };
       break;
+    case 'tenant caps': {
+      arity('tenant caps', 3);
+      allowed('tenant caps', '--eth0-ingress', '--eth0-egress', '--eth1-ingress', '--eth1-egress');
+      const [eth0, eth1] = [qos('--eth0-'), qos('--eth1-')];
+      command = { kind: 'tenant-caps', name: words[2]!, caps: { ...(eth0 && { eth0 }), ...(eth1 && { eth1 }) } };
+      break;
+    }
     case 'vpc show':
     case 'vpc delete':
       arity(`vpc ${verb}`, 3);
@@ -290,7 +304,14 @@ const ENDPOINT_COLUMNS = [
 const TENANT_COLUMNS = [
   { key: 'name', title: 'NAME' },
   { key: 'tag', title: 'TAG' },
+  { key: 'eth0Cap', title: 'ETH0 CAP (IN/OUT)' },
+  { key: 'eth1Cap', title: 'ETH1 CAP (IN/OUT)' },
 ];
+const capText = (q: Qos | undefined) => q && `${rate(q.ingressBps) ?? '-'}/${rate(q.egressBps) ?? '-'}`;
+const withCaps = (t: Record<string, unknown>) => {
+  const caps = (t.caps ?? {}) as { eth0?: Qos; eth1?: Qos };
+  return { ...t, eth0Cap: capText(caps.eth0), eth1Cap: capText(caps.eth1) };
+};
 
 /** Carries out one command; writes what people (or `--json` scripts) read to `out`. */
 export async function run(inv: Invocation, client: NetdApiClient, out: (text: string) => void): Promise<void> {
@@ -304,7 +325,7 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
     }
     case 'whoami': {
       const me = await client.call<Record<string, unknown>>('GET', '/v1/tenant');
-      return show(me, () => formatTable([me], TENANT_COLUMNS));
+      return show(me, () => formatTable([withCaps(me)], TENANT_COLUMNS));
     }
     case 'tenant-create': {
       const t = await client.call<{ name: string; tag: number; token: string }>('POST', '/v1/tenants', {
@@ -314,11 +335,15 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
     }
     case 'tenant-list': {
       const list = await client.call<Array<Record<string, unknown>>>('GET', '/v1/tenants');
-      return show(list, () => formatTable(list, TENANT_COLUMNS));
+      return show(list, () => formatTable(list.map(withCaps), TENANT_COLUMNS));
     }
     case 'tenant-show': {
       const t = await client.call<Record<string, unknown>>('GET', `/v1/tenants/${enc(c.name)}`);
-      return show(t, () => formatTable([t], TENANT_COLUMNS));
+      return show(t, () => formatTable([withCaps(t)], TENANT_COLUMNS));
+    }
+    case 'tenant-caps': {
+      const t = await client.call<Record<string, unknown>>('PUT', `/v1/tenants/${enc(c.name)}/caps`, c.caps);
+      return show(t, () => formatTable([withCaps(t)], TENANT_COLUMNS));
     }
     case 'tenant-delete':
       await client.call('DELETE', `/v1/tenants/${enc(c.name)}`);

@@ -125,6 +125,7 @@ export class HostView {
       vpcs,
       endpoints: [...this.pods.endpoints.values()],
       blocks: [...this.blocks.values()],
+      caps: this.pods.caps(),
     };
   }
 

@@ -18,6 +18,7 @@ import type { HostSnapshot } from './model.js';
 import { linkNames } from './names.js';
 import { PortClaims } from './port-claims.js';
 import { qosBatch } from './qos.js';
+import { capQos } from '../tenancy/qos.js';
 import type { NetdMetrics } from './metrics.js';
 import type { VlanHost } from './vlan-host.js';
 import { guardKey, type SourceGuard } from './source-guard.js';
@@ -60,13 +61,15 @@ export function desiredState(
   const qos = new Map<string, QosSpec>();
   for (const e of snapshot.endpoints) {
     if (e.host !== snapshot.self.name) continue;
-    const q = e.qos ?? snapshot.vpcs.get(e.vpc)?.qos;
+    // The endpoint's limits, else its VPC's, lowered to the tenant's cap (which stays without them).
+    const q = capQos(e.qos ?? snapshot.vpcs.get(e.vpc)?.qos, snapshot.caps?.eth1(e.vpc));
     if (q && (q.ingressBps !== undefined || q.egressBps !== undefined)) qos.set(e.hostIf, q);
   }
   for (const e of externals) {
     // eth0 ports are routed, on no bridge; listing them keeps them from looking orphaned.
     l2.ports.set(e.hostIf, '');
-    if (e.qos) qos.set(e.hostIf, e.qos);
+    const q = capQos(e.qos, snapshot.caps?.eth0(e.host, e.containerId));
+    if (q) qos.set(e.hostIf, q);
   }
   // An ifb per port with an egress limit, unless the mode gave the port a shaper veth of that name.
   for (const [port, q] of qos) {

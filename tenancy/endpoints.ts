@@ -2,7 +2,7 @@ import { AppError, ErrorCodes } from '../core/errors.js';
 import type { Store } from '../store/types.js';
 import { getJson, listJson, updateJson } from '../store/json.js';
 import { modelKeys } from './keys.js';
-import { checkQos } from './qos.js';
+import { checkQos, checkWithinCap } from './qos.js';
 import { withQos } from './vpcs.js';
 import type { EndpointRecord, ExternalEndpointRecord, QosSpec, VpcRecord } from './records.js';
 
@@ -29,9 +29,13 @@ export class EndpointDirectory {
     });
   }
 
-  /** Changes an endpoint's rate limits; its host applies them to the running interface. */
-  async setQos(vpc: VpcRecord, id: string, qos: QosSpec | undefined): Promise<EndpointRecord> {
+  /**
+   * Changes an endpoint's rate limits; its host applies them to the running interface. `cap`: the
+   * tenant's eth1 cap (a request above it is refused; no limits leaves the cap in force).
+   */
+  async setQos(vpc: VpcRecord, id: string, qos: QosSpec | undefined, cap?: QosSpec): Promise<EndpointRecord> {
     const checked = checkQos(qos);
+    checkWithinCap(checked, cap, 'eth1');
     return updateJson<EndpointRecord>(
       this.store,
       modelKeys.endpoint(vpc.name, id),
@@ -44,8 +48,14 @@ export class EndpointDirectory {
    * Changes the limits of the external interface (eth0) of the container behind endpoint `id`. A
    * tenant owns the eth0 of the containers it attached to its VPCs (eth0 records carry no tenant).
    */
-  async setExternalQos(vpc: VpcRecord, id: string, qos: QosSpec | undefined): Promise<ExternalEndpointRecord> {
+  async setExternalQos(
+    vpc: VpcRecord,
+    id: string,
+    qos: QosSpec | undefined,
+    cap?: QosSpec,
+  ): Promise<ExternalEndpointRecord> {
     const checked = checkQos(qos);
+    checkWithinCap(checked, cap, 'eth0');
     const endpoint = await getJson<EndpointRecord>(this.store, modelKeys.endpoint(vpc.name, id));
     if (!endpoint) throw new AppError(ErrorCodes.NOT_FOUND, `no endpoint "${id}"`);
     const found = (await this.externalsOf([endpoint.value])).values().next().value;

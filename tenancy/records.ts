@@ -14,6 +14,14 @@ export interface TenantRecord {
   tag: number;
   /** SHA-256 of the tenant's bearer token (the token itself is never stored). */
   tokenHash: string;
+  /** The operator's caps (the tenant's plan): the most its interfaces may carry, whatever it asks. */
+  caps?: TenantCaps;
+}
+
+/** Per-tenant maximum rates, per interface kind: eth0 (external) and eth1 (its VPCs). */
+export interface TenantCaps {
+  eth0?: QosSpec;
+  eth1?: QosSpec;
 }
 
 /**

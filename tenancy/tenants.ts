@@ -1,8 +1,9 @@
 import { AppError, ErrorCodes, invalidInput } from '../core/errors.js';
 import type { Store } from '../store/types.js';
-import { getJson, listJson } from '../store/json.js';
+import { getJson, listJson, updateJson } from '../store/json.js';
 import { modelKeys } from './keys.js';
-import { TENANT_NAME_RE, type TenantRecord } from './records.js';
+import { checkCaps } from './qos.js';
+import { TENANT_NAME_RE, type TenantCaps, type TenantRecord } from './records.js';
 import { hashToken, newTenantToken, tokenMatchesHash, tokenTenant } from './tokens.js';
 import { createHoldingNumber } from './unique.js';
 
@@ -38,6 +39,25 @@ export class TenantDirectory {
 
   async get(name: string): Promise<TenantRecord> {
     return (await this.read(name)).value;
+  }
+
+  /**
+   * Sets the operator's caps of a tenant (replacing them; `{}` removes them). Every host lowers that
+   * tenant's interfaces to them at once, whatever limits the tenant asked for.
+   */
+  async setCaps(name: string, caps: TenantCaps): Promise<TenantRecord> {
+    const checked = checkCaps(caps);
+    await this.read(name);
+    return updateJson<TenantRecord>(
+      this.store,
+      modelKeys.tenant(name),
+      (t) => {
+        const next: TenantRecord = { ...t, caps: checked };
+        if (Object.keys(checked).length === 0) delete next.caps;
+        return next;
+      },
+      `no tenant "${name}"`,
+    );
   }
 
   /** Refused while the tenant owns anything (`owned` counts it: VPCs, volumes, ...). */

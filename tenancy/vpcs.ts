@@ -4,7 +4,7 @@ import type { Store } from '../store/types.js';
 import { getJson, listJson, updateJson } from '../store/json.js';
 import type { PoolSpec } from '../ipam/pool.js';
 import { modelKeys } from './keys.js';
-import { checkQos } from './qos.js';
+import { checkQos, checkWithinCap } from './qos.js';
 import { createHoldingNumber } from './unique.js';
 import { PolicyDirectory, type NetworkPolicy } from './policy.js';
 import {
@@ -87,6 +87,7 @@ export class VpcDirectory {
     }
     const cidr = formatCidr(parseCidr(spec.cidr));
     const qos = checkQos(spec.qos);
+    checkWithinCap(qos, tenant.caps?.eth1, 'eth1');
     const id = vpcId(tenant.name, spec.name);
     if (await store.get(modelKeys.vpc(id))) throw new AppError(ErrorCodes.ALREADY_EXISTS, `VPC ${spec.name} exists`);
     const owner = await store.get(modelKeys.tenant(tenant.name));
@@ -280,6 +281,7 @@ export class VpcDirectory {
   async setQos(tenant: TenantRecord, ref: string, qos: QosSpec | undefined): Promise<VpcRecord> {
     const vpc = await this.get(tenant, ref);
     const checked = checkQos(qos);
+    checkWithinCap(checked, tenant.caps?.eth1, 'eth1');
     return updateJson<VpcRecord>(
       this.deps.store,
       modelKeys.vpc(vpc.name),

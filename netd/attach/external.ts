@@ -8,6 +8,7 @@ import { LINK_LOCAL_GATEWAY, linkNames } from '../names.js';
 import { proxyClaim } from '../port-claims.js';
 import { endpointMac } from './internal.js';
 import type { InterfacePlan } from './template.js';
+import { capQos } from '../../tenancy/qos.js';
 
 /**
  * eth0, the external interface: an address from the external pool as a /32, a default route via a
@@ -26,6 +27,8 @@ export interface ExternalRequest {
   mac?: string;
   ip?: string;
   qos?: QosSpec;
+  /** The eth0 cap of the container's tenants, when known at ADD (the reconciler applies it later). */
+  cap?: QosSpec;
 }
 
 export function externalPlan(
@@ -44,6 +47,7 @@ export function externalPlan(
   const hostIf = linkNames.externalPort(id);
   const mac = (req.mac ?? endpointMac(id)).toLowerCase();
   const routed = ctx.mode === 'routed';
+  const applied = capQos(req.qos, req.cap);
   return {
     kind: 'external',
     logContext: { pool: ctx.pool },
@@ -59,7 +63,7 @@ export function externalPlan(
     noLinkLocal: true,
     creationMac: mac,
     macFor: () => mac,
-    ...(req.qos && { qos: req.qos }),
+    ...(applied && { qos: applied }),
     ...(req.ip !== undefined && { ip: req.ip }),
     record: (a) => ({
       id,

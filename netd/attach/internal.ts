@@ -14,6 +14,7 @@ import type { SysctlClient } from '../../sys/sysctl.js';
 import { linkNames, shortHash } from '../names.js';
 import type { VlanHost } from '../vlan-host.js';
 import type { InterfacePlan } from './template.js';
+import { capQos } from '../../tenancy/qos.js';
 
 /** eth1, a container's interface on its VPC (vxlan mode: a veth whose host end is on the VPC bridge). */
 
@@ -25,6 +26,8 @@ export interface InternalRequest {
   mac?: string;
   ip?: string;
   qos?: QosSpec;
+  /** The tenant's eth1 cap: the limits applied are lowered to it (the record keeps what was asked). */
+  cap?: QosSpec;
 }
 
 /** 02:<VNI's low byte>:<the four address bytes>: one MAC per address in a VPC (locally administered). */
@@ -49,7 +52,7 @@ function vpcPlan(
   const { vpc } = req;
   const hostIf = linkNames.internalPort(id);
   // The endpoint's own limits, else its VPC's defaults: applied by the ADD, not a later reconcile.
-  const qos = req.qos ?? vpc.qos;
+  const qos = capQos(req.qos ?? vpc.qos, req.cap);
   return {
     kind: 'vpc',
     logContext: { tenant: vpc.tenant, vpc: vpc.name, mode: vpc.mode },

@@ -108,6 +108,7 @@ export class CniService {
           netnsPath: req.netns,
           vpc,
           ...requested(req),
+          cap: this.deps.view.pods.caps().eth1(vpc.name),
         };
         if (vpc.mode === 'routed') {
           if (this.deps.routedRefusal) throw new AppError(ErrorCodes.UNSUPPORTED, this.deps.routedRefusal);
@@ -251,7 +252,13 @@ export class CniService {
       case 'ADD': {
         this.requireSynced();
         const plan = externalPlan(
-          { containerId: req.containerId, ifname: req.ifname, netnsPath: req.netns, ...requested(req) },
+          {
+            containerId: req.containerId,
+            ifname: req.ifname,
+            netnsPath: req.netns,
+            ...requested(req),
+            cap: this.deps.view.pods.caps().eth0(self.name, req.containerId),
+          },
           {
             self,
             pool: external.pool,

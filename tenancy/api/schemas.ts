@@ -13,7 +13,11 @@ export const QOS = Type.Object(
 );
 export const ERROR = Type.Object({ code: Type.String(), message: Type.String() });
 export const ERRORS = { 400: ERROR, 401: ERROR, 403: ERROR, 404: ERROR, 409: ERROR, 503: ERROR };
-export const TENANT = Type.Object({ name: Type.String(), tag: Type.Integer() });
+export const CAPS = Type.Object(
+  { eth0: Type.Optional(QOS), eth1: Type.Optional(QOS) },
+  { additionalProperties: false },
+);
+export const TENANT = Type.Object({ name: Type.String(), tag: Type.Integer(), caps: Type.Optional(CAPS) });
 export const VPC = Type.Object({
   name: Type.String(),
   id: Type.String(),

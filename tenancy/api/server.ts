@@ -85,6 +85,7 @@ export const HTTP_STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.UNSUPPORTED]: 400,
   [ErrorCodes.UNAUTHORIZED]: 401,
   [ErrorCodes.FORBIDDEN]: 403,
+  [ErrorCodes.OVER_CAP]: 403,
   [ErrorCodes.NOT_FOUND]: 404,
   [ErrorCodes.ALREADY_EXISTS]: 409,
   [ErrorCodes.CONFLICT]: 409,

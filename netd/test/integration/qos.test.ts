@@ -1,78 +1,14 @@
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { withCluster, type ClusterSession } from '../../../test-netns/harness.js';
+import { withCluster } from '../../../test-netns/harness.js';
 import { eventually, requireRoot } from '../../../test-netns/testing.js';
-import { startDaemon, stopDaemon } from '../../../sys/process.js';
 import { TcClient } from '../../../sys/tc.js';
 import { attachInternal } from '../direct-attach.js';
 import { modelKeys } from '../../../tenancy/keys.js';
 import { linkNames } from '../../names.js';
 import type { EndpointRecord } from '../../../tenancy/records.js';
 import { netdTestbed, vlanOf } from '../netd-hosts.js';
-
-interface Interval {
-  bps: number;
-}
-
-/** iperf3 from `from` to `server` (or the reverse direction with reverse=true), per-second rates. */
-async function iperf(
-  s: ClusterSession,
-  from: string,
-  serverNetns: string,
-  serverIp: string,
-  seconds: number,
-  reverse: boolean,
-  port: number,
-): Promise<{ intervals: Interval[]; received: number }> {
-  const dir = mkdtempSync(join(tmpdir(), 'iperf-'));
-  const server = startDaemon({
-    argv: ['iperf3', '-s', '-1', '-B', serverIp, '-p', String(port)],
-    netns: { name: serverNetns },
-    logFile: join(dir, 'server.log'),
-  });
-  try {
-    // iperf3 -s needs a moment to listen: wait for its socket, not for a fixed time.
-    const listening = async () =>
-      (
-        await s.runner.run({ argv: ['ss', '-Htln', 'sport', '=', `:${port}`], netns: { name: serverNetns } })
-      ).stdout.trim() !== '';
-    if (!(await eventually(listening, 10_000, 20))) throw new Error(`iperf3 server on port ${port} did not listen`);
-    const { stdout } = await s.runner.run({
-      // -O 1: the first second (slow start, filling the bucket) is left out of the summary.
-      argv: [
-        'iperf3',
-        '-c',
-        serverIp,
-        '-p',
-        String(port),
-        '-t',
-        String(seconds),
-        '-O',
-        '1',
-        '-i',
-        '1',
-        '-J',
-        ...(reverse ? ['-R'] : []),
-      ],
-      netns: { name: from },
-      timeoutMs: (seconds + 20) * 1000,
-    });
-    const report = JSON.parse(stdout) as {
-      intervals: Array<{ sum: { bits_per_second: number; omitted: boolean } }>;
-      end: { sum_received: { bits_per_second: number } };
-    };
-    return {
-      intervals: report.intervals.filter((i) => !i.sum.omitted).map((i) => ({ bps: i.sum.bits_per_second })),
-      received: report.end.sum_received.bits_per_second,
-    };
-  } finally {
-    await stopDaemon(server, 1000);
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+import { iperf } from '../iperf.js';
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
@@ -180,7 +116,9 @@ for (const mode of ['vxlan', 'routed', 'vlan'] as const) {
         await setQos(100);
         const { intervals } = await flow;
         t.comment(`per-second rates: ${intervals.map((i) => (i.bps / 1e6).toFixed(1)).join(', ')}`);
-        const before = mean(intervals.slice(0, 1).map((i) => i.bps)) / 1e6;
+        // The second measured second is the steady 10 Mbit/s (the first may still carry the bucket's
+        // burst: CI saw 12.9 and 15.2 there, then 10.3 and 10.4); the raise comes in the third.
+        const before = mean(intervals.slice(1, 2).map((i) => i.bps)) / 1e6;
         const after = mean(intervals.slice(-2).map((i) => i.bps)) / 1e6;
         t.ok(
           before > 6 && before < 14 && after > 85 && after < 106,

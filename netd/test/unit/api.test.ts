@@ -12,7 +12,7 @@ async function setup(t: { teardown(fn: () => unknown): void }) {
     await app.close();
     await store.close();
   });
-  const call = (method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, token?: string, payload?: unknown) =>
+  const call = (method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', url: string, token?: string, payload?: unknown) =>
     app.inject({
       method,
       url,
@@ -452,3 +452,91 @@ t.test("routed VPCs must lie within the operator's routed ranges when it set som
   t.equal((await store.list('/netd/v1/ipam/pools/a.out')).kvs.length, 0, 'the refused VPC left no pool');
   t.equal((await call({ name: 'vx', cidr: '10.9.0.0/24' }, a)).statusCode, 201, 'vxlan VPCs are not limited');
 });
+
+t.test(
+  "operator caps: only the admin sets them; a tenant's limits above them are refused, and none leaves them in force",
+  async (t) => {
+    const { store, call } = await setup(t);
+    const a = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'a' })).json().token as string;
+    const caps = { eth0: { egressBps: 20_000_000 }, eth1: { ingressBps: 50_000_000, egressBps: 30_000_000 } };
+    t.equal((await call('PUT', '/v1/tenants/a/caps', a, caps)).statusCode, 401, 'a tenant cannot set caps');
+    t.equal((await call('PUT', '/v1/tenants/zz/caps', 'admin-secret', caps)).json().code, 'E_NOT_FOUND');
+    const low = await call('PUT', '/v1/tenants/a/caps', 'admin-secret', { eth1: { egressBps: 10 } });
+    t.equal(low.json().code, 'E_INVALID_INPUT', 'a cap is a valid rate');
+    const set = await call('PUT', '/v1/tenants/a/caps', 'admin-secret', caps);
+    t.equal(set.statusCode, 200);
+    t.same(set.json().caps, caps);
+    t.same((await call('GET', '/v1/tenant', a)).json().caps, caps, 'the tenant sees its plan');
+
+    const over = await call('POST', '/v1/vpcs', a, {
+      name: 'web',
+      cidr: '10.0.0.0/24',
+      qos: { egressBps: 40_000_000 },
+    });
+    t.equal(over.statusCode, 403);
+    t.equal(over.json().code, 'E_OVER_CAP');
+    t.match(over.json().message, /eth1 egress 40000000 bits\/s exceeds the operator's cap of 30000000/);
+    t.notOk(await store.get(modelKeys.vpc('a.web')), 'nothing was created');
+    t.equal((await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24' })).statusCode, 201);
+    t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: 60_000_000 } })).json().code, 'E_OVER_CAP');
+    t.equal(
+      (await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: 50_000_000 } })).statusCode,
+      200,
+      'at the cap',
+    );
+
+    const ep = {
+      vpc: 'a.web',
+      id: 'c1:eth1',
+      host: 'h1',
+      ip: '10.0.0.5',
+      mac: '02:00:00:00:00:05',
+      hostIf: 'ni1',
+      containerId: 'c1',
+      ifname: 'eth1',
+    };
+    await store.put(modelKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify({ ...ep, qos: { egressBps: 5_000_000 } }));
+    const ext = {
+      id: 'c1:eth0',
+      host: 'h1',
+      pool: 'external',
+      ip: '100.64.0.9',
+      mac: '02:00:00:00:00:09',
+      hostIf: 'ne1',
+      containerId: 'c1',
+      ifname: 'eth0',
+      netns: '/x',
+    };
+    await store.put('/netd/v1/external/h1/c1:eth0', JSON.stringify(ext));
+    const epOver = await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1', a, { qos: { egressBps: 31_000_000 } });
+    t.equal(epOver.json().code, 'E_OVER_CAP');
+    t.same(
+      JSON.parse((await store.get(modelKeys.endpoint('a.web', 'c1:eth1')))!.value).qos,
+      { egressBps: 5_000_000 },
+      'the refused change lost nothing',
+    );
+    t.equal(
+      (await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1', a, { qos: {} })).statusCode,
+      200,
+      'removing limits is allowed',
+    );
+    t.equal(
+      (await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1/external', a, { qos: { egressBps: 21_000_000 } })).json()
+        .code,
+      'E_OVER_CAP',
+      'eth0 has its own cap',
+    );
+    t.equal(
+      (await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1/external', a, { qos: { ingressBps: 900_000_000 } }))
+        .statusCode,
+      200,
+      'a direction without a cap is free',
+    );
+
+    const cleared = await call('PUT', '/v1/tenants/a/caps', 'admin-secret', {});
+    t.equal(cleared.statusCode, 200);
+    t.equal(cleared.json().caps, undefined, '{} removes the caps');
+    t.notOk(JSON.parse((await store.get(modelKeys.tenant('a')))!.value).caps);
+    t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: 60_000_000 } })).statusCode, 200);
+  },
+);

@@ -56,6 +56,13 @@ t.test('parsing: commands, flags, environment defaults; bad usage is E_INVALID_I
     qos: { ingressBps: 1e6 },
     external: true,
   });
+  t.same(parseCommand(['tenant', 'caps', 'acme', '--eth0-egress', '20mbit', '--eth1-ingress', '1g'], {}).command, {
+    kind: 'tenant-caps',
+    name: 'acme',
+    caps: { eth0: { egressBps: 20e6 }, eth1: { ingressBps: 1e9 } },
+  });
+  t.same(parseCommand(['tenant', 'caps', 'acme'], {}).command, { kind: 'tenant-caps', name: 'acme', caps: {} });
+  t.throws(() => parseCommand(['tenant', 'caps', 'acme', '--ingress', '1m'], {}), { code: 'E_INVALID_INPUT' });
   t.same(parseCommand(['vpc', 'qos', 'web', '--ingress', '5mbit'], {}).command, {
     kind: 'vpc-qos',
     name: 'web',
@@ -142,7 +149,16 @@ t.test('end to end against the API on a Unix socket: tenant → VPC → list →
   const created = await exec(['tenant', 'create', 'acme'], 'admin-secret-0123456789');
   const token = /token \(shown once, store it now\): (\S+)/.exec(created)?.[1];
   t.ok(token, 'the token is printed once, clearly');
-  t.match(await exec(['tenant', 'list'], 'admin-secret-0123456789'), /^NAME\s+TAG\nacme\s+\d+\n$/);
+  t.match(await exec(['tenant', 'list'], 'admin-secret-0123456789'), /^NAME\s+TAG\s+ETH0 CAP.*\nacme\s+\d+\s+-\s+-\n$/);
+  t.match(
+    await exec(['tenant', 'caps', 'acme', '--eth1-ingress', '50mbit'], 'admin-secret-0123456789'),
+    /acme\s+\d+\s+-\s+50mbit\/-\n$/,
+  );
+  await t.rejects(
+    exec(['vpc', 'create', 'big', '--cidr', '10.8.0.0/24', '--ingress', '60mbit'], token!),
+    { code: 'E_OVER_CAP' },
+    'above the plan: refused',
+  );
   t.match(await exec(['whoami'], token!), /acme/);
   t.match(
     await exec(['vpc', 'create', 'web', '--cidr', '10.9.0.0/24', '--ingress', '20mbit'], token!),
@@ -186,5 +202,8 @@ t.test('end to end against the API on a Unix socket: tenant → VPC → list →
   );
   t.equal(await exec(['vpc', 'delete', 'web'], token!), 'VPC web deleted\n');
   t.equal(await exec(['tenant', 'delete', 'acme'], 'admin-secret-0123456789'), 'tenant acme deleted\n');
-  t.equal(await exec(['tenant', 'list'], 'admin-secret-0123456789'), 'NAME  TAG\n');
+  t.match(
+    await exec(['tenant', 'list'], 'admin-secret-0123456789'),
+    /^NAME\s+TAG\s+ETH0 CAP \(IN\/OUT\)\s+ETH1 CAP \(IN\/OUT\)\n$/,
+  );
 });

@@ -246,3 +246,39 @@ t.test('wireBridge: a bridge the view does not want is left alone; full runs and
     'one bridge',
   );
 });
+
+t.test(
+  "the tenant's cap lowers an interface's limits, stays when the tenant removes them, and goes with the cap",
+  async (t) => {
+    const { h, view, reconciler, plan } = await setup(t);
+    const key = modelKeys.endpoint(VPC.name, plan.id);
+    const record = JSON.parse((await h.store.get(key))!.value) as EndpointRecord;
+    const tenant = (caps?: object) =>
+      h.store.put(
+        modelKeys.tenant(VPC.tenant),
+        JSON.stringify({ name: VPC.tenant, tag: 7, tokenHash: 'x', ...(caps && { caps }) }),
+      );
+    const port = plan.hostIf;
+    const rates = () => {
+      const q = h.kernel.dump(H1).qdiscs;
+      const rate = (dev: string) => /tbf rate (\d+)bit/.exec(q.find((l) => l.startsWith(`${dev} root`)) ?? '')?.[1];
+      return [rate(port), rate(linkNames.ifbFor(port))];
+    };
+    const settled = async (want: Array<string | undefined>) =>
+      eventually(async () => {
+        await reconciler.converge();
+        return JSON.stringify(rates()) === JSON.stringify(want);
+      }, 3000);
+
+    await tenant({ eth1: { ingressBps: 30_000_000, egressBps: 20_000_000 } });
+    await h.store.put(key, JSON.stringify({ ...record, qos: { ingressBps: 10_000_000, egressBps: 90_000_000 } }));
+    t.ok(await settled(['10000000', '20000000']), 'in: its own 10 (under the cap); out: 90 lowered to the cap of 20');
+    await h.store.put(key, JSON.stringify(record));
+    t.ok(await settled(['30000000', '20000000']), 'its limits removed: the cap stays in force both ways');
+    await tenant({ eth1: { egressBps: 5_000_000 } });
+    t.ok(await settled([undefined, '5000000']), 'a new cap applies to the running interface at once');
+    await tenant();
+    t.ok(await settled([undefined, undefined]), 'no cap, no limits: unshaped');
+    t.ok(view.synced);
+  },
+);

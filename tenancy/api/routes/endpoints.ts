@@ -5,7 +5,10 @@ import { ENDPOINT, ENDPOINT_PARAMS, ERRORS, QOS_PATCH, VPC_PARAMS, tenantRoute }
 
 /** The endpoints attached to a tenant's VPC, and their rate limits. */
 export const endpointRoutes: RouteModule = (app, { auth, vpcs, endpoints }) => {
-  const ownVpc = async (req: FastifyRequest) => vpcs.get(await auth.tenant(req), (req.params as { vpc: string }).vpc);
+  const ownVpc = async (req: FastifyRequest) => {
+    const tenant = await auth.tenant(req);
+    return { tenant, vpc: await vpcs.get(tenant, (req.params as { vpc: string }).vpc) };
+  };
 
   app.get(
     '/v1/vpcs/:vpc/endpoints',
@@ -13,7 +16,7 @@ export const endpointRoutes: RouteModule = (app, { auth, vpcs, endpoints }) => {
       params: VPC_PARAMS,
       response: { 200: Type.Array(ENDPOINT), ...ERRORS },
     }),
-    async (req) => endpoints.list(await ownVpc(req)),
+    async (req) => endpoints.list((await ownVpc(req)).vpc),
   );
 
   app.patch(
@@ -23,12 +26,11 @@ export const endpointRoutes: RouteModule = (app, { auth, vpcs, endpoints }) => {
       body: QOS_PATCH,
       response: { 200: ENDPOINT, ...ERRORS },
     }),
-    async (req) =>
-      endpoints.setQos(
-        await ownVpc(req),
-        (req.params as { endpoint: string }).endpoint,
-        (req.body as Static<typeof QOS_PATCH>).qos,
-      ),
+    async (req) => {
+      const { tenant, vpc } = await ownVpc(req);
+      const { endpoint } = req.params as { endpoint: string };
+      return endpoints.setQos(vpc, endpoint, (req.body as Static<typeof QOS_PATCH>).qos, tenant.caps?.eth1);
+    },
   );
 
   app.patch(
@@ -37,11 +39,10 @@ export const endpointRoutes: RouteModule = (app, { auth, vpcs, endpoints }) => {
       params: ENDPOINT_PARAMS,
       body: QOS_PATCH,
     }),
-    async (req) =>
-      endpoints.setExternalQos(
-        await ownVpc(req),
-        (req.params as { endpoint: string }).endpoint,
-        (req.body as Static<typeof QOS_PATCH>).qos,
-      ),
+    async (req) => {
+      const { tenant, vpc } = await ownVpc(req);
+      const { endpoint } = req.params as { endpoint: string };
+      return endpoints.setExternalQos(vpc, endpoint, (req.body as Static<typeof QOS_PATCH>).qos, tenant.caps?.eth0);
+    },
   );
 };

@@ -1,10 +1,11 @@
 import { Type, type Static } from '@sinclair/typebox';
+import type { TenantRecord } from '../../records.js';
 import type { RouteModule } from '../server.js';
-import { ERRORS, NAME, TENANT, adminRoute, tenantRoute } from '../schemas.js';
+import { CAPS, ERRORS, NAME, TENANT, adminRoute, tenantRoute } from '../schemas.js';
 
 const TenantBody = Type.Object({ name: NAME }, { additionalProperties: false });
 const TENANT_PARAMS = Type.Object({ name: NAME });
-const publicTenant = (t: { name: string; tag: number }) => ({ name: t.name, tag: t.tag });
+const publicTenant = (t: TenantRecord) => ({ name: t.name, tag: t.tag, ...(t.caps && { caps: t.caps }) });
 
 /** Tenants (admin token) and who-am-I (tenant token). */
 export const tenantRoutes: RouteModule = (app, { auth, tenants, holdings }) => {
@@ -36,6 +37,24 @@ export const tenantRoutes: RouteModule = (app, { auth, tenants, holdings }) => {
     async (req) => {
       auth.admin(req);
       return publicTenant(await tenants.get((req.params as { name: string }).name));
+    },
+  );
+
+  app.put(
+    '/v1/tenants/:name/caps',
+    adminRoute(
+      "Set the tenant's caps (its plan): the most its eth0 and eth1 may carry per direction; {} removes them",
+      {
+        params: TENANT_PARAMS,
+        body: CAPS,
+        response: { 200: TENANT, ...ERRORS },
+      },
+    ),
+    async (req) => {
+      auth.admin(req);
+      return publicTenant(
+        await tenants.setCaps((req.params as { name: string }).name, req.body as Static<typeof CAPS>),
+      );
     },
   );
 

@@ -4,6 +4,8 @@ import { MemoryStore } from '../../../store/memory.js';
 import { eventually } from '../../../test-netns/testing.js';
 import { modelKeys } from '../../keys.js';
 import { PodMap } from '../../pod-map.js';
+import { capQos, capsOf, checkCaps, checkWithinCap } from '../../qos.js';
+import type { TenantCaps } from '../../records.js';
 import {
   checkHostName,
   endpointId,
@@ -84,3 +86,36 @@ t.test('the pod map follows VPCs and endpoints, and keeps its last state while e
   await store.delete(modelKeys.endpoint(vpc.name, e(1).id));
   t.ok(await eventually(async () => pods.synced && pods.endpointsOf('t.web').length === 3, 5000), 'and catches up');
 });
+
+t.test(
+  'caps: limits lowered per direction; a container on VPCs of two tenants gets the stricter eth0 cap',
+  async (t) => {
+    t.same(capQos({ ingressBps: 10, egressBps: 90 }, { egressBps: 20 }), { ingressBps: 10, egressBps: 20 });
+    t.same(capQos(undefined, { ingressBps: 30 }), { ingressBps: 30 }, 'no limits of its own: the cap');
+    t.same(capQos({ egressBps: 5 }, undefined), { egressBps: 5 }, 'no cap: its own');
+    t.equal(capQos(undefined, {}), undefined);
+    t.throws(() => checkWithinCap({ ingressBps: 31 }, { ingressBps: 30 }, 'eth0'), { code: 'E_OVER_CAP' });
+    t.doesNotThrow(() => checkWithinCap({ ingressBps: 30, egressBps: 1e9 }, { ingressBps: 30 }, 'eth0'));
+    t.same(checkCaps({ eth0: {}, eth1: { egressBps: 8_000 } }), { eth1: { egressBps: 8_000 } }, 'empty kinds dropped');
+    t.throws(() => checkCaps({ eth1: { egressBps: 1 } }), { code: 'E_INVALID_INPUT' });
+    const vpcs: Record<string, { tenant: string }> = { 'a.x': { tenant: 'a' }, 'b.y': { tenant: 'b' } };
+    const tenants: Record<string, { caps?: TenantCaps }> = {
+      a: { caps: { eth0: { ingressBps: 50, egressBps: 10 }, eth1: { egressBps: 7 } } },
+      b: { caps: { eth0: { ingressBps: 20 } } },
+    };
+    const caps = capsOf({
+      vpc: (id) => vpcs[id],
+      tenant: (n) => tenants[n],
+      endpoints: () => [
+        { vpc: 'a.x', host: 'h1', containerId: 'c1' },
+        { vpc: 'b.y', host: 'h1', containerId: 'c1' },
+        { vpc: 'a.x', host: 'h2', containerId: 'c1' },
+      ],
+    });
+    t.same(caps.eth1('a.x'), { egressBps: 7 });
+    t.equal(caps.eth1('b.y'), undefined);
+    t.same(caps.eth0('h1', 'c1'), { ingressBps: 20, egressBps: 10 }, 'per direction, the stricter of a and b');
+    t.same(caps.eth0('h2', 'c1'), { ingressBps: 50, egressBps: 10 }, 'same container id on another host: its own');
+    t.equal(caps.eth0('h1', 'c9'), undefined, 'a container on no VPC yet: none');
+  },
+);
