@@ -23,6 +23,8 @@ import { createVlanMode } from './modes/vlan.js';
 import { VlanHost, type VlanHostOptions } from './vlan-host.js';
 import { Reconciler } from './reconciler.js';
 import { SourceGuard } from './source-guard.js';
+import { PortGuard } from '../tagqueue/port-guard.js';
+import type { InfraPolicy } from '../tagqueue/ruleset.js';
 import { NftClient } from '../sys/nft.js';
 import { recoverLocalAttachments } from './recovery.js';
 import { HostRegistration } from './registration.js';
@@ -68,6 +70,11 @@ export interface NetdDaemonOptions {
   fabricGateway6?: string;
   /** vlan mode: this host's trunk into a VLAN-aware fabric, through Open vSwitch (see vlan-host.ts). */
   vlan?: VlanHostOptions;
+  /**
+   * Addresses no container's eth0 may reach beside every host's underlay address and the policy's
+   * infrastructure ranges: the etcd members this daemon was given (main.ts).
+   */
+  infrastructure?: string[];
 }
 
 /** What a host tells the cluster (its record) and /readyz about the modes it builds. */
@@ -97,6 +104,7 @@ export class NetdDaemon {
   private readonly vlanHost: VlanHost | undefined;
   private routedRefusal: string | undefined;
   private readonly guard: SourceGuard;
+  private readonly ports: PortGuard;
   private cniServer: Server | undefined;
   private resyncTimer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -122,10 +130,14 @@ export class NetdDaemon {
       ? new VlanHost(opts.vlan, { runner, ...(opts.netns && { netns: opts.netns }), logger: this.log })
       : undefined;
     this.guard = new SourceGuard(new NftClient(runner, opts.netns), this.log);
+    this.ports = new PortGuard(new NftClient(runner, opts.netns), this.log.child({ component: 'tagqueue' }), () =>
+      infrastructurePolicy(this.view, opts.infrastructure ?? []),
+    );
     this.reconciler = new Reconciler({
       view: this.view,
       runner,
       guard: this.guard,
+      ports: this.ports,
       ...(opts.netns && { netns: opts.netns }),
       modes: [
         vxlanMode,
@@ -225,6 +237,7 @@ export class NetdDaemon {
         ...(routedRefusal && { routedRefusal }),
         ...(this.vlanHost && { vlan: this.vlanHost }),
         guard: this.guard,
+        ports: this.ports,
         logger: this.log,
       });
       this.cniServer = await startCniServer({
@@ -355,4 +368,15 @@ function looseReversePathFilter(): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * What no container's eth0 may reach, from what this host knows now: every registered host's
+ * underlay address, the etcd members, and the operator's infrastructure ranges; and the operator's
+ * allow-list (docs/operations.md, "tagqueue").
+ */
+export function infrastructurePolicy(view: HostView, etcdMembers: readonly string[]): InfraPolicy {
+  const policy = view.networkPolicy();
+  const hosts = [view.self, ...view.hosts.values()].map((h) => h.underlayIp);
+  return { infra: [...hosts, ...etcdMembers, ...(policy.infraRanges ?? [])], allow: policy.infraAllow ?? [] };
 }

@@ -11,6 +11,7 @@ import type {
   VpcRecord,
 } from '../tenancy/records.js';
 import { ipamKeys } from '../ipam/keys.js';
+import type { NetworkPolicy } from '../tenancy/policy.js';
 import type { BlockAffinity, HostSnapshot } from './model.js';
 
 /**
@@ -25,6 +26,8 @@ export class HostView {
   readonly externals: WatchedRecords<ExternalEndpointRecord>;
   /** Which host claimed which address block (routed mode routes blocks to their hosts). */
   readonly blocks: WatchedRecords<BlockAffinity>;
+  /** The operator's network policy (one record; tagqueue reads its infrastructure and allow-list). */
+  readonly policy: WatchedRecords<NetworkPolicy>;
 
   private readonly ownBlocksMatter: boolean;
 
@@ -37,6 +40,7 @@ export class HostView {
     this.pods = new PodMap(deps);
     this.hosts = new WatchedRecords({ ...deps, prefix: modelKeys.hosts() });
     this.externals = new WatchedRecords({ ...deps, prefix: modelKeys.hostExternals(self.name) });
+    this.policy = new WatchedRecords({ ...deps, prefix: modelKeys.policy() });
     this.blocks = new WatchedRecords({
       ...deps,
       prefix: ipamKeys.allAffinities(),
@@ -45,21 +49,34 @@ export class HostView {
   }
 
   async start(): Promise<void> {
-    await Promise.all([this.pods.start(), this.hosts.start(), this.externals.start(), this.blocks.start()]);
+    await Promise.all([
+      this.pods.start(),
+      this.hosts.start(),
+      this.externals.start(),
+      this.blocks.start(),
+      this.policy.start(),
+    ]);
   }
 
   async stop(): Promise<void> {
-    await Promise.all([this.pods.stop(), this.hosts.stop(), this.externals.stop(), this.blocks.stop()]);
+    await Promise.all([
+      this.pods.stop(),
+      this.hosts.stop(),
+      this.externals.stop(),
+      this.blocks.stop(),
+      this.policy.stop(),
+    ]);
   }
 
   get synced(): boolean {
-    return this.pods.synced && this.hosts.synced && this.externals.synced && this.blocks.synced;
+    return this.pods.synced && this.hosts.synced && this.externals.synced && this.blocks.synced && this.policy.synced;
   }
 
   onChange(cb: () => void): void {
     this.pods.onChange(cb);
     this.hosts.onChange(cb);
     this.externals.onChange(cb);
+    this.policy.onChange(cb);
     // Blocks matter only as routes to other hosts' blocks of routed VPCs: neither a vxlan-only
     // cluster nor this host's own claims (its ADDs) wake the reconciler.
     let remoteRouted = this.remoteRoutedBlocks();
@@ -80,6 +97,11 @@ export class HostView {
       .map((b) => `${b.host}|${b.pool}|${b.cidr}`)
       .sort()
       .join(',');
+  }
+
+  /** The operator's network policy as last seen (empty when none was set). */
+  networkPolicy(): NetworkPolicy {
+    return this.policy.get(modelKeys.policy()) ?? {};
   }
 
   vpc(id: string): VpcRecord | undefined {

@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
+import { isIP, isIPv4 } from 'node:net';
+import { lookup } from 'node:dns/promises';
 import { describeError, invalidInput } from '../core/errors.js';
 import { formatCidr, parseCidr, parseIp } from '../core/cidr.js';
 import { ExecRunner, SpawnerRunner, type CommandRunner } from '../sys/runner.js';
-import { createLogger } from '../sys/log.js';
+import { createLogger, type Logger } from '../sys/log.js';
 import { ifname } from '../sys/tokens.js';
 import { EtcdStore } from '../store/etcd.js';
 import { etcdConnection, etcdInputFromEnv, mergeEtcdInput, refusePasswordFlag } from '../store/etcd-config.js';
@@ -150,6 +152,7 @@ async function main(): Promise<void> {
       ...(values['fabric-gateway'] && { fabricGateway: values['fabric-gateway'] }),
       ...(values['fabric-gateway6'] && { fabricGateway6: ipv6Of(values['fabric-gateway6'])! }),
       ...(vlan && { vlan }),
+      infrastructure: await etcdAddresses(etcd.endpoints, logger),
     },
     { store, runner, ipam, logger, metrics },
   );
@@ -254,3 +257,21 @@ main().catch((err: unknown) => {
   process.stderr.write(`netd: ${describeError(err)}\n`);
   process.exit(1);
 });
+
+/** The IPv4 addresses of the etcd members (names resolved once at start): no eth0 may reach them. */
+async function etcdAddresses(endpoints: readonly string[], logger: Logger): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of endpoints) {
+    if (!/^https?:\/\//.test(e)) continue;
+    const host = new URL(e).hostname.replace(/^\[|\]$/g, '');
+    if (isIPv4(host)) out.push(host);
+    else if (!isIP(host)) {
+      try {
+        for (const a of await lookup(host, { all: true, family: 4 })) out.push(a.address);
+      } catch (err) {
+        logger.warn({ err: String(err), host }, 'etcd member name did not resolve: not in the infrastructure set');
+      }
+    }
+  }
+  return out;
+}

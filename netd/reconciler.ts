@@ -22,6 +22,8 @@ import { capQos } from '../tenancy/qos.js';
 import type { NetdMetrics } from './metrics.js';
 import type { VlanHost } from './vlan-host.js';
 import { guardKey, type SourceGuard } from './source-guard.js';
+import type { PortGuard } from '../tagqueue/port-guard.js';
+import type { PortEntry } from '../tagqueue/ruleset.js';
 
 /**
  * Converges this host's data path to its HostView (Felix-style: desired vs actual, ordered
@@ -106,6 +108,8 @@ export interface ReconcilerDeps {
   vlan?: VlanHost;
   /** The sources IPv6 routed ports may send from (converged with the routes). */
   guard?: SourceGuard;
+  /** tagqueue's table: eth0 and routed ports' own addresses, the host and infrastructure out of reach. */
+  ports?: PortGuard;
 }
 
 export class Reconciler {
@@ -324,6 +328,10 @@ export class Reconciler {
       if (this.deps.bgp && !(await this.deps.bgp.converge(view.snapshot(), routedExternals)))
         setTimeout(() => this.schedule(), 1000).unref();
       await this.ensureStrictReversePath();
+      await this.deps.ports?.reconcile(this.guardedPorts(), () => ({
+        inFlight: this.claims.names(),
+        current: this.guardedPorts(),
+      }));
       const shaped = (port: string) => isShaped(desired.l2, port);
       if (!this.seeded) await this.seedAppliedQos(shaped);
       await this.applyQos(desired.qos, shaped);
@@ -374,6 +382,18 @@ export class Reconciler {
       if (this.deps.view.vpc(e.vpc)?.mode === 'vlan') out.add(linkNames.ifbFor(e.hostIf));
     }
     for (const e of this.deps.view.localExternals()) out.add(e.hostIf);
+    return out;
+  }
+
+  /** The eth0 and routed eth1 ports of this host the view holds now, as tagqueue guards them. */
+  private guardedPorts(): PortEntry[] {
+    const { view } = this.deps;
+    const out: PortEntry[] = view
+      .localExternals()
+      .map((e) => ({ port: e.hostIf, kind: 'external', ip: e.ip, mac: e.mac }));
+    for (const e of view.localEndpoints()) {
+      if (view.vpc(e.vpc)?.mode === 'routed') out.push({ port: e.hostIf, kind: 'routed', ip: e.ip, mac: e.mac });
+    }
     return out;
   }
 

@@ -150,6 +150,11 @@ export class NftTransaction {
     return this;
   }
 
+  flushSet(f: NftFamily, table: string, set: string): this {
+    this.commands.push(`flush set ${family(f)} ${name('table', table)} ${name('set', set)}`);
+    return this;
+  }
+
   addMap(f: NftFamily, table: string, map: string, spec: { type: string; flags?: string[] }): this {
     const flags = spec.flags?.length ? ` flags ${spec.flags.map(statement).join(', ')};` : '';
     this.commands.push(
@@ -212,6 +217,7 @@ export interface NftRule {
   chain: string;
   handle: number;
   expr: unknown[];
+  comment?: string;
 }
 
 export interface NftTableContents {

@@ -15,6 +15,13 @@ export interface NetworkPolicy {
   routedRanges?: string[];
   /** VLAN ids per physical network (default when unset: physnet0, 100..4094). */
   vlanRanges?: Array<{ physnet: string; min: number; max: number }>;
+  /**
+   * Infrastructure no container's eth0 may reach, besides every host's underlay addresses and the
+   * etcd members, which are always in it (tagqueue): management networks, storage nodes, ...
+   */
+  infraRanges?: string[];
+  /** What containers may reach of the hosts and the infrastructure nonetheless (e.g. a DNS forwarder). */
+  infraAllow?: Array<{ cidr: string; proto: 'tcp' | 'udp'; port: number }>;
 }
 
 export function checkPolicy(p: NetworkPolicy): NetworkPolicy {
@@ -29,6 +36,17 @@ export function checkPolicy(p: NetworkPolicy): NetworkPolicy {
       if (!Number.isInteger(r.min) || !Number.isInteger(r.max) || r.min < 1 || r.max > 4094 || r.min > r.max)
         throw invalidInput(`VLAN range of ${r.physnet} must have 1 <= min <= max <= 4094`);
       return { physnet: r.physnet, min: r.min, max: r.max };
+    });
+  }
+  if (p.infraRanges !== undefined) out.infraRanges = p.infraRanges.map((c) => formatCidr(parseCidr(c)));
+  if (p.infraAllow !== undefined) {
+    out.infraAllow = p.infraAllow.map((r) => {
+      const c = parseCidr(r.cidr);
+      if (c.family !== 4) throw invalidInput(`infraAllow ${r.cidr}: IPv4 only (eth0 is IPv4)`);
+      if (r.proto !== 'tcp' && r.proto !== 'udp') throw invalidInput(`infraAllow proto must be tcp or udp`);
+      if (!Number.isInteger(r.port) || r.port < 1 || r.port > 65535)
+        throw invalidInput(`infraAllow port must be 1..65535`);
+      return { cidr: formatCidr(c), proto: r.proto, port: r.port };
     });
   }
   return out;

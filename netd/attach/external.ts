@@ -9,6 +9,7 @@ import { proxyClaim } from '../port-claims.js';
 import { endpointMac } from './internal.js';
 import type { InterfacePlan } from './template.js';
 import { capQos } from '../../tenancy/qos.js';
+import type { PortGuard } from '../../tagqueue/port-guard.js';
 
 /**
  * eth0, the external interface: an address from the external pool as a /32, a default route via a
@@ -40,6 +41,8 @@ export function externalPlan(
     runner: CommandRunner;
     hostNetns?: NetnsTarget;
     hostIp: IpClient;
+    /** tagqueue's table (none in tests that leave it out). */
+    ports?: PortGuard;
   },
 ): InterfacePlan<ExternalEndpointRecord> {
   const { self } = ctx;
@@ -101,12 +104,17 @@ export function externalPlan(
     // Strict reverse-path filtering too: the container sends only with its own address (else one
     // could borrow a routed VPC's source and be routed by that VPC's table); and no IPv6 on the
     // port (eth0 is IPv4: a forged IPv6 source would otherwise be routed by an IPv6 VPC's table).
-    // Before the container's side comes up.
-    secure: () =>
-      new SysctlClient(ctx.runner, ctx.hostNetns).setAll([
-        [`net.ipv4.neigh.${hostIf}.proxy_delay`, 0],
-        [`net.ipv4.conf.${hostIf}.rp_filter`, 1],
-        [`net.ipv6.conf.${hostIf}.disable_ipv6`, 1],
-      ]),
+    // And tagqueue's elements: its own MAC and address, the host and the infrastructure out of
+    // reach. Before the container's side comes up.
+    secure: async (a) => {
+      await Promise.all([
+        new SysctlClient(ctx.runner, ctx.hostNetns).setAll([
+          [`net.ipv4.neigh.${hostIf}.proxy_delay`, 0],
+          [`net.ipv4.conf.${hostIf}.rp_filter`, 1],
+          [`net.ipv6.conf.${hostIf}.disable_ipv6`, 1],
+        ]),
+        ctx.ports?.admit({ port: hostIf, kind: 'external', ip: a.ip, mac }),
+      ]);
+    },
   };
 }

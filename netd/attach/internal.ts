@@ -15,6 +15,7 @@ import { linkNames, shortHash } from '../names.js';
 import type { VlanHost } from '../vlan-host.js';
 import type { InterfacePlan } from './template.js';
 import { capQos } from '../../tenancy/qos.js';
+import type { PortGuard } from '../../tagqueue/port-guard.js';
 
 /** eth1, a container's interface on its VPC (vxlan mode: a veth whose host end is on the VPC bridge). */
 
@@ -128,7 +129,7 @@ function ownMacPlan(req: InternalRequest, self: HostRecord) {
 export function routedInternalPlan(
   req: InternalRequest,
   self: HostRecord,
-  deps: { hostSysctl: SysctlClient; guard: SourceGuard },
+  deps: { hostSysctl: SysctlClient; guard: SourceGuard; ports?: PortGuard },
 ): InterfacePlan<EndpointRecord> {
   const { vpc } = req;
   const { base, mac } = ownMacPlan(req, self);
@@ -164,6 +165,7 @@ export function routedInternalPlan(
           ...(v6 ? [] : ([[`net.ipv6.conf.${base.hostIf}.disable_ipv6`, 1]] as const)),
         ]),
         v6 ? deps.guard.add({ port: base.hostIf, ip: a.ip }) : undefined,
+        deps.ports?.admit({ port: base.hostIf, kind: 'routed', ip: a.ip, mac }),
       ]);
     },
   };

@@ -29,6 +29,7 @@ import type { Attached, Attacher } from '../attach/template.js';
 import { internalPlan, routedInternalPlan, vlanInternalPlan } from '../attach/internal.js';
 import { routedFamily } from '../modes/routed.js';
 import type { SourceGuard } from '../source-guard.js';
+import type { PortGuard } from '../../tagqueue/port-guard.js';
 import { externalPlan, LINK_LOCAL_GATEWAY } from '../attach/external.js';
 import type { ExternalMode } from '../external.js';
 import type { HostView } from '../host-view.js';
@@ -65,6 +66,8 @@ export interface CniServiceDeps {
   vlan?: VlanHost;
   /** The sources IPv6 routed ports may send from. */
   guard: SourceGuard;
+  /** tagqueue's table on this host (eth0 and routed ports). */
+  ports?: PortGuard;
   metrics?: NetdMetrics;
   logger: Logger;
 }
@@ -122,6 +125,7 @@ export class CniService {
           const plan = routedInternalPlan(request, this.deps.self, {
             hostSysctl: new SysctlClient(this.deps.runner, this.deps.hostNetns),
             guard: this.deps.guard,
+            ...(this.deps.ports && { ports: this.deps.ports }),
           });
           const done = await this.deps.attacher.attach(plan);
           // A retry that found the attachment complete guards its source again (idempotent): the
@@ -231,6 +235,8 @@ export class CniService {
     // container next).
     if (vpc?.mode === 'routed' && recorded && routedFamily(vpc.cidr).family === 6)
       await this.deps.guard.remove({ port: hostIf, ip: recorded.ip });
+    if (vpc?.mode === 'routed' && recorded)
+      await this.deps.ports?.release({ port: hostIf, kind: 'routed', ip: recorded.ip, mac: recorded.mac });
   }
 
   // ---- eth0: the external network ------------------------------------------------------------
@@ -266,9 +272,12 @@ export class CniService {
             runner: this.deps.runner,
             hostIp: this.hostIp,
             ...(this.deps.hostNetns && { hostNetns: this.deps.hostNetns }),
+            ...(this.deps.ports && { ports: this.deps.ports }),
           },
         );
         const done = await this.deps.attacher.attach(plan);
+        // A retry that found the attachment complete secures its port again (idempotent).
+        if (done.existing) await plan.secure!(done.allocation);
         // eth0 is on no bridge and the ADD routed it and applied its limits: nothing to wait for.
         await this.settled(plan.recordKey, plan.hostIf, { ...done, joinedBridge: true });
         const ip = done.allocation.ip;
@@ -312,6 +321,8 @@ export class CniService {
       ...((record?.pool ?? this.deps.external?.pool) && { pool: record?.pool ?? this.deps.external!.pool }),
       ...(address !== undefined && { extraHostLines: (b: IpBatch) => b.proxyNeighDel(address, uplink) }),
     });
+    if (record)
+      await this.deps.ports?.release({ port: record.hostIf, kind: 'external', ip: record.ip, mac: record.mac });
     return undefined;
   }
 

@@ -3,8 +3,8 @@ import { FakeKernelUnmodelled, ToolFailure } from './errors.js';
 /**
  * nftables in the fake: tables, chains (base chains with type/hook/priority/policy), rules kept as
  * their text, sets and maps with elements. A script (`nft -f -`) is one transaction: it applies to
- * a copy that replaces the state only when every command succeeded. Reads render `nft -j` JSON,
- * except rules: their JSON expressions are not modelled (read them from the dump).
+ * a copy that replaces the state only when every command succeeded. Reads render `nft -j` JSON;
+ * of a rule's expressions only its counter is modelled (read the rules' text from the dump).
  */
 
 export interface NftChainState {
@@ -96,6 +96,10 @@ function applyLine(s: NftState, line: string, n: number): void {
     const c = tableOf(m[1]!, m[2]!, false).chains.find((x) => x.name === m![3]);
     if (!c) throw failure(n, line, m[3]!, 'No such file or directory', true);
     c.rules = [];
+  } else if ((m = new RegExp(`^flush set ${FAMILY} ${NAME} ${NAME}$`).exec(line))) {
+    const set = tableOf(m[1]!, m[2]!, false).sets.find((x) => x.name === m![3]);
+    if (!set) throw failure(n, line, m[3]!, 'No such file or directory', true);
+    set.elems = [];
   } else if ((m = new RegExp(`^add rule ${FAMILY} ${NAME} ${NAME} (.+)$`).exec(line))) {
     const t = tableOf(m[1]!, m[2]!, false);
     const c = t.chains.find((x) => x.name === m![3]);
@@ -181,8 +185,6 @@ export function renderNftTables(s: NftState): string {
 export function renderNftTable(s: NftState, family: string, name: string): string | undefined {
   const t = s.table(family, name);
   if (!t) return undefined;
-  if (t.chains.some((c) => c.rules.length > 0))
-    throw new FakeKernelUnmodelled(`nft -j listing of rules (table ${family} ${name}; read them from dump())`);
   const out: unknown[] = [METAINFO, { table: tableHead(t) }];
   for (const set of t.sets) {
     const body = {
@@ -207,6 +209,23 @@ export function renderNftTable(s: NftState, family: string, name: string): strin
         ...(c.base && { type: c.base.type, hook: c.base.hook, prio: c.base.prio, policy: c.base.policy }),
       },
     });
+  }
+  // Rules: their comment, and a counter that has seen nothing (no packet passes the fake); other
+  // expressions are not modelled (read the rules' text from the dump).
+  for (const c of t.chains) {
+    for (const r of c.rules) {
+      const comment = /comment "([^"]*)"/.exec(r.text)?.[1];
+      out.push({
+        rule: {
+          family: t.family,
+          table: t.name,
+          chain: c.name,
+          handle: r.handle,
+          ...(comment !== undefined && { comment }),
+          expr: /\bcounter\b/.test(r.text) ? [{ counter: { packets: 0, bytes: 0 } }] : [],
+        },
+      });
+    }
   }
   return nftJson(out);
 }

@@ -15,6 +15,20 @@ const POLICY = Type.Object(
         { maxItems: 64 },
       ),
     ),
+    infraRanges: Type.Optional(Type.Array(Type.String({ maxLength: 49 }), { maxItems: 256 })),
+    infraAllow: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            cidr: Type.String({ maxLength: 18 }),
+            proto: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]),
+            port: Type.Integer({ minimum: 1, maximum: 65535 }),
+          },
+          { additionalProperties: false },
+        ),
+        { maxItems: 256 },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -24,7 +38,7 @@ export const policyRoutes: RouteModule = (app, { auth, store }) => {
   const policy = new PolicyDirectory(store);
   app.get(
     '/v1/policy',
-    adminRoute("The cluster's network policy: routed ranges, VLAN ranges per physical network", {
+    adminRoute("The cluster's network policy: routed ranges, VLAN ranges, infrastructure ranges and allow-list", {
       response: { 200: POLICY, ...ERRORS },
     }),
     async (req) => {
