@@ -27,7 +27,7 @@ export type Command =
   | { kind: 'tenant-caps'; name: string; caps: { eth0?: Qos; eth1?: Qos } }
   | { kind: 'vpc-create'; name: string; cidr: string; mode?: string; physnet?: string; mtu?: number; qos?: Qos }
   | { kind: 'policy-show' }
-  | { kind: 'policy-set'; routedRanges?: string[]; vlanRanges?: Array<{ physnet: string; min: number; max: number }> }
+  | ({ kind: 'policy-set' } & PolicyView)
   | { kind: 'vpc-list' }
   | { kind: 'vpc-show' | 'vpc-delete'; name: string }
   | { kind: 'vpc-qos'; name: string; qos: Qos }
@@ -38,6 +38,8 @@ export type Command =
 interface PolicyView {
   routedRanges?: string[];
   vlanRanges?: Array<{ physnet: string; min: number; max: number }>;
+  infraRanges?: string[];
+  infraAllow?: Array<{ cidr: string; proto: 'tcp' | 'udp'; port: number }>;
 }
 
 export interface Qos {
@@ -68,6 +70,8 @@ const VALUE_FLAGS = new Set([
   '--eth1-egress',
   '--routed-ranges',
   '--vlan-ranges',
+  '--infra-ranges',
+  '--infra-allow',
 ]);
 const BOOL_FLAGS = new Set(['--json', '--external', '--help']);
 
@@ -83,6 +87,7 @@ export const USAGE = `usage: netdctl [--api URL] [--token T] [--json] COMMAND
   endpoint qos VPC ENDPOINT [--ingress RATE] [--egress RATE]
   cni-config VPC | cni-config --external
   policy show | policy set [--routed-ranges CIDR,...] [--vlan-ranges PHYSNET:MIN:MAX,...]   (admin)
+                [--infra-ranges CIDR,...] [--infra-allow CIDR:tcp|udp:PORT,...]   (given fields replaced; "" empties one)
 RATE: bits/s, e.g. 10mbit, 1gbit, 500kbit, 2500000`;
 
 /** "10mbit" → 10_000_000 bits/s. */
@@ -191,7 +196,7 @@ export function parseCommand(argv: readonly string[], env: Readonly<Record<strin
       break;
     case 'policy set': {
       arity('policy set', 2);
-      allowed('policy set', '--routed-ranges', '--vlan-ranges');
+      allowed('policy set', '--routed-ranges', '--vlan-ranges', '--infra-ranges', '--infra-allow');
       const list = (flag: string) => flags.get(flag)?.split(',').filter(Boolean);
       const routedRanges = list('--routed-ranges');
       const vlanRanges = list('--vlan-ranges')?.map((r) => {
@@ -199,10 +204,19 @@ export function parseCommand(argv: readonly string[], env: Readonly<Record<strin
         if (!m) throw invalidInput(`VLAN range "${r}" must be physnet:min:max`);
         return { physnet: m[1]!, min: Number(m[2]), max: Number(m[3]) };
       });
+      const infraRanges = list('--infra-ranges');
+      const infraAllow = list('--infra-allow')?.map((r) => {
+        const m = /^([0-9.]+(?:\/\d{1,2})?):(tcp|udp):(\d{1,5})$/.exec(r);
+        if (!m) throw invalidInput(`allow-list entry "${r}" must be cidr:tcp|udp:port`);
+        const cidr = m[1]!.includes('/') ? m[1]! : `${m[1]!}/32`;
+        return { cidr, proto: m[2] as 'tcp' | 'udp', port: Number(m[3]) };
+      });
       command = {
         kind: 'policy-set',
         ...(routedRanges && { routedRanges }),
         ...(vlanRanges && { vlanRanges }),
+        ...(infraRanges && { infraRanges }),
+        ...(infraAllow && { infraAllow }),
       };
       break;
     }
@@ -388,18 +402,19 @@ export async function run(inv: Invocation, client: NetdApiClient, out: (text: st
     }
     case 'policy-show':
     case 'policy-set': {
-      const p =
-        c.kind === 'policy-show'
-          ? await client.call<PolicyView>('GET', '/v1/policy')
-          : await client.call<PolicyView>('PUT', '/v1/policy', {
-              ...(c.routedRanges && { routedRanges: c.routedRanges }),
-              ...(c.vlanRanges && { vlanRanges: c.vlanRanges }),
-            });
+      // set: the fields given replace the current ones, the others stay (the API replaces the whole).
+      let p = await client.call<PolicyView>('GET', '/v1/policy');
+      if (c.kind === 'policy-set') {
+        const { kind: _kind, ...given } = c;
+        p = await client.call<PolicyView>('PUT', '/v1/policy', { ...p, ...given });
+      }
       return show(
         p,
         () =>
           `routed ranges: ${p.routedRanges?.join(', ') || 'any (not restricted)'}\n` +
-          `VLAN ranges:   ${p.vlanRanges?.map((r) => `${r.physnet} ${r.min}-${r.max}`).join(', ') || 'physnet0 100-4094 (default)'}\n`,
+          `VLAN ranges:   ${p.vlanRanges?.map((r) => `${r.physnet} ${r.min}-${r.max}`).join(', ') || 'physnet0 100-4094 (default)'}\n` +
+          `infrastructure: every host, the etcd members${p.infraRanges?.length ? `, ${p.infraRanges.join(', ')}` : ''}\n` +
+          `eth0 may reach: ${p.infraAllow?.map((r) => `${r.cidr} ${r.proto}/${r.port}`).join(', ') || 'none of it'}\n`,
       );
     }
     case 'cni-config': {

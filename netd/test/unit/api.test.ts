@@ -540,3 +540,18 @@ t.test(
     t.equal((await call('PATCH', '/v1/vpcs/web', a, { qos: { ingressBps: 60_000_000 } })).statusCode, 200);
   },
 );
+
+t.test("the policy's infrastructure ranges and allow-list are validated and kept", async (t) => {
+  const { call } = await setup(t);
+  const bad = [
+    { infraAllow: [{ cidr: '10.0.0.1/32', proto: 'icmp', port: 1 }] },
+    { infraAllow: [{ cidr: '10.0.0.1/32', proto: 'tcp', port: 70000 }] },
+    { infraAllow: [{ cidr: 'fd00::1/128', proto: 'tcp', port: 53 }] },
+    { infraRanges: ['10.0.0.1/8'] },
+  ];
+  for (const body of bad)
+    t.equal((await call('PUT', '/v1/policy', 'admin-secret', body)).statusCode, 400, JSON.stringify(body));
+  const good = { infraRanges: ['192.168.0.0/16'], infraAllow: [{ cidr: '10.0.0.53/32', proto: 'udp', port: 53 }] };
+  t.same((await call('PUT', '/v1/policy', 'admin-secret', good)).json(), good);
+  t.same((await call('GET', '/v1/policy', 'admin-secret')).json(), good);
+});

@@ -111,6 +111,17 @@ t.test('parsing: vpc modes and the operator policy', async (t) => {
   );
   t.throws(() => parseCommand(['policy', 'set', '--vlan-ranges', 'physnet0-100-199'], {}), { code: 'E_INVALID_INPUT' });
   t.same(parseCommand(['policy', 'show'], {}).command, { kind: 'policy-show' });
+  t.same(
+    parseCommand(['policy', 'set', '--infra-ranges', '192.168.0.0/16', '--infra-allow', '10.0.0.53:udp:53'], {})
+      .command,
+    {
+      kind: 'policy-set',
+      infraRanges: ['192.168.0.0/16'],
+      infraAllow: [{ cidr: '10.0.0.53/32', proto: 'udp', port: 53 }],
+    },
+  );
+  t.same(parseCommand(['policy', 'set', '--infra-allow', ''], {}).command, { kind: 'policy-set', infraAllow: [] });
+  t.throws(() => parseCommand(['policy', 'set', '--infra-allow', '10.0.0.1:icmp:1'], {}), { code: 'E_INVALID_INPUT' });
 });
 
 t.test('tables: aligned columns, "-" for missing cells', async (t) => {
@@ -154,6 +165,10 @@ t.test('end to end against the API on a Unix socket: tenant → VPC → list →
     await exec(['tenant', 'caps', 'acme', '--eth1-ingress', '50mbit'], 'admin-secret-0123456789'),
     /acme\s+\d+\s+-\s+50mbit\/-\n$/,
   );
+  await exec(['policy', 'set', '--routed-ranges', '10.8.0.0/16'], 'admin-secret-0123456789');
+  const policy = await exec(['policy', 'set', '--infra-allow', '10.0.0.53:udp:53'], 'admin-secret-0123456789');
+  t.match(policy, /routed ranges: 10\.8\.0\.0\/16\n/, 'a policy set keeps the fields it was not given');
+  t.match(policy, /eth0 may reach: 10\.0\.0\.53\/32 udp\/53\n/);
   await t.rejects(
     exec(['vpc', 'create', 'big', '--cidr', '10.8.0.0/24', '--ingress', '60mbit'], token!),
     { code: 'E_OVER_CAP' },
