@@ -15,6 +15,7 @@ import { installCniPlugin } from '../sys/cni-install.js';
 import { IpBatch, IpClient } from '../sys/ip.js';
 import { NftClient } from '../sys/nft.js';
 import { GUARD_TABLE } from '../netd/source-guard.js';
+import { PortGuard } from '../tagqueue/port-guard.js';
 import { EtcdStore } from '../store/etcd.js';
 import { Ipam } from '../ipam/allocator.js';
 import { Podman } from '../test-netns/podman.js';
@@ -323,6 +324,9 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     await podman.remove(h2, `${server}-c`);
     await podman.remove(h2, server);
 
+    // tagqueue: the operator's caps, and what a container's eth0 may not reach or forge.
+    ok = (await tagqueueSection(s, podman, admin, tenants.a!)) && ok;
+
     // A routed VPC beside the vxlan ones: no overlay, the container's /32 routed host to host.
     ok = (await routedSection(s, podman, tenants)) && ok;
     ok = (await routed6Section(s, podman, tenants)) && ok;
@@ -342,6 +346,88 @@ async function netdAct(s: ClusterSession): Promise<boolean> {
     await store.close();
   }
 }
+
+/**
+ * The operator caps tenant-1 (a tenant's request above it is refused); a tenant-1 container on h1,
+ * root in its own network namespace, tries etcd and its host through eth0 and forges a source
+ * address: nothing arrives, and h1's tagqueue table counts each drop.
+ */
+async function tagqueueSection(
+  s: ClusterSession,
+  podman: Podman,
+  admin: NetdApiClient,
+  tenant: NetdApiClient,
+): Promise<boolean> {
+  say('\n== tagqueue: operator caps, eth0 kept off the infrastructure, forged sources dropped and counted ==');
+  const d = s.cluster.description;
+  const h1 = s.cluster.host('h1');
+  let caps = '';
+  await runCli(
+    {
+      api: 'demo',
+      token: undefined,
+      json: false,
+      command: {
+        kind: 'tenant-caps',
+        name: 'tenant-1',
+        caps: { eth0: { egressBps: 100e6 }, eth1: { egressBps: 50e6 } },
+      },
+    },
+    admin,
+    (text) => (caps += text),
+  );
+  say(`  netdctl tenant caps tenant-1 --eth0-egress 100mbit --eth1-egress 50mbit:\n${indent(caps)}`);
+  const refused = await tenant.call('PATCH', '/v1/vpcs/app', { qos: { egressBps: 80e6 } }).then(
+    () => 'accepted',
+    (err: unknown) => describeError(err),
+  );
+  say(`  tenant-1 asks for 80 Mbit/s out of its VPC: ${refused}`);
+  let ok = refused.includes('E_OVER_CAP');
+
+  const name = `demo-tq-${uniqueSuffix(2)}`;
+  const guard = new PortGuard(new NftClient(s.runner, { name: h1.netns }), createLogger({ level: 'silent' }), () => ({
+    infra: [],
+    allow: [],
+  }));
+  try {
+    await podman.run(h1.netns, { name, networks: ['external'], detach: true }, ['sleep', '600']);
+    const sandbox = (
+      await podman.podman(h1.netns, ['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', name])
+    ).stdout.trim();
+    const inside = (argv: string[]) =>
+      s.runner.run({ argv, netns: { path: sandbox }, timeoutMs: 10_000 }).then(
+        () => true,
+        () => false,
+      );
+    const before = await guard.drops();
+    const etcd = d.etcd.members[0]!.address;
+    const connect = (ip: string, port: number) =>
+      inside(['timeout', '2', 'bash', '-c', `exec 3<>/dev/tcp/${ip}/${port}`]);
+    const toEtcd = await connect(etcd, 2379);
+    const toHost = await connect(h1.underlayIp, 22);
+    const world = await inside(['ping', '-c', '1', '-W', '2', d.outside.address]);
+    await inside(['ip', 'addr', 'add', '100.64.250.250/32', 'dev', 'eth0']);
+    const forged = await inside(['ping', '-c', '3', '-i', '0.2', '-W', '1', '-I', '100.64.250.250', d.outside.address]);
+    const after = await guard.drops();
+    const grew = (k: 'infra' | 'host' | 'spoofed') => after[k].packets - before[k].packets;
+    say(`  eth0 -> etcd ${etcd}:2379: ${mark(toEtcd)} (h1 counted ${grew('infra')} infra drops)`);
+    say(`  eth0 -> its own host ${h1.underlayIp}: ${mark(toHost)} (${grew('host')} host drops)`);
+    say(`  eth0 -> outside ${d.outside.address}: ${mark(world)}`);
+    say(`  root in the container forges 100.64.250.250 on eth0: ${mark(forged)} (${grew('spoofed')} spoofed drops)`);
+    ok &&= !toEtcd && !toHost && world && !forged && grew('infra') > 0 && grew('host') > 0 && grew('spoofed') >= 3;
+  } finally {
+    await podman.remove(h1.netns, name).catch(() => undefined);
+    await admin.call('PUT', '/v1/tenants/tenant-1/caps', {});
+  }
+  return ok;
+}
+
+const indent = (text: string) =>
+  text
+    .trimEnd()
+    .split('\n')
+    .map((l) => `    ${l}`)
+    .join('\n');
 
 /**
  * tenant-1's second VPC in routed mode (Calico-style): a podman container on each host, reachable
