@@ -8,6 +8,7 @@ import { netdFullAddBenchmark } from './benchmarks/netd-full-add.js';
 import { netdScaleBenchmark } from './benchmarks/netd-scale.js';
 import { netdDelBenchmark } from './benchmarks/netd-del.js';
 import { netdPathBenchmark } from './benchmarks/netd-path.js';
+import { tagqueueApplyBenchmark } from './benchmarks/tagqueue-apply.js';
 
 /** A registered benchmark and, when it keeps state in etcd, how many members that etcd has. */
 export interface Entry {
@@ -35,6 +36,7 @@ export function registry(runner: CommandRunner): Entry[] {
     { benchmark: netdPathBenchmark(runner, 'routed') },
     { benchmark: netdPathBenchmark(runner, 'vxlan') },
     { benchmark: netdPathBenchmark(runner, 'vlan') },
+    { benchmark: tagqueueApplyBenchmark(runner) },
     ...STORE_VARIANTS.flatMap((v) =>
       onEtcd.map((make) => ({ benchmark: make(runner, v), etcdMembers: v.etcdMembers })),
     ),
