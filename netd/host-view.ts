@@ -48,28 +48,21 @@ export class HostView {
     });
   }
 
+  /** Every watched part of the view. */
+  private parts(): Array<{ start(): Promise<void>; stop(): Promise<void>; readonly synced: boolean }> {
+    return [this.pods, this.hosts, this.externals, this.blocks, this.policy];
+  }
+
   async start(): Promise<void> {
-    await Promise.all([
-      this.pods.start(),
-      this.hosts.start(),
-      this.externals.start(),
-      this.blocks.start(),
-      this.policy.start(),
-    ]);
+    await Promise.all(this.parts().map((p) => p.start()));
   }
 
   async stop(): Promise<void> {
-    await Promise.all([
-      this.pods.stop(),
-      this.hosts.stop(),
-      this.externals.stop(),
-      this.blocks.stop(),
-      this.policy.stop(),
-    ]);
+    await Promise.all(this.parts().map((p) => p.stop()));
   }
 
   get synced(): boolean {
-    return this.pods.synced && this.hosts.synced && this.externals.synced && this.blocks.synced && this.policy.synced;
+    return this.parts().every((p) => p.synced);
   }
 
   onChange(cb: () => void): void {
