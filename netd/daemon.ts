@@ -198,6 +198,7 @@ export class NetdDaemon {
   async start(): Promise<void> {
     const { store, runner, ipam } = this.deps;
     this.deps.metrics?.countEndpointsWith(() => this.view.counts());
+    this.deps.metrics?.countDropsWith(() => this.ports.drops());
     this.routedRefusal = this.opts.netns === undefined ? looseReversePathFilter() : undefined;
     this.routedRefusal ??= await this.underlayInRoutedVpc();
     if (this.routedRefusal) this.log.error(this.routedRefusal);

@@ -32,6 +32,21 @@ export class NetdMetrics {
       if (n) for (const kind of ['vpc', 'external'] as const) this.endpoints.set({ kind }, n[kind]);
     },
   });
+  private dropSource: (() => Promise<Record<string, { packets: number; bytes: number }>>) | undefined;
+  private readonly drops = new Gauge({
+    name: 'netd_tagqueue_dropped',
+    help: "Packets and bytes tagqueue's table dropped on this host, by kind (spoofed, host, infra) and unit; kernel counters since the table was made",
+    labelNames: ['kind', 'unit'],
+    registers: [this.registry],
+    // Read from the kernel when scraped.
+    collect: async () => {
+      const counts = await this.dropSource?.().catch(() => undefined);
+      for (const [kind, c] of Object.entries(counts ?? {})) {
+        this.drops.set({ kind, unit: 'packets' }, c.packets);
+        this.drops.set({ kind, unit: 'bytes' }, c.bytes);
+      }
+    },
+  });
   private readonly reconciles = new Counter({
     name: 'netd_reconciles_total',
     help: 'Full reconciles of the host data path, by result',
@@ -62,6 +77,10 @@ export class NetdMetrics {
   /** Where the endpoint gauge is read from at each scrape. */
   countEndpointsWith(source: () => { vpc: number; external: number }): void {
     this.endpointSource = source;
+  }
+
+  countDropsWith(source: () => Promise<Record<string, { packets: number; bytes: number }>>): void {
+    this.dropSource = source;
   }
 
   async render(): Promise<{ contentType: string; body: string }> {

@@ -9,6 +9,7 @@ import { PolicyDirectory } from '../../../tenancy/policy.js';
 import { PortGuard } from '../../../tagqueue/port-guard.js';
 import { FAMILY, SETS, TAGQUEUE_TABLE } from '../../../tagqueue/ruleset.js';
 import { invokePlugin } from '../netd-hosts.js';
+import { NetdApiClient } from '../../../tenancy/api/client.js';
 
 /**
  * tagqueue on eth0, judged at the receivers: a container's eth0 reaches the outside world but not
@@ -133,6 +134,9 @@ t.test(
       t.equal(await atOutside.read(), honest, 'the outside saw none of it');
       after = await counts();
       t.ok(after.spoofed.packets > before.spoofed.packets, 'counted');
+      const metrics = await new NetdApiClient(h1.daemons.netdApi!).text('/metrics');
+      const scraped = Number(/netd_tagqueue_dropped\{kind="spoofed",unit="packets"\} (\d+)/.exec(metrics)?.[1]);
+      t.ok(scraped >= after.spoofed.packets, `h1's /metrics reports the spoofed drops (${scraped})`);
       await s.runner.run({ argv: ['ip', 'link', 'set', 'eth0', 'address', mac], netns: { name: x1 } });
       t.ok(await eventually(() => ping([]), 10_000), 'its own MAC again: answered');
 

@@ -168,6 +168,7 @@ t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document a
   metrics.observeCni('ADD', 'error', 0.002, 7);
   metrics.observeReconcile('ok', 0.03);
   metrics.countEndpointsWith(() => ({ vpc: 12, external: 3 }));
+  metrics.countDropsWith(async () => ({ spoofed: { packets: 3, bytes: 252 }, host: { packets: 0, bytes: 0 } }));
   const app = buildNetdApi({ store, pools: new Ipam({ store, host: 'api' }), adminToken: 'admin-secret', metrics });
   t.teardown(async () => {
     await app.close();
@@ -181,6 +182,8 @@ t.test('/metrics renders the daemon metrics; /docs serves the OpenAPI document a
   t.match(res.body, /netd_reconciles_total\{result="ok"\} 1/);
   t.match(res.body, /netd_endpoints\{kind="vpc"\} 12/);
   t.match(res.body, /netd_endpoints\{kind="external"\} 3/);
+  t.match(res.body, /netd_tagqueue_dropped\{kind="spoofed",unit="packets"\} 3/);
+  t.match(res.body, /netd_tagqueue_dropped\{kind="spoofed",unit="bytes"\} 252/);
   const doc = (await app.inject({ method: 'GET', url: '/docs/json' })).json() as {
     openapi: string;
     paths: Record<string, Record<string, { security?: unknown }>>;
