@@ -9,6 +9,9 @@ import { HostView } from '../../host-view.js';
 import { vxlanMode } from '../../modes/vxlan.js';
 import { linkNames } from '../../names.js';
 import { Reconciler } from '../../reconciler.js';
+import { infrastructurePolicy } from '../../daemon.js';
+import { PortGuard } from '../../../tagqueue/port-guard.js';
+import { NftClient } from '../../../sys/nft.js';
 import { fakeHost, H1, OTHER, SELF, VPC } from '../fake-host.js';
 
 /** The reconciler on a fake kernel, fed by a real HostView over an in-memory etcd. */
@@ -282,3 +285,51 @@ t.test(
     t.ok(view.synced);
   },
 );
+
+t.test("tagqueue: a run guards this host's eth0 ports from their records and lets go of those gone", async (t) => {
+  const h = await fakeHost();
+  await h.store.put(modelKeys.host('h2'), JSON.stringify(OTHER));
+  const view = new HostView(SELF, { store: h.store });
+  await view.start();
+  const nft = new NftClient(h.kernel, H1);
+  const ports = new PortGuard(nft, h.logger, () => infrastructurePolicy(view, ['192.0.2.1']));
+  const reconciler = new Reconciler({ view, runner: h.kernel, netns: H1, modes: [vxlanMode], logger: h.logger, ports });
+  t.teardown(async () => {
+    await reconciler.stop();
+    await view.stop();
+    await h.close();
+  });
+  const set = (name: string) => {
+    const line = h.kernel.dump(H1).nft.find((l) => l.startsWith(`set inet tagqueue ${name} `)) ?? '';
+    return (/\{ (.*) \}$/.exec(line)?.[1] ?? '').split(', ').filter((x) => x !== '');
+  };
+  await reconciler.converge();
+  t.notOk(
+    h.kernel.dump(H1).nft.some((l) => l.startsWith('table inet tagqueue')),
+    'no guarded port: no table',
+  );
+
+  const id = `${SELF.name}:x1:eth0`;
+  const record = {
+    id,
+    host: SELF.name,
+    pool: 'ext',
+    ip: '203.0.113.7',
+    mac: '02:00:00:00:00:07',
+    hostIf: linkNames.externalPort(id),
+    containerId: 'x1',
+    ifname: 'eth0',
+    netns: '/run/netns/x1',
+  };
+  await h.store.put(modelKeys.external(SELF.name, id), JSON.stringify(record));
+  t.ok(await eventually(async () => view.localExternals().length === 1, 2000));
+  await reconciler.converge();
+  t.same(set('own4'), [`"${record.hostIf}" . 203.0.113.7`], "the port's own address");
+  t.same(set('own_mac'), [`"${record.hostIf}" . 02:00:00:00:00:07`]);
+  t.same(set('infra4').sort(), ['192.0.2.1/32', '192.0.2.11/32', '192.0.2.12/32'], 'etcd and both hosts');
+
+  await h.store.delete(modelKeys.external(SELF.name, id));
+  t.ok(await eventually(async () => view.localExternals().length === 0, 2000));
+  await reconciler.converge();
+  t.same(set('ports'), [], 'its record gone: its elements too');
+});
