@@ -5,6 +5,29 @@ import { Ipam } from '../../../ipam/allocator.js';
 import { modelKeys } from '../../../tenancy/keys.js';
 import { NetdMetrics } from '../../metrics.js';
 
+/** Container c1 in tenant a's VPC web on h1: its eth1 endpoint record and its eth0 record. */
+const C1_ETH1 = {
+  vpc: 'a.web',
+  id: 'c1:eth1',
+  host: 'h1',
+  ip: '10.0.0.5',
+  mac: '02:00:00:00:00:05',
+  hostIf: 'ni1',
+  containerId: 'c1',
+  ifname: 'eth1',
+};
+const C1_ETH0 = {
+  id: 'c1:eth0',
+  host: 'h1',
+  pool: 'external',
+  ip: '100.64.0.9',
+  mac: '02:00:00:00:00:09',
+  hostIf: 'ne1',
+  containerId: 'c1',
+  ifname: 'eth0',
+  netns: '/x',
+};
+
 async function setup(t: { teardown(fn: () => unknown): void }) {
   const store = new MemoryStore();
   const app = buildNetdApi({ store, pools: new Ipam({ store, host: 'api' }), adminToken: 'admin-secret' });
@@ -250,32 +273,13 @@ t.test(
     const b = (await call('POST', '/v1/tenants', 'admin-secret', { name: 'b' })).json().token as string;
     await call('POST', '/v1/vpcs', a, { name: 'web', cidr: '10.0.0.0/24' });
     await call('POST', '/v1/vpcs', b, { name: 'web', cidr: '10.0.0.0/24' });
-    const ep = {
-      vpc: 'a.web',
-      id: 'c1:eth1',
-      host: 'h1',
-      ip: '10.0.0.5',
-      mac: '02:00:00:00:00:05',
-      hostIf: 'ni1',
-      containerId: 'c1',
-      ifname: 'eth1',
-    };
+    const ep = C1_ETH1;
     await store.put(modelKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify(ep));
     await store.put(
       modelKeys.endpoint('a.web', 'c2:eth1'),
       JSON.stringify({ ...ep, id: 'c2:eth1', containerId: 'c2', ip: '10.0.0.6' }),
     );
-    const ext = {
-      id: 'c1:eth0',
-      host: 'h1',
-      pool: 'external',
-      ip: '100.64.0.9',
-      mac: '02:00:00:00:00:09',
-      hostIf: 'ne1',
-      containerId: 'c1',
-      ifname: 'eth0',
-      netns: '/x',
-    };
+    const ext = C1_ETH0;
     await store.put('/netd/v1/external/h1/c1:eth0', JSON.stringify(ext));
     const listed = (await call('GET', '/v1/vpcs/web/endpoints', a)).json() as Array<{
       id: string;
@@ -488,28 +492,9 @@ t.test(
       'at the cap',
     );
 
-    const ep = {
-      vpc: 'a.web',
-      id: 'c1:eth1',
-      host: 'h1',
-      ip: '10.0.0.5',
-      mac: '02:00:00:00:00:05',
-      hostIf: 'ni1',
-      containerId: 'c1',
-      ifname: 'eth1',
-    };
+    const ep = C1_ETH1;
     await store.put(modelKeys.endpoint('a.web', 'c1:eth1'), JSON.stringify({ ...ep, qos: { egressBps: 5_000_000 } }));
-    const ext = {
-      id: 'c1:eth0',
-      host: 'h1',
-      pool: 'external',
-      ip: '100.64.0.9',
-      mac: '02:00:00:00:00:09',
-      hostIf: 'ne1',
-      containerId: 'c1',
-      ifname: 'eth0',
-      netns: '/x',
-    };
+    const ext = C1_ETH0;
     await store.put('/netd/v1/external/h1/c1:eth0', JSON.stringify(ext));
     const epOver = await call('PATCH', '/v1/vpcs/web/endpoints/c1:eth1', a, { qos: { egressBps: 31_000_000 } });
     t.equal(epOver.json().code, 'E_OVER_CAP');
